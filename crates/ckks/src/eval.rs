@@ -1,0 +1,508 @@
+//! Homomorphic evaluation: arithmetic, rescaling, relinearization, rotations (single and
+//! hoisted) and conjugation, with level and scale checks on every operation.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::ciphertext::Ciphertext;
+use crate::context::Context;
+use crate::encoding::Plaintext;
+use crate::keys::{GaloisKeys, KeySwitchKey, RelinKey};
+use crate::poly::RnsPoly;
+use crate::serialize::check_fingerprint;
+use crate::{Error, Result};
+
+/// Scales closer than this (relative) are treated as equal: rescaling by primes that are not
+/// exactly 2^k leaves scales that differ in the last bits.
+const SCALE_TOLERANCE: f64 = 1e-9;
+
+/// Evaluates operations on ciphertexts of one context. Cheap to clone; `Send + Sync`.
+///
+/// Heavy operations (key switching, rescaling) spread their per-prime work over rayon's
+/// current pool; callers that already run many ciphertexts in parallel get no extra threads.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    context: Arc<Context>,
+}
+
+/// A ciphertext's c1 decomposed once for several rotations (hoisting): per digit, the digit
+/// lifted to every prime of the level plus P, in evaluation form.
+#[derive(Debug, Clone)]
+pub struct Decomposed {
+    digits: Vec<RnsPoly>,
+    level: usize,
+}
+
+impl Evaluator {
+    /// An evaluator for `context`.
+    pub fn new(context: &Arc<Context>) -> Self {
+        Self { context: context.clone() }
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    // ---- addition and friends -------------------------------------------------------------
+
+    /// a + b.
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// a += b.
+    pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.combine(a, b, |m, x, y| m.add(x, y))
+    }
+
+    /// a - b.
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.sub_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// a -= b.
+    pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.combine(a, b, |m, x, y| m.sub(x, y))
+    }
+
+    /// -a.
+    pub fn negate(&self, a: &Ciphertext) -> Ciphertext {
+        let mut out = a.clone();
+        for part in &mut out.parts {
+            for (i, row) in part.limbs_mut().enumerate() {
+                let m = &self.context.moduli[i];
+                row.iter_mut().for_each(|x| *x = m.neg(*x));
+            }
+        }
+        out
+    }
+
+    /// a + plaintext (same level and scale).
+    pub fn add_plain(&self, a: &Ciphertext, plaintext: &Plaintext) -> Result<Ciphertext> {
+        self.plain_op(a, plaintext, |m, x, y| m.add(x, y))
+    }
+
+    /// a - plaintext (same level and scale).
+    pub fn sub_plain(&self, a: &Ciphertext, plaintext: &Plaintext) -> Result<Ciphertext> {
+        self.plain_op(a, plaintext, |m, x, y| m.sub(x, y))
+    }
+
+    /// a + c in every slot (c is encoded at a's scale).
+    pub fn add_scalar(&self, a: &Ciphertext, value: f64) -> Result<Ciphertext> {
+        let constant = self.context.encode_constant(value, a.level, a.scale)?;
+        self.add_plain(a, &constant)
+    }
+
+    // ---- multiplication -------------------------------------------------------------------
+
+    /// a · plaintext; the scale becomes the product of the scales.
+    pub fn mul_plain(&self, a: &Ciphertext, plaintext: &Plaintext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.mul_plain_assign(&mut out, plaintext)?;
+        Ok(out)
+    }
+
+    /// a ·= plaintext.
+    pub fn mul_plain_assign(&self, a: &mut Ciphertext, plaintext: &Plaintext) -> Result<()> {
+        check_levels(a.level, plaintext.level)?;
+        let mut product = vec![0u64; self.context.n];
+        for part in &mut a.parts {
+            for (i, row) in part.limbs_mut().enumerate() {
+                self.context.ntt[i].mul_into(&mut product, row, plaintext.poly.limb(i));
+                row.copy_from_slice(&product);
+            }
+        }
+        a.scale *= plaintext.scale;
+        Ok(())
+    }
+
+    /// a · c for a real c encoded at `scale` (the result's scale is a.scale · scale). Use an
+    /// integer c with scale 1 to multiply without spending a level.
+    pub fn mul_scalar(&self, a: &Ciphertext, value: f64, scale: f64) -> Result<Ciphertext> {
+        let scaled = (value * scale).round();
+        let limit = 2f64.powf(self.context.params.log_q_at(a.level) - 1.0).min(2f64.powi(120));
+        if !scaled.is_finite() || scaled.abs() >= limit {
+            return Err(Error::Unencodable { value, log_scale: scale.log2(), reason: "does not fit the modulus" });
+        }
+        let mut out = a.clone();
+        for part in &mut out.parts {
+            for (i, row) in part.limbs_mut().enumerate() {
+                let m = &self.context.moduli[i];
+                let w = m.shoup(m.reduce_i128(scaled as i128));
+                row.iter_mut().for_each(|x| *x = m.mul_shoup(*x, w));
+            }
+        }
+        out.scale *= scale;
+        Ok(out)
+    }
+
+    /// a · b without relinearization: a 3-part ciphertext under (1, s, s²). Relinearize
+    /// later (after adding several products) to pay for one key switch instead of many.
+    pub fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        check_levels(a.level, b.level)?;
+        if a.size() != 2 || b.size() != 2 {
+            return Err(Error::WrongSize { expected: 2, found: a.size().max(b.size()) });
+        }
+        let ctx = &self.context;
+        let (n, limbs) = (ctx.n, a.level + 1);
+        let mut parts = vec![RnsPoly::zero(n, limbs), RnsPoly::zero(n, limbs), RnsPoly::zero(n, limbs)];
+        let [d0, d1, d2] = &mut parts[..] else { unreachable!("three parts were just allocated") };
+        d0.data.par_chunks_mut(n).zip(d1.data.par_chunks_mut(n)).zip(d2.data.par_chunks_mut(n)).enumerate().for_each(
+            |(i, ((r0, r1), r2))| {
+                let ntt = &ctx.ntt[i];
+                let (a0, a1, b0, b1) = (a.parts[0].limb(i), a.parts[1].limb(i), b.parts[0].limb(i), b.parts[1].limb(i));
+                ntt.mul_accumulate(r0, a0, b0);
+                ntt.mul_accumulate(r1, a0, b1);
+                ntt.mul_accumulate(r1, a1, b0);
+                ntt.mul_accumulate(r2, a1, b1);
+            },
+        );
+        Ok(Ciphertext { parts, level: a.level, scale: a.scale * b.scale })
+    }
+
+    /// a², without relinearization (cheaper than `mul(a, a)`).
+    pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        if a.size() != 2 {
+            return Err(Error::WrongSize { expected: 2, found: a.size() });
+        }
+        let ctx = &self.context;
+        let (n, limbs) = (ctx.n, a.level + 1);
+        let mut parts = vec![RnsPoly::zero(n, limbs), RnsPoly::zero(n, limbs), RnsPoly::zero(n, limbs)];
+        let [d0, d1, d2] = &mut parts[..] else { unreachable!("three parts were just allocated") };
+        d0.data.par_chunks_mut(n).zip(d1.data.par_chunks_mut(n)).zip(d2.data.par_chunks_mut(n)).enumerate().for_each(
+            |(i, ((r0, r1), r2))| {
+                let (ntt, m) = (&ctx.ntt[i], &ctx.moduli[i]);
+                let (a0, a1) = (a.parts[0].limb(i), a.parts[1].limb(i));
+                ntt.mul_accumulate(r0, a0, a0);
+                ntt.mul_accumulate(r1, a0, a1);
+                r1.iter_mut().for_each(|x| *x = m.add(*x, *x));
+                ntt.mul_accumulate(r2, a1, a1);
+            },
+        );
+        Ok(Ciphertext { parts, level: a.level, scale: a.scale * a.scale })
+    }
+
+    /// Turns a 3-part ciphertext back into 2 parts with the relinearization key.
+    pub fn relinearize(&self, a: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
+        check_fingerprint(&self.context, key.fingerprint)?;
+        if a.size() != 3 {
+            return Err(Error::WrongSize { expected: 3, found: a.size() });
+        }
+        let (k0, k1) = self.key_switch(&a.parts[2], a.level, &key.key);
+        let mut out =
+            Ciphertext { parts: vec![a.parts[0].clone(), a.parts[1].clone()], level: a.level, scale: a.scale };
+        self.add_polys(&mut out.parts[0], &k0, a.level);
+        self.add_polys(&mut out.parts[1], &k1, a.level);
+        Ok(out)
+    }
+
+    /// a · b, relinearized.
+    pub fn mul_relin(&self, a: &Ciphertext, b: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
+        self.relinearize(&self.mul(a, b)?, key)
+    }
+
+    // ---- levels ---------------------------------------------------------------------------
+
+    /// Divides by the last prime q_ℓ (rounding), dropping one level and dividing the scale by q_ℓ.
+    pub fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        if a.level == 0 {
+            return Err(Error::InvalidLevel { level: 0, min: 1, max: self.context.max_level() });
+        }
+        let ctx = &self.context;
+        let last = a.level;
+        let parts = a
+            .parts
+            .iter()
+            .map(|part| {
+                let mut dropped = part.limb(last).to_vec();
+                ctx.ntt[last].backward(&mut dropped);
+                let q_last = &ctx.moduli[last];
+                let centered: Vec<i64> = dropped.iter().map(|&x| q_last.center(x)).collect();
+                let mut out = part.prefix(last);
+                out.data.par_chunks_mut(ctx.n).enumerate().for_each(|(i, row)| {
+                    let (m, inv) = (&ctx.moduli[i], ctx.rescale_inv[last][i]);
+                    let mut correction: Vec<u64> = centered.iter().map(|&c| m.reduce_i64(c)).collect();
+                    ctx.ntt[i].forward(&mut correction);
+                    for (x, &c) in row.iter_mut().zip(&correction) {
+                        *x = m.mul_shoup(m.sub(*x, c), inv);
+                    }
+                });
+                out
+            })
+            .collect();
+        Ok(Ciphertext { parts, level: last - 1, scale: a.scale / q_last_value(ctx, last) })
+    }
+
+    /// Drops primes down to `level` without changing the message or the scale.
+    pub fn drop_to_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        if level > a.level {
+            return Err(Error::InvalidLevel { level, min: 0, max: a.level });
+        }
+        let mut out = a.clone();
+        for part in &mut out.parts {
+            part.truncate(level + 1);
+        }
+        out.level = level;
+        Ok(out)
+    }
+
+    /// A plaintext dropped to `level` (for operations with lower-level ciphertexts).
+    pub fn drop_plain_to_level(&self, plaintext: &Plaintext, level: usize) -> Result<Plaintext> {
+        if level > plaintext.level {
+            return Err(Error::InvalidLevel { level, min: 0, max: plaintext.level });
+        }
+        Ok(Plaintext { poly: plaintext.poly.prefix(level + 1), level, scale: plaintext.scale })
+    }
+
+    // ---- rotations ------------------------------------------------------------------------
+
+    /// Rotates the slots left by `step` (negative: right).
+    pub fn rotate(&self, a: &Ciphertext, step: i64, keys: &GaloisKeys) -> Result<Ciphertext> {
+        let g = self.context.galois_element(step);
+        if g == 1 {
+            return Ok(a.clone());
+        }
+        self.apply_galois(a, g, keys, &format!("rotation by {step}"))
+    }
+
+    /// Complex conjugation of the slots (the identity on real values, up to noise).
+    pub fn conjugate(&self, a: &Ciphertext, keys: &GaloisKeys) -> Result<Ciphertext> {
+        self.apply_galois(a, self.context.conjugation_element(), keys, "conjugation")
+    }
+
+    /// Decomposes c1 once so that [`Evaluator::rotate_hoisted`] can rotate many times cheaply.
+    pub fn decompose(&self, a: &Ciphertext) -> Result<Decomposed> {
+        if a.size() != 2 {
+            return Err(Error::WrongSize { expected: 2, found: a.size() });
+        }
+        Ok(Decomposed { digits: self.lift_digits(&a.parts[1], a.level), level: a.level })
+    }
+
+    /// Rotations of `a` by each of `steps`, sharing one decomposition of c1.
+    pub fn rotate_hoisted(&self, a: &Ciphertext, steps: &[i64], keys: &GaloisKeys) -> Result<Vec<Ciphertext>> {
+        let decomposed = self.decompose(a)?;
+        steps.iter().map(|&step| self.rotate_decomposed(a, &decomposed, step, keys)).collect()
+    }
+
+    /// One rotation of `a` using its precomputed decomposition.
+    pub fn rotate_decomposed(
+        &self,
+        a: &Ciphertext,
+        decomposed: &Decomposed,
+        step: i64,
+        keys: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        if decomposed.level != a.level {
+            return Err(Error::LevelMismatch { left: a.level, right: decomposed.level });
+        }
+        let g = self.context.galois_element(step);
+        if g == 1 {
+            return Ok(a.clone());
+        }
+        let key = self.galois_key(keys, g, &format!("rotation by {step}"))?;
+        let perm = self.context.permutation(g);
+        let (k0, k1) = self.inner_product(&decomposed.digits, a.level, key, Some(&perm));
+        let mut c0 = permute(&a.parts[0], &perm);
+        self.add_polys(&mut c0, &k0, a.level);
+        Ok(Ciphertext { parts: vec![c0, k1], level: a.level, scale: a.scale })
+    }
+
+    fn apply_galois(&self, a: &Ciphertext, g: u64, keys: &GaloisKeys, what: &str) -> Result<Ciphertext> {
+        if a.size() != 2 {
+            return Err(Error::WrongSize { expected: 2, found: a.size() });
+        }
+        let key = self.galois_key(keys, g, what)?;
+        let perm = self.context.permutation(g);
+        let c1 = permute(&a.parts[1], &perm);
+        let (k0, k1) = self.key_switch(&c1, a.level, key);
+        let mut c0 = permute(&a.parts[0], &perm);
+        self.add_polys(&mut c0, &k0, a.level);
+        Ok(Ciphertext { parts: vec![c0, k1], level: a.level, scale: a.scale })
+    }
+
+    fn galois_key<'k>(&self, keys: &'k GaloisKeys, g: u64, what: &str) -> Result<&'k KeySwitchKey> {
+        if let Some(fingerprint) = keys.fingerprint {
+            check_fingerprint(&self.context, fingerprint)?;
+        }
+        keys.keys.get(&g).ok_or_else(|| Error::MissingGaloisKey { what: what.to_owned() })
+    }
+
+    // ---- key switching --------------------------------------------------------------------
+
+    /// Switches polynomial `d` (under the key's source) to the secret key: returns (k0, k1)
+    /// over q_0 … q_level with k0 + k1·s ≈ d·s'.
+    fn key_switch(&self, d: &RnsPoly, level: usize, key: &KeySwitchKey) -> (RnsPoly, RnsPoly) {
+        let digits = self.lift_digits(d, level);
+        self.inner_product(&digits, level, key, None)
+    }
+
+    /// Digit j of `d` is its residue mod q_j, lifted to every prime of the level and P.
+    fn lift_digits(&self, d: &RnsPoly, level: usize) -> Vec<RnsPoly> {
+        let ctx = &self.context;
+        let n = ctx.n;
+        let basis = ctx.basis(level + 1, true);
+        (0..=level)
+            .into_par_iter()
+            .map(|j| {
+                let mut coefficients = d.limb(j).to_vec();
+                ctx.ntt[j].backward(&mut coefficients);
+                let mut lifted = RnsPoly::zero(n, basis.len());
+                lifted.data.par_chunks_mut(n).zip(basis.par_iter()).for_each(|(row, &t)| {
+                    if t == j {
+                        row.copy_from_slice(d.limb(j));
+                    } else {
+                        let m = &ctx.moduli[t];
+                        if ctx.moduli[j].value < m.value {
+                            row.copy_from_slice(&coefficients);
+                        } else {
+                            for (x, &c) in row.iter_mut().zip(&coefficients) {
+                                *x = m.reduce(c);
+                            }
+                        }
+                        ctx.ntt[t].forward(row);
+                    }
+                });
+                lifted
+            })
+            .collect()
+    }
+
+    /// Σ_j digit_j · key_j over q_0 … q_level, P, then divided by P (mod down). With `perm`, the
+    /// digits are first permuted (hoisted rotation: the automorphism commutes with lifting).
+    fn inner_product(
+        &self,
+        digits: &[RnsPoly],
+        level: usize,
+        key: &KeySwitchKey,
+        perm: Option<&[u32]>,
+    ) -> (RnsPoly, RnsPoly) {
+        let ctx = &self.context;
+        let n = ctx.n;
+        let basis = ctx.basis(level + 1, true);
+        let key_row = |t: usize| if t == ctx.special_index() { ctx.max_level() + 1 } else { t };
+        let mut acc0 = RnsPoly::zero(n, basis.len());
+        let mut acc1 = RnsPoly::zero(n, basis.len());
+        acc0.data.par_chunks_mut(n).zip(acc1.data.par_chunks_mut(n)).zip(basis.par_iter().enumerate()).for_each(
+            |((r0, r1), (row, &t))| {
+                let ntt = &ctx.ntt[t];
+                let mut scratch = if perm.is_some() { vec![0u64; n] } else { Vec::new() };
+                for (j, digit) in digits.iter().enumerate() {
+                    let lifted = match perm {
+                        Some(perm) => {
+                            let source = digit.limb(row);
+                            for (out, &k) in scratch.iter_mut().zip(perm) {
+                                *out = source[k as usize];
+                            }
+                            &scratch[..]
+                        }
+                        None => digit.limb(row),
+                    };
+                    ntt.mul_accumulate(r0, lifted, key.b[j].limb(key_row(t)));
+                    ntt.mul_accumulate(r1, lifted, key.a[j].limb(key_row(t)));
+                }
+            },
+        );
+        (self.mod_down(&acc0, level), self.mod_down(&acc1, level))
+    }
+
+    /// From q_0 … q_level, P down to q_0 … q_level: (x - [x]_P) / P, rounding.
+    fn mod_down(&self, extended: &RnsPoly, level: usize) -> RnsPoly {
+        let ctx = &self.context;
+        let limbs = level + 1;
+        let special = ctx.special_index();
+        let mut tail = extended.limb(limbs).to_vec();
+        ctx.ntt[special].backward(&mut tail);
+        let p = &ctx.moduli[special];
+        let centered: Vec<i64> = tail.iter().map(|&x| p.center(x)).collect();
+        let mut out = extended.prefix(limbs);
+        out.data.par_chunks_mut(ctx.n).enumerate().for_each(|(i, row)| {
+            let m = &ctx.moduli[i];
+            let mut correction: Vec<u64> = centered.iter().map(|&c| m.reduce_i64(c)).collect();
+            ctx.ntt[i].forward(&mut correction);
+            let inv = ctx.special_inv[i];
+            for (x, &c) in row.iter_mut().zip(&correction) {
+                *x = m.mul_shoup(m.sub(*x, c), inv);
+            }
+        });
+        out
+    }
+
+    // ---- helpers --------------------------------------------------------------------------
+
+    fn combine(
+        &self,
+        a: &mut Ciphertext,
+        b: &Ciphertext,
+        op: impl Fn(&crate::arith::Modulus, u64, u64) -> u64,
+    ) -> Result<()> {
+        check_levels(a.level, b.level)?;
+        check_scales(a.scale, b.scale)?;
+        while a.parts.len() < b.parts.len() {
+            a.parts.push(RnsPoly::zero(self.context.n, a.level + 1));
+        }
+        for (pa, pb) in a.parts.iter_mut().zip(&b.parts) {
+            for (i, (ra, rb)) in pa.limbs_mut().zip(pb.limbs_iter()).enumerate() {
+                let m = &self.context.moduli[i];
+                ra.iter_mut().zip(rb).for_each(|(x, &y)| *x = op(m, *x, y));
+            }
+        }
+        Ok(())
+    }
+
+    fn plain_op(
+        &self,
+        a: &Ciphertext,
+        plaintext: &Plaintext,
+        op: impl Fn(&crate::arith::Modulus, u64, u64) -> u64,
+    ) -> Result<Ciphertext> {
+        check_levels(a.level, plaintext.level)?;
+        check_scales(a.scale, plaintext.scale)?;
+        let mut out = a.clone();
+        for (i, row) in out.parts[0].limbs_mut().enumerate() {
+            let m = &self.context.moduli[i];
+            row.iter_mut().zip(plaintext.poly.limb(i)).for_each(|(x, &y)| *x = op(m, *x, y));
+        }
+        Ok(out)
+    }
+
+    fn add_polys(&self, a: &mut RnsPoly, b: &RnsPoly, level: usize) {
+        for i in 0..=level {
+            let m = &self.context.moduli[i];
+            a.limb_mut(i).iter_mut().zip(b.limb(i)).for_each(|(x, &y)| *x = m.add(*x, y));
+        }
+    }
+}
+
+fn permute(poly: &RnsPoly, perm: &[u32]) -> RnsPoly {
+    let mut out = RnsPoly::zero(poly.n, poly.limbs());
+    for (row, source) in out.limbs_mut().zip(poly.limbs_iter()) {
+        for (x, &k) in row.iter_mut().zip(perm) {
+            *x = source[k as usize];
+        }
+    }
+    out
+}
+
+fn q_last_value(ctx: &Context, level: usize) -> f64 {
+    ctx.moduli[level].value as f64
+}
+
+fn check_levels(left: usize, right: usize) -> Result<()> {
+    if left != right {
+        return Err(Error::LevelMismatch { left, right });
+    }
+    Ok(())
+}
+
+fn check_scales(left: f64, right: f64) -> Result<()> {
+    if ((left - right) / left).abs() > SCALE_TOLERANCE {
+        return Err(Error::ScaleMismatch { left: left.log2(), right: right.log2() });
+    }
+    Ok(())
+}
