@@ -153,6 +153,20 @@ impl Context {
         g
     }
 
+    /// g⁻¹ mod 2N (the odd residues mod 2N form a group of order N).
+    pub(crate) fn galois_inverse(&self, g: u64) -> u64 {
+        let two_n = 2 * self.n as u64;
+        let (mut base, mut exponent, mut result) = (g % two_n, self.n as u64 - 1, 1u64);
+        while exponent > 0 {
+            if exponent & 1 == 1 {
+                result = result * base % two_n;
+            }
+            base = base * base % two_n;
+            exponent >>= 1;
+        }
+        result
+    }
+
     /// The Galois element of complex conjugation.
     pub fn conjugation_element(&self) -> u64 {
         2 * self.n as u64 - 1
@@ -185,8 +199,14 @@ impl Context {
         let mut poly = RnsPoly::zero(self.n, indices.len());
         for (row, &index) in poly.limbs_mut().zip(&indices) {
             let modulus = &self.moduli[index];
+            let q = modulus.value as i64;
             for (slot, &c) in row.iter_mut().zip(coefficients) {
-                *slot = modulus.reduce_i64(c);
+                // Secrets and errors are tiny: |c| < q, so one addition reduces them.
+                *slot = if c.unsigned_abs() < modulus.value {
+                    (c + if c < 0 { q } else { 0 }) as u64
+                } else {
+                    modulus.reduce_i64(c)
+                };
             }
             self.ntt[index].forward(row);
         }

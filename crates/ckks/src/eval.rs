@@ -220,19 +220,8 @@ impl Evaluator {
             .parts
             .iter()
             .map(|part| {
-                let mut dropped = part.limb(last).to_vec();
-                ctx.ntt[last].backward(&mut dropped);
-                let q_last = &ctx.moduli[last];
-                let centered: Vec<i64> = dropped.iter().map(|&x| q_last.center(x)).collect();
                 let mut out = part.prefix(last);
-                out.data.par_chunks_mut(ctx.n).enumerate().for_each(|(i, row)| {
-                    let (m, inv) = (&ctx.moduli[i], ctx.rescale_inv[last][i]);
-                    let mut correction: Vec<u64> = centered.iter().map(|&c| m.reduce_i64(c)).collect();
-                    ctx.ntt[i].forward(&mut correction);
-                    for (x, &c) in row.iter_mut().zip(&correction) {
-                        *x = m.mul_shoup(m.sub(*x, c), inv);
-                    }
-                });
+                divide_by_last(ctx, &mut out, part.limb(last), last, &ctx.rescale_inv[last]);
                 out
             })
             .collect();
@@ -306,11 +295,8 @@ impl Evaluator {
             return Ok(a.clone());
         }
         let key = self.galois_key(keys, g, &format!("rotation by {step}"))?;
-        let perm = self.context.permutation(g);
-        let (k0, k1) = self.inner_product(&decomposed.digits, a.level, key, Some(&perm));
-        let mut c0 = permute(&a.parts[0], &perm);
-        self.add_polys(&mut c0, &k0, a.level);
-        Ok(Ciphertext { parts: vec![c0, k1], level: a.level, scale: a.scale })
+        let switched = self.inner_product(&decomposed.digits, a.level, key);
+        Ok(self.finish_galois(a, switched, g))
     }
 
     fn apply_galois(&self, a: &Ciphertext, g: u64, keys: &GaloisKeys, what: &str) -> Result<Ciphertext> {
@@ -318,12 +304,15 @@ impl Evaluator {
             return Err(Error::WrongSize { expected: 2, found: a.size() });
         }
         let key = self.galois_key(keys, g, what)?;
+        let switched = self.key_switch(&a.parts[1], a.level, key);
+        Ok(self.finish_galois(a, switched, g))
+    }
+
+    /// With (u0, u1) = KS_{s→σ⁻¹(s)}(c1): σ(c0 + u0) + σ(u1)·s ≈ σ(c0 + c1·s) = σ(m).
+    fn finish_galois(&self, a: &Ciphertext, (mut u0, u1): (RnsPoly, RnsPoly), g: u64) -> Ciphertext {
         let perm = self.context.permutation(g);
-        let c1 = permute(&a.parts[1], &perm);
-        let (k0, k1) = self.key_switch(&c1, a.level, key);
-        let mut c0 = permute(&a.parts[0], &perm);
-        self.add_polys(&mut c0, &k0, a.level);
-        Ok(Ciphertext { parts: vec![c0, k1], level: a.level, scale: a.scale })
+        self.add_polys(&mut u0, &a.parts[0], a.level);
+        Ciphertext { parts: vec![permute(&u0, &perm), permute(&u1, &perm)], level: a.level, scale: a.scale }
     }
 
     fn galois_key<'k>(&self, keys: &'k GaloisKeys, g: u64, what: &str) -> Result<&'k KeySwitchKey> {
@@ -337,9 +326,40 @@ impl Evaluator {
 
     /// Switches polynomial `d` (under the key's source) to the secret key: returns (k0, k1)
     /// over q_0 … q_level with k0 + k1·s ≈ d·s'.
+    ///
+    /// Each digit is lifted into one scratch row per target prime and consumed at once, so the
+    /// working set is (level + 1) coefficient rows instead of every lifted digit.
     fn key_switch(&self, d: &RnsPoly, level: usize, key: &KeySwitchKey) -> (RnsPoly, RnsPoly) {
-        let digits = self.lift_digits(d, level);
-        self.inner_product(&digits, level, key, None)
+        let ctx = &self.context;
+        let n = ctx.n;
+        let mut coefficients = d.prefix(level + 1);
+        coefficients.data.par_chunks_mut(n).enumerate().for_each(|(j, row)| ctx.ntt[j].backward(row));
+        let basis = ctx.basis(level + 1, true);
+        let mut acc0 = RnsPoly::zero(n, basis.len());
+        let mut acc1 = RnsPoly::zero(n, basis.len());
+        acc0.data.par_chunks_mut(n).zip(acc1.data.par_chunks_mut(n)).zip(basis.par_iter()).for_each(
+            |((r0, r1), &t)| {
+                let ntt = &ctx.ntt[t];
+                let key_row = self.key_row(t);
+                let mut scratch = vec![0u64; n];
+                for j in 0..=level {
+                    let lifted = if t == j {
+                        d.limb(j)
+                    } else {
+                        lift_row(ctx, coefficients.limb(j), j, t, &mut scratch);
+                        &scratch[..]
+                    };
+                    ntt.mul_accumulate(r0, lifted, key.b[j].limb(key_row));
+                    ntt.mul_accumulate(r1, lifted, key.a[j].limb(key_row));
+                }
+            },
+        );
+        (self.mod_down(&acc0, level), self.mod_down(&acc1, level))
+    }
+
+    /// Row of a key-switching key holding prime `t` (keys span every prime, P last).
+    fn key_row(&self, t: usize) -> usize {
+        if t == self.context.special_index() { self.context.max_level() + 1 } else { t }
     }
 
     /// Digit j of `d` is its residue mod q_j, lifted to every prime of the level and P.
@@ -357,15 +377,7 @@ impl Evaluator {
                     if t == j {
                         row.copy_from_slice(d.limb(j));
                     } else {
-                        let m = &ctx.moduli[t];
-                        if ctx.moduli[j].value < m.value {
-                            row.copy_from_slice(&coefficients);
-                        } else {
-                            for (x, &c) in row.iter_mut().zip(&coefficients) {
-                                *x = m.reduce(c);
-                            }
-                        }
-                        ctx.ntt[t].forward(row);
+                        lift_row(ctx, &coefficients, j, t, row);
                     }
                 });
                 lifted
@@ -373,38 +385,20 @@ impl Evaluator {
             .collect()
     }
 
-    /// Σ_j digit_j · key_j over q_0 … q_level, P, then divided by P (mod down). With `perm`, the
-    /// digits are first permuted (hoisted rotation: the automorphism commutes with lifting).
-    fn inner_product(
-        &self,
-        digits: &[RnsPoly],
-        level: usize,
-        key: &KeySwitchKey,
-        perm: Option<&[u32]>,
-    ) -> (RnsPoly, RnsPoly) {
+    /// Σ_j digit_j · key_j over q_0 … q_level, P, then divided by P (mod down).
+    fn inner_product(&self, digits: &[RnsPoly], level: usize, key: &KeySwitchKey) -> (RnsPoly, RnsPoly) {
         let ctx = &self.context;
         let n = ctx.n;
         let basis = ctx.basis(level + 1, true);
-        let key_row = |t: usize| if t == ctx.special_index() { ctx.max_level() + 1 } else { t };
         let mut acc0 = RnsPoly::zero(n, basis.len());
         let mut acc1 = RnsPoly::zero(n, basis.len());
         acc0.data.par_chunks_mut(n).zip(acc1.data.par_chunks_mut(n)).zip(basis.par_iter().enumerate()).for_each(
             |((r0, r1), (row, &t))| {
                 let ntt = &ctx.ntt[t];
-                let mut scratch = if perm.is_some() { vec![0u64; n] } else { Vec::new() };
+                let key_row = self.key_row(t);
                 for (j, digit) in digits.iter().enumerate() {
-                    let lifted = match perm {
-                        Some(perm) => {
-                            let source = digit.limb(row);
-                            for (out, &k) in scratch.iter_mut().zip(perm) {
-                                *out = source[k as usize];
-                            }
-                            &scratch[..]
-                        }
-                        None => digit.limb(row),
-                    };
-                    ntt.mul_accumulate(r0, lifted, key.b[j].limb(key_row(t)));
-                    ntt.mul_accumulate(r1, lifted, key.a[j].limb(key_row(t)));
+                    ntt.mul_accumulate(r0, digit.limb(row), key.b[j].limb(key_row));
+                    ntt.mul_accumulate(r1, digit.limb(row), key.a[j].limb(key_row));
                 }
             },
         );
@@ -414,22 +408,9 @@ impl Evaluator {
     /// From q_0 … q_level, P down to q_0 … q_level: (x - [x]_P) / P, rounding.
     fn mod_down(&self, extended: &RnsPoly, level: usize) -> RnsPoly {
         let ctx = &self.context;
-        let limbs = level + 1;
         let special = ctx.special_index();
-        let mut tail = extended.limb(limbs).to_vec();
-        ctx.ntt[special].backward(&mut tail);
-        let p = &ctx.moduli[special];
-        let centered: Vec<i64> = tail.iter().map(|&x| p.center(x)).collect();
-        let mut out = extended.prefix(limbs);
-        out.data.par_chunks_mut(ctx.n).enumerate().for_each(|(i, row)| {
-            let m = &ctx.moduli[i];
-            let mut correction: Vec<u64> = centered.iter().map(|&c| m.reduce_i64(c)).collect();
-            ctx.ntt[i].forward(&mut correction);
-            let inv = ctx.special_inv[i];
-            for (x, &c) in row.iter_mut().zip(&correction) {
-                *x = m.mul_shoup(m.sub(*x, c), inv);
-            }
-        });
+        let mut out = extended.prefix(level + 1);
+        divide_by_last(ctx, &mut out, extended.limb(level + 1), special, &ctx.special_inv);
         out
     }
 
@@ -477,6 +458,63 @@ impl Evaluator {
             a.limb_mut(i).iter_mut().zip(b.limb(i)).for_each(|(x, &y)| *x = m.add(*x, y));
         }
     }
+}
+
+/// Row `j` of `coefficients` (residues mod prime `source`, coefficient form) reduced mod prime
+/// `target` and taken to evaluation form, into `out`.
+fn lift_row(ctx: &Context, coefficients: &[u64], source: usize, target: usize, out: &mut [u64]) {
+    let (from, to) = (&ctx.moduli[source], &ctx.moduli[target]);
+    if from.value <= to.value {
+        out.copy_from_slice(coefficients);
+    } else if from.value <= 2 * to.value {
+        // One conditional subtraction: branch-free and vectorizable.
+        for (x, &c) in out.iter_mut().zip(coefficients) {
+            *x = c.min(c.wrapping_sub(to.value));
+        }
+    } else {
+        for (x, &c) in out.iter_mut().zip(coefficients) {
+            *x = to.reduce(c);
+        }
+    }
+    ctx.ntt[target].forward(out);
+}
+
+/// `poly` (rows q_0 … q_k) together with `last_row` (mod prime `last`, evaluation form) is
+/// one polynomial x; replaces `poly` by (x - [x]_last) / last, rounding, given last^-1 mod q_i.
+fn divide_by_last(
+    ctx: &Context,
+    poly: &mut RnsPoly,
+    last_row: &[u64],
+    last: usize,
+    inverses: &[crate::arith::ShoupConst],
+) {
+    let mut dropped = last_row.to_vec();
+    ctx.ntt[last].backward(&mut dropped);
+    let q_last = ctx.moduli[last].value;
+    let half = q_last / 2;
+    poly.data.par_chunks_mut(ctx.n).enumerate().for_each(|(i, row)| {
+        let m = &ctx.moduli[i];
+        let mut correction = vec![0u64; ctx.n];
+        // The centred remainder r ∈ (-q_last/2, q_last/2] reduced mod q_i: as x - q_last when x
+        // is above half, i.e. x + (q_i - q_last mod q_i).
+        let shift = m.neg(m.reduce(q_last));
+        if q_last <= 2 * m.value {
+            for (c, &x) in correction.iter_mut().zip(&dropped) {
+                let r = x.min(x.wrapping_sub(m.value));
+                *c = if x > half { m.add(r, shift) } else { r };
+            }
+        } else {
+            for (c, &x) in correction.iter_mut().zip(&dropped) {
+                let r = m.reduce(x);
+                *c = if x > half { m.add(r, shift) } else { r };
+            }
+        }
+        ctx.ntt[i].forward(&mut correction);
+        let inv = inverses[i];
+        for (x, &c) in row.iter_mut().zip(&correction) {
+            *x = m.mul_shoup(m.sub(*x, c), inv);
+        }
+    });
 }
 
 fn permute(poly: &RnsPoly, perm: &[u32]) -> RnsPoly {

@@ -156,7 +156,7 @@ impl KeyGenerator {
                 *x = m.mul(*x, *x);
             }
         }
-        let key = self.switch_key(&square);
+        let key = self.switch_key(&square, &self.secret.poly);
         square.zeroize();
         RelinKey { key, fingerprint: ctx.params.fingerprint() }
     }
@@ -173,14 +173,17 @@ impl KeyGenerator {
         let keys = elements
             .into_iter()
             .map(|g| {
-                let perm = ctx.permutation(g);
+                // The key switches s to σ⁻¹(s) rather than σ(s) to s: the evaluator then
+                // key-switches c1 unpermuted and applies σ to the (small) result, which lets
+                // hoisted rotations share c1's decomposition without permuting every digit.
+                let perm = ctx.permutation(ctx.galois_inverse(g));
                 let mut rotated = self.secret.poly.clone();
                 for (row, source) in rotated.limbs_mut().zip(self.secret.poly.limbs_iter()) {
                     for (out, &k) in row.iter_mut().zip(perm.iter()) {
                         *out = source[k as usize];
                     }
                 }
-                let key = self.switch_key(&rotated);
+                let key = self.switch_key(&self.secret.poly, &rotated);
                 rotated.zeroize();
                 (g, key)
             })
@@ -188,8 +191,9 @@ impl KeyGenerator {
         GaloisKeys { keys, fingerprint: Some(ctx.params.fingerprint()) }
     }
 
-    /// A key switching from `target` (evaluation form over every prime) to the secret key.
-    fn switch_key(&self, target: &RnsPoly) -> KeySwitchKey {
+    /// A key switching from `source` to `under` (both in evaluation form over every prime):
+    /// digit j is (-a_j·under + e_j + P·[source]_{q_j}·δ_j, a_j).
+    fn switch_key(&self, source: &RnsPoly, under: &RnsPoly) -> KeySwitchKey {
         let ctx = &self.context;
         let limbs = ctx.max_level() + 1;
         let basis = ctx.basis(limbs, true);
@@ -204,14 +208,14 @@ impl KeyGenerator {
                 let mut b_j = RnsPoly::zero(ctx.n, basis.len());
                 for (i, &index) in basis.iter().enumerate() {
                     let m = &ctx.moduli[index];
-                    let (s, ai, ei) = (self.secret.poly.limb(i), a_j.limb(i), e.limb(i));
+                    let (s, ai, ei) = (under.limb(i), a_j.limb(i), e.limb(i));
                     let row = b_j.limb_mut(i);
                     for k in 0..ctx.n {
                         row[k] = m.sub(ei[k], m.mul(ai[k], s[k]));
                     }
                     if i == digit {
                         let p = m.shoup(ctx.special_mod_q[i]);
-                        let t = target.limb(i);
+                        let t = source.limb(i);
                         for k in 0..ctx.n {
                             row[k] = m.add(row[k], m.mul_shoup(t[k], p));
                         }
