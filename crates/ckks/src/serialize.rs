@@ -480,6 +480,14 @@ impl<'a> Reader<'a> {
                 }
                 *out = value;
             }
+            if acc != 0 {
+                // Canonical encoding: the padding bits of a row's last byte are zero.
+                return Err(Error::Malformed {
+                    object: self.object,
+                    offset: self.offset - 1,
+                    reason: format!("non-zero padding bits after prime #{limb}"),
+                });
+            }
         }
         Ok(poly)
     }
