@@ -69,6 +69,9 @@ fn assert_trail_is_consistent(job: &Job, events: &[JobEvent]) {
     assert_eq!(events.last().unwrap().attempt, job.attempt, "job {} trail {events:?}", job.id);
 }
 
+/// Who ran each (job, attempt).
+type Runs = HashMap<(JobId, i32), Vec<WorkerId>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_claimers_run_every_job_exactly_once_per_attempt() {
     let config =
@@ -84,7 +87,7 @@ async fn eight_concurrent_claimers_run_every_job_exactly_once_per_attempt() {
 
     // Every (job, attempt) run, by whom. Jobs whose input ends in 0 fail transiently on their
     // first attempt and must run again as attempt 2.
-    let runs: Arc<Mutex<HashMap<(JobId, i32), Vec<WorkerId>>>> = Arc::default();
+    let runs: Arc<Mutex<Runs>> = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..8 {
         let queue = queue.clone();
@@ -129,7 +132,7 @@ async fn eight_concurrent_claimers_run_every_job_exactly_once_per_attempt() {
         task.await.unwrap();
     }
 
-    let runs = runs.lock().unwrap();
+    let runs = std::mem::take(&mut *runs.lock().unwrap());
     for ((job, attempt), workers) in runs.iter() {
         assert_eq!(workers.len(), 1, "job {job} attempt {attempt} ran {} times", workers.len());
     }
