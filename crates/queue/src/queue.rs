@@ -214,17 +214,18 @@ impl Queue {
     /// age (expired leases first); a candidate's place is its tenant's running-job count plus
     /// its rank, so the tenant with the fewest running jobs goes first and a batch is spread
     /// round-robin. Ties between tenants are broken at random, so tenants with equally many
-    /// running jobs take turns (in expectation) however old their backlogs are. Rows other
-    /// claimers hold are skipped (`FOR UPDATE SKIP LOCKED`). Each claimed job becomes running
-    /// under `worker` with attempt + 1 and a fresh lease.
+    /// running jobs take turns (in expectation) however old their backlogs are. Each claimed
+    /// job becomes running under `worker` with attempt + 1 and a fresh lease.
+    ///
+    /// Rows other claimers hold are skipped (`FOR UPDATE SKIP LOCKED`): each tenant's first
+    /// `max` unlocked candidates are locked, ranked, and the best `max` overall are taken; the
+    /// rest are unlocked when the statement ends (a concurrent claimer may skip them for that
+    /// moment, which costs order, never correctness).
     pub async fn claim(&self, worker: &WorkerId, max: usize) -> Result<Vec<Claimed>> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let max = i64::try_from(max).map_err(|_| Error::Invalid { what: "claim size", reason: "too large".into() })?;
-        // Each tenant offers more candidates than one claim takes, so that concurrent claimers,
-        // which skip each other's locked rows, still find enough.
-        let window = max.saturating_mul(8).max(64);
         let jobs: Vec<Job> = sqlx::query_as(
             r#"
             WITH running AS (
@@ -233,41 +234,45 @@ impl Queue {
                 WHERE state = 'running'
                 GROUP BY tenant_id
             ),
-            candidates AS (
-                SELECT c.id, c.tenant_id, c.priority, c.seq, c.rank
+            queued AS (
+                SELECT c.*, row_number() OVER (PARTITION BY c.tenant_id ORDER BY c.priority DESC, c.seq) AS rank
                 FROM tenants t
                 CROSS JOIN LATERAL (
                     SELECT j.id, j.tenant_id, j.priority, j.seq,
-                           row_number() OVER (ORDER BY j.priority DESC, j.seq) AS rank
+                           j.state AS previous_state, j.worker_id AS previous_worker
                     FROM jobs j
                     WHERE j.tenant_id = t.id AND j.state = 'queued' AND j.run_at <= now()
                     ORDER BY j.priority DESC, j.seq
-                    LIMIT $3
+                    LIMIT $1
+                    FOR UPDATE SKIP LOCKED
                 ) c
-                UNION ALL
-                SELECT j.id, j.tenant_id, j.priority, j.seq, 0::bigint AS rank
+            ),
+            expired AS (
+                SELECT j.id, j.tenant_id, j.state AS previous_state, j.worker_id AS previous_worker
                 FROM jobs j
                 WHERE j.state = 'running' AND j.lease_expires_at <= now()
                   AND NOT j.cancel_requested AND j.attempt < j.max_attempts
+                ORDER BY j.lease_expires_at
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED
             ),
             picked AS (
-                SELECT j.id, j.state AS previous_state, j.worker_id AS previous_worker
-                FROM candidates c
-                JOIN jobs j ON j.id = c.id
+                SELECT c.id, c.previous_state, c.previous_worker
+                FROM (
+                    SELECT id, tenant_id, rank, previous_state, previous_worker FROM queued
+                    UNION ALL
+                    SELECT id, tenant_id, 0, previous_state, previous_worker FROM expired
+                ) c
                 LEFT JOIN running r ON r.tenant_id = c.tenant_id
-                WHERE (j.state = 'queued' AND j.run_at <= now())
-                   OR (j.state = 'running' AND j.lease_expires_at <= now()
-                       AND NOT j.cancel_requested AND j.attempt < j.max_attempts)
                 ORDER BY coalesce(r.jobs, 0) + c.rank, random()
                 LIMIT $1
-                FOR UPDATE OF j SKIP LOCKED
             ),
             claimed AS (
                 UPDATE jobs j
                 SET state = 'running',
                     attempt = j.attempt + 1,
                     worker_id = $2,
-                    lease_expires_at = now() + make_interval(secs => $4),
+                    lease_expires_at = now() + make_interval(secs => $3),
                     started_at = coalesce(j.started_at, now()),
                     progress = 0,
                     stage = NULL
@@ -288,7 +293,6 @@ impl Queue {
         )
         .bind(max)
         .bind(&worker.0)
-        .bind(window)
         .bind(self.config.lease.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;

@@ -343,6 +343,11 @@ async fn a_batch_claim_shares_the_workers_between_tenants() {
         .collect();
     big_inputs.sort_unstable();
     assert_eq!(big_inputs, (0..14).collect::<Vec<_>>(), "the big tenant's oldest jobs go first");
+
+    // Running now: big 15, small 10. New small jobs go before the big tenant's backlog.
+    enqueue_n(&queue, small, 3, "small-late").await;
+    let fifth = queue.claim(&worker, 3).await.unwrap();
+    assert_eq!((count(&fifth, big), count(&fifth, small)), (0, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
