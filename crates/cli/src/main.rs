@@ -3,15 +3,33 @@
 //! The binary stays thin: it parses the command line and hands each subcommand to the crate
 //! that does the work. Subcommands arrive with the capabilities behind them.
 
-use clap::Parser;
+mod admin;
+mod bench;
+
+use clap::{Parser, Subcommand};
 
 /// Private medical-image diagnosis: images are encrypted on the hospital's machine and the
 /// neural network runs on the ciphertexts.
 #[derive(Debug, Parser)]
 #[command(name = "blindfold", version, about, long_about = None, arg_required_else_help = true)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Operator commands: database migrations.
+    #[command(subcommand)]
+    Admin(admin::Admin),
+    /// Benchmarks that print what they measured.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    match Cli::parse().command {
+        Command::Admin(command) => admin::run(command),
+        Command::Bench(command) => bench::run(command),
+    }
 }
