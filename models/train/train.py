@@ -22,6 +22,7 @@ Outputs, for --model NAME, under --out (default: models/ beside this script's di
 """
 
 import argparse
+import copy
 import gzip
 import hashlib
 import json
@@ -117,7 +118,7 @@ class Quad(nn.Module):
         return self.a * (x * x) + self.b * x
 
 
-def build(name):
+def build(name, channels=(8, 16)):
     if name == "mnist-cryptonets":
         # CryptoNets: 5x5 conv stride 2 with 1 pixel of padding (5x13x13), square-like, dense 100,
         # square-like, dense 10.
@@ -148,17 +149,18 @@ def build(name):
             nn.Linear(120, 10),
         )
     if name == "derma-lenet5":
+        c1, c2 = channels
         return nn.Sequential(
-            nn.Conv2d(3, 8, 5),
-            nn.BatchNorm2d(8),
+            nn.Conv2d(3, c1, 5),
+            nn.BatchNorm2d(c1),
             Quad(),
             nn.AvgPool2d(2),
-            nn.Conv2d(8, 16, 5),
-            nn.BatchNorm2d(16),
+            nn.Conv2d(c1, c2, 5),
+            nn.BatchNorm2d(c2),
             Quad(),
             nn.AvgPool2d(2),
             nn.Flatten(),
-            nn.Linear(16 * 4 * 4, 120),
+            nn.Linear(c2 * 4 * 4, 120),
             nn.BatchNorm1d(120),
             Quad(),
             nn.Linear(120, 7),
@@ -169,7 +171,7 @@ def build(name):
 def fold_batch_norm(model):
     """A copy of `model` with every BatchNorm folded into the Conv2d/Linear before it."""
     layers = []
-    for m in model:
+    for m in copy.deepcopy(model):
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             prev = layers[-1]
             scale = m.weight.detach() / torch.sqrt(m.running_var + m.eps)
@@ -292,12 +294,13 @@ def train(args):
     xs = {s: normalise(split[s][0], mean, std) for s in split}
     ys = {s: torch.from_numpy(split[s][1].astype(np.int64)) for s in split}
 
-    model = build(args.model)
+    model = build(args.model, tuple(int(c) for c in args.channels.split(",")))
     counts = np.bincount(y_tr, minlength=len(classes))
     if derma:
-        # Class imbalance (67 % nevi) handled on purpose: loss weights ~ 1/sqrt(frequency),
-        # normalised to mean 1. Full inverse frequency trades too much accuracy for recall.
-        w = 1.0 / np.sqrt(counts / counts.sum())
+        # Class imbalance (67 % nevi) handled on purpose: loss weights ~ 1/frequency^power
+        # (default 1/sqrt), normalised to mean 1. Full inverse frequency trades too much accuracy
+        # for minority-class recall.
+        w = (counts / counts.sum()) ** -args.class_weight_power
         weight = torch.tensor(w / w.mean(), dtype=torch.float32)
     else:
         weight = None
@@ -380,7 +383,7 @@ def run_model(args):
     manifest = {
         "name": args.model,
         "version": 1,
-        "description": DESCRIPTIONS[args.model],
+        "description": DESCRIPTIONS[args.model].format(*args.channels.split(",")),
         "input": {"shape": list(shape), "layout": "CHW", "channel_order": "RGB" if derma else "gray"},
         "preprocessing": {
             "resize": "stretch to the input height and width (aspect ratio not kept), bicubic (Catmull-Rom) filter",
@@ -391,6 +394,7 @@ def run_model(args):
         "classes": classes,
         "positive_class": MELANOMA if derma else None,
         "multiplicative_depth": depth(folded),
+        "dataset": "dermamnist" if derma else "mnist",
         "activations": [{"a": float(q.a), "b": float(q.b)} for q in quads],
         "metrics": {"test": test, "val": val, "split": "test" if not derma else "test (DermaMNIST split)"},
         "training": {
@@ -408,7 +412,7 @@ def run_model(args):
         json.dump(manifest, f, indent=2)
         f.write("\n")
 
-    os.makedirs(FIXTURES, exist_ok=True)
+    os.makedirs(args.fixtures, exist_ok=True)
     fixture = {
         "model": args.model,
         "note": "first test images of the dataset as uint8 pixels (C,H,W) and the logits onnxruntime computes for "
@@ -418,7 +422,7 @@ def run_model(args):
             for i in range(FIXTURE_IMAGES)
         ],
     }
-    with open(os.path.join(FIXTURES, f"{args.model}.json"), "w") as f:
+    with open(os.path.join(args.fixtures, f"{args.model}.json"), "w") as f:
         json.dump(fixture, f, separators=(",", ":"))
         f.write("\n")
 
@@ -428,8 +432,8 @@ DESCRIPTIONS = {
     "activation, dense 100, quadratic activation, dense 10",
     "mnist-lenet5": "LeNet-5 shape on MNIST: conv 5x5 (6) -> quad -> avgpool 2 -> conv 5x5 (16) -> quad -> avgpool 2 "
     "-> dense 120 -> quad -> dense 10",
-    "derma-lenet5": "LeNet-5 shape on DermaMNIST 28x28 RGB, 7 lesion classes: conv 5x5 (8) -> quad -> avgpool 2 -> "
-    "conv 5x5 (16) -> quad -> avgpool 2 -> dense 120 -> quad -> dense 7",
+    "derma-lenet5": "LeNet-5 shape on DermaMNIST 28x28 RGB, 7 lesion classes: conv 5x5 ({0}) -> quad -> avgpool 2 -> "
+    "conv 5x5 ({1}) -> quad -> avgpool 2 -> dense 120 -> quad -> dense 7",
 }
 
 
@@ -508,12 +512,15 @@ def main():
     p.add_argument("--model", choices=sorted(DESCRIPTIONS))
     p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"))
     p.add_argument("--out", default=os.path.join(REPO, "models"))
+    p.add_argument("--fixtures", default=FIXTURES, help="where the evaluator test fixture goes")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels", default="8,16", help="derma-lenet5: maps of the two convolutions")
+    p.add_argument("--class-weight-power", type=float, default=0.5, help="derma: loss weight ~ 1/frequency^power")
     p.add_argument("--fixtures-only", action="store_true")
     args = p.parse_args()
     args.command = " ".join(shlex.quote(a) for a in ["python3", "models/train/train.py", *sys.argv[1:]])

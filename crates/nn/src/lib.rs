@@ -31,7 +31,7 @@ pub mod ir;
 pub mod manifest;
 pub mod metrics;
 pub mod onnx;
-// pub mod registry;
+pub mod registry;
 
 pub use error::{Error, Refusal, Result};
 pub use ir::{AvgPool2d, Conv2d, Dense, Layer, Network, Polynomial, Shape};

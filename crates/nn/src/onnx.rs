@@ -629,12 +629,12 @@ impl Importer {
             if !(auto_pad.is_empty() || auto_pad == "NOTSET" || auto_pad == "VALID") {
                 return Err(format!("auto_pad {auto_pad} is not supported"));
             }
-            if attr_int(node, "ceil_mode", 0) != 0 {
-                if let Shape::Image { height, width, .. } = self.shape {
-                    let exact = |n: usize, k: usize, s: usize| n >= k && (n - k) % s.max(1) == 0;
-                    if !(exact(height, kernel[0], stride[0]) && exact(width, kernel[1], stride[1])) {
-                        return Err("ceil_mode = 1 with a partial last window is not supported".into());
-                    }
+            if attr_int(node, "ceil_mode", 0) != 0
+                && let Shape::Image { height, width, .. } = self.shape
+            {
+                let exact = |n: usize, k: usize, s: usize| n >= k && (n - k).is_multiple_of(s.max(1));
+                if !(exact(height, kernel[0], stride[0]) && exact(width, kernel[1], stride[1])) {
+                    return Err("ceil_mode = 1 with a partial last window is not supported".into());
                 }
             }
             (kernel, stride)
