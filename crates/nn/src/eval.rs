@@ -1,0 +1,151 @@
+//! The plaintext reference evaluator: f64 arithmetic, one image at a time, rayon over images.
+//!
+//! Every encrypted result is checked against this.
+
+use rayon::prelude::*;
+
+use crate::ir::{AvgPool2d, Conv2d, Dense, Layer, Network, Shape};
+use crate::{Error, Result};
+
+impl Network {
+    /// Evaluates the network on one image given in the input shape's CHW order.
+    pub fn forward(&self, input: &[f64]) -> Result<Vec<f64>> {
+        if input.len() != self.input().len() {
+            return Err(Error::InputSize {
+                expected: self.input().len(),
+                actual: input.len(),
+                shape: self.input().to_string(),
+            });
+        }
+        let mut x = input.to_vec();
+        let mut shape = self.input();
+        for (layer, out) in self.layers().iter().zip(self.shapes()) {
+            x = apply(layer, &x, shape, *out);
+            shape = *out;
+        }
+        Ok(x)
+    }
+
+    /// Evaluates the network on many images in parallel; results keep the input order.
+    pub fn forward_batch<I: AsRef<[f64]> + Sync>(&self, inputs: &[I]) -> Result<Vec<Vec<f64>>> {
+        inputs.par_iter().map(|x| self.forward(x.as_ref())).collect()
+    }
+}
+
+/// Shapes were checked when the network was built, so indexing stays in bounds.
+fn apply(layer: &Layer, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
+    match layer {
+        Layer::Conv2d(c) => conv2d(c, x, input, output),
+        Layer::AvgPool2d(p) => avg_pool(p, x, input, output),
+        Layer::Dense(d) => dense(d, x),
+        Layer::Activation(p) => x.iter().map(|v| p.eval(*v)).collect(),
+        Layer::Flatten => x.to_vec(),
+    }
+}
+
+fn dims(shape: Shape) -> (usize, usize, usize) {
+    match shape {
+        Shape::Image { channels, height, width } => (channels, height, width),
+        Shape::Vector { len } => (len, 1, 1),
+    }
+}
+
+fn conv2d(c: &Conv2d, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
+    let (cin, h, w) = dims(input);
+    let (cout, oh, ow) = dims(output);
+    let [kh, kw] = c.kernel;
+    let [sh, sw] = c.stride;
+    let (pt, pl) = (c.padding[0], c.padding[1]);
+    let mut y = vec![0.0; cout * oh * ow];
+    for o in 0..cout {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = c.bias[o];
+                for i in 0..cin {
+                    for ky in 0..kh {
+                        // Row in the unpadded input; padding rows contribute zero.
+                        let Some(iy) = (oy * sh + ky).checked_sub(pt).filter(|r| *r < h) else { continue };
+                        for kx in 0..kw {
+                            let Some(ix) = (ox * sw + kx).checked_sub(pl).filter(|c| *c < w) else { continue };
+                            acc += c.weights[((o * cin + i) * kh + ky) * kw + kx] * x[(i * h + iy) * w + ix];
+                        }
+                    }
+                }
+                y[(o * oh + oy) * ow + ox] = acc;
+            }
+        }
+    }
+    y
+}
+
+fn avg_pool(p: &AvgPool2d, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
+    let (_, h, w) = dims(input);
+    let (ch, oh, ow) = dims(output);
+    let [kh, kw] = p.kernel;
+    let scale = 1.0 / (kh * kw) as f64;
+    let mut y = vec![0.0; ch * oh * ow];
+    for c in 0..ch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0.0;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        acc += x[(c * h + oy * p.stride[0] + ky) * w + ox * p.stride[1] + kx];
+                    }
+                }
+                y[(c * oh + oy) * ow + ox] = acc * scale;
+            }
+        }
+    }
+    y
+}
+
+fn dense(d: &Dense, x: &[f64]) -> Vec<f64> {
+    d.weights.chunks_exact(d.inputs).zip(&d.bias).map(|(row, b)| b + row.iter().zip(x).map(|(w, v)| w * v).sum::<f64>()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Polynomial;
+
+    #[test]
+    fn conv_with_padding_and_stride_matches_hand_computation() {
+        // 1x3x3 input 1..9, 2x2 kernel of ones, stride 2, padding 1 on every side -> 1x2x2.
+        let net = Network::new(
+            Shape::Image { channels: 1, height: 3, width: 3 },
+            vec![Layer::Conv2d(Conv2d {
+                in_channels: 1,
+                out_channels: 1,
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [1, 1, 1, 1],
+                weights: vec![1.0; 4],
+                bias: vec![0.5],
+            })],
+        )
+        .unwrap();
+        let x: Vec<f64> = (1..=9).map(f64::from).collect();
+        // Windows: {1}, {2,3}, {4,7}, {5,6,8,9}.
+        assert_eq!(net.forward(&x).unwrap(), vec![1.5, 5.5, 11.5, 28.5]);
+    }
+
+    #[test]
+    fn pool_dense_activation() {
+        let net = Network::new(
+            Shape::Image { channels: 1, height: 2, width: 2 },
+            vec![
+                Layer::AvgPool2d(AvgPool2d { kernel: [2, 2], stride: [2, 2] }),
+                Layer::Flatten,
+                Layer::Dense(Dense { inputs: 1, outputs: 2, weights: vec![2.0, -1.0], bias: vec![0.0, 1.0] }),
+                Layer::Activation(Polynomial { coefficients: vec![1.0, 0.0, 1.0] }),
+            ],
+        )
+        .unwrap();
+        // mean 2.5 -> [5, -1.5] -> 1 + x^2 -> [26, 3.25]
+        assert_eq!(net.forward(&[1.0, 2.0, 3.0, 4.0]).unwrap(), vec![26.0, 3.25]);
+        let batch = net.forward_batch(&[vec![0.0; 4], vec![1.0; 4]]).unwrap();
+        assert_eq!(batch, vec![vec![1.0, 2.0], vec![5.0, 1.0]]);
+        assert!(matches!(net.forward(&[1.0]), Err(Error::InputSize { expected: 4, actual: 1, .. })));
+    }
+}

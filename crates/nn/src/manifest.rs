@@ -1,0 +1,172 @@
+//! A model's manifest: what its input means, how to preprocess an image, what its outputs are,
+//! how it was trained and how well it did.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Images;
+use crate::ir::Shape;
+use crate::{Error, Result};
+
+/// Largest image file accepted by [`Manifest::load_image`] (bytes).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+/// Largest decoded image accepted (pixels per side).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// The manifest committed next to each `model.onnx` (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Registry name, e.g. `mnist-cryptonets`.
+    pub name: String,
+    /// Version of this model under its name.
+    pub version: u32,
+    /// One line on what the network is.
+    pub description: String,
+    /// The network's input.
+    pub input: Input,
+    /// How an image becomes the input tensor.
+    pub preprocessing: Preprocessing,
+    /// Class names, in output order.
+    pub classes: Vec<String>,
+    /// The class scored for the one-vs-rest AUC (melanoma for skin lesions), if any.
+    pub positive_class: Option<usize>,
+    /// The multiplicative depth under CKKS, as [`crate::Network::depth`] computes it.
+    pub multiplicative_depth: usize,
+    /// The trained coefficients of each quadratic activation (informational).
+    #[serde(default)]
+    pub activations: Vec<serde_json::Value>,
+    /// Plaintext metrics measured at training time with onnxruntime.
+    pub metrics: serde_json::Value,
+    /// How the model was trained.
+    pub training: serde_json::Value,
+}
+
+/// The input tensor of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// `[channels, height, width]`.
+    pub shape: [usize; 3],
+    /// Always `CHW`.
+    pub layout: String,
+    /// `gray` or `RGB`.
+    pub channel_order: String,
+}
+
+/// The preprocessing rule: stretch to the input size, scale to [0, 1], normalise per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// How an image of another size is resized (stretched, bicubic).
+    pub resize: String,
+    /// The pixel scaling (`pixel / 255`).
+    pub scale: String,
+    /// Per-channel mean subtracted after scaling.
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: Vec<f64>,
+}
+
+impl Manifest {
+    /// Parses a manifest and checks it is self-consistent.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let m: Manifest =
+            serde_json::from_str(json).map_err(|e| Error::Manifest { model: "?".into(), reason: e.to_string() })?;
+        m.check()?;
+        Ok(m)
+    }
+
+    fn check(&self) -> Result<()> {
+        let err = |reason: String| Error::Manifest { model: self.name.clone(), reason };
+        let [c, h, w] = self.input.shape;
+        if !(c == 1 || c == 3) || h == 0 || w == 0 || h > 4096 || w > 4096 {
+            return Err(err(format!("input shape {:?} is not 1 or 3 channels of a sane size", self.input.shape)));
+        }
+        let p = &self.preprocessing;
+        if p.mean.len() != c || p.std.len() != c || p.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+            return Err(err(format!("needs {c} means and {c} positive standard deviations")));
+        }
+        if self.classes.is_empty() || self.positive_class.is_some_and(|p| p >= self.classes.len()) {
+            return Err(err("classes are empty or the positive class is out of range".into()));
+        }
+        Ok(())
+    }
+
+    /// The input shape as the IR names it.
+    pub fn input_shape(&self) -> Shape {
+        let [channels, height, width] = self.input.shape;
+        Shape::Image { channels, height, width }
+    }
+
+    /// Scales and normalises CHW `u8` pixels of the input size into the network's input.
+    pub fn normalise(&self, pixels: &[u8]) -> Vec<f64> {
+        let [c, h, w] = self.input.shape;
+        let plane = h * w;
+        pixels
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ch = (i / plane).min(c - 1);
+                (f64::from(*p) / 255.0 - self.preprocessing.mean[ch]) / self.preprocessing.std[ch]
+            })
+            .collect()
+    }
+
+    /// The network inputs for a whole dataset split, checking that it matches the input shape.
+    pub fn inputs(&self, images: &Images) -> Result<Vec<Vec<f64>>> {
+        if [images.channels, images.height, images.width] != self.input.shape {
+            return Err(Error::Manifest {
+                model: self.name.clone(),
+                reason: format!(
+                    "images are {}x{}x{} but the model takes {:?}",
+                    images.channels, images.height, images.width, self.input.shape
+                ),
+            });
+        }
+        Ok(images.pixels.chunks_exact(images.image_len()).map(|px| self.normalise(px)).collect())
+    }
+
+    /// Decodes a PNG or JPEG image of any size, converts it to the model's channels, stretches
+    /// it to the input size with a bicubic (Catmull-Rom) filter and normalises it.
+    pub fn load_image(&self, path: &Path) -> Result<Vec<f64>> {
+        let data_err = |reason: String| Error::Data { path: path.to_path_buf(), reason };
+        let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        if meta.len() > MAX_IMAGE_FILE_BYTES {
+            return Err(data_err(format!("image file is {} bytes (limit {MAX_IMAGE_FILE_BYTES})", meta.len())));
+        }
+        let mut reader = image::ImageReader::open(path)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
+            .with_guessed_format()
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_IMAGE_SIDE);
+        limits.max_image_height = Some(MAX_IMAGE_SIDE);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| data_err(format!("not a readable PNG or JPEG image: {e}")))?;
+        Ok(self.preprocess(&img))
+    }
+
+    /// Preprocesses a decoded image (see [`Manifest::load_image`]).
+    pub fn preprocess(&self, img: &image::DynamicImage) -> Vec<f64> {
+        let [c, h, w] = self.input.shape;
+        let filter = image::imageops::FilterType::CatmullRom;
+        let (w32, h32) = (w as u32, h as u32);
+        let pixels: Vec<u8> = if c == 1 {
+            let g = img.to_luma8();
+            let g = if g.dimensions() == (w32, h32) { g } else { image::imageops::resize(&g, w32, h32, filter) };
+            g.into_raw()
+        } else {
+            let rgb = img.to_rgb8();
+            let rgb = if rgb.dimensions() == (w32, h32) { rgb } else { image::imageops::resize(&rgb, w32, h32, filter) };
+            let hwc = rgb.into_raw();
+            let plane = h * w;
+            let mut chw = vec![0u8; 3 * plane];
+            for (p, px) in hwc.chunks_exact(3).enumerate() {
+                for ch in 0..3 {
+                    chw[ch * plane + p] = px[ch];
+                }
+            }
+            chw
+        };
+        self.normalise(&pixels)
+    }
+}

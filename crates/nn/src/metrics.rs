@@ -1,0 +1,107 @@
+//! Classification metrics over logits: accuracy, per-class recall, balanced accuracy and the
+//! one-vs-rest ROC AUC of a positive class (scored by its softmax probability).
+
+use serde::Serialize;
+
+/// Metrics of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Number of images.
+    pub images: usize,
+    /// Fraction predicted correctly.
+    pub accuracy: f64,
+    /// Recall of each class (0 for a class with no images).
+    pub per_class_recall: Vec<f64>,
+    /// Mean of the per-class recalls.
+    pub balanced_accuracy: f64,
+    /// ROC AUC of the positive class against the rest, when one is given and both occur.
+    pub positive_auc: Option<f64>,
+}
+
+/// Index of the largest logit (the first on ties; 0 for an empty slice).
+pub fn argmax(logits: &[f64]) -> usize {
+    logits.iter().enumerate().fold((0, f64::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best }).0
+}
+
+/// Softmax probabilities.
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+/// ROC AUC (Mann–Whitney U, ties counted half); `None` unless both classes occur.
+pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
+    let mut ranks = vec![0.0; scores.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        for k in i..=j {
+            ranks[order[k]] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    let p = positive.iter().filter(|v| **v).count() as f64;
+    let n = positive.len() as f64 - p;
+    if p == 0.0 || n == 0.0 {
+        return None;
+    }
+    let rank_sum: f64 = ranks.iter().zip(positive).filter(|(_, pos)| **pos).map(|(r, _)| r).sum();
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
+}
+
+/// Metrics of `logits` (one row per image) against `labels` over `classes` classes.
+pub fn evaluate(logits: &[Vec<f64>], labels: &[u8], classes: usize, positive: Option<usize>) -> Metrics {
+    let predictions: Vec<usize> = logits.iter().map(|l| argmax(l)).collect();
+    let correct = predictions.iter().zip(labels).filter(|(p, l)| **p == usize::from(**l)).count();
+    let per_class_recall: Vec<f64> = (0..classes)
+        .map(|c| {
+            let of_class: Vec<usize> = (0..labels.len()).filter(|i| usize::from(labels[*i]) == c).collect();
+            if of_class.is_empty() {
+                0.0
+            } else {
+                of_class.iter().filter(|i| predictions[**i] == c).count() as f64 / of_class.len() as f64
+            }
+        })
+        .collect();
+    let positive_auc = positive.and_then(|pc| {
+        let scores: Vec<f64> = logits.iter().map(|l| softmax(l).get(pc).copied().unwrap_or(0.0)).collect();
+        let is_pos: Vec<bool> = labels.iter().map(|l| usize::from(*l) == pc).collect();
+        auc(&scores, &is_pos)
+    });
+    Metrics {
+        images: labels.len(),
+        accuracy: if labels.is_empty() { 0.0 } else { correct as f64 / labels.len() as f64 },
+        balanced_accuracy: per_class_recall.iter().sum::<f64>() / classes.max(1) as f64,
+        per_class_recall,
+        positive_auc,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_counts_ties_half() {
+        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+        assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
+        assert_eq!(auc(&[0.5, 0.6], &[true, true]), None);
+    }
+
+    #[test]
+    fn recall_and_balanced_accuracy() {
+        let logits = vec![vec![1.0, 0.0], vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 0.0]];
+        let m = evaluate(&logits, &[0, 0, 1, 1], 2, Some(1));
+        assert_eq!(m.accuracy, 0.75);
+        assert_eq!(m.per_class_recall, vec![1.0, 0.5]);
+        assert_eq!(m.balanced_accuracy, 0.75);
+        assert_eq!(m.positive_auc, Some(0.75));
+    }
+}
