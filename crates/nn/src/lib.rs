@@ -25,6 +25,7 @@
 //! ```
 
 pub mod data;
+pub mod encrypted;
 mod error;
 mod eval;
 pub mod ir;

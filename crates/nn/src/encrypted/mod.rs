@@ -1,0 +1,140 @@
+//! Encrypted inference: compiling a [`Network`](crate::Network) to a CKKS execution plan and
+//! running it on ciphertexts.
+//!
+//! Two packings serve two promises. **Throughput** ([`ThroughputPlan`]): slot i of every
+//! ciphertext holds image i, one ciphertext per input value, so convolutions and dense layers
+//! are plaintext-weight multiply-accumulates over ciphertexts and no rotation keys are needed.
+//! The compiler plans levels and scales for every layer, picks the smallest parameter set that
+//! fits, lists the evaluation keys, and refuses a model that does not fit, naming the layer.
+
+mod throughput;
+
+pub use throughput::{ThroughputEngine, ThroughputPlan};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which packing a job uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packing {
+    /// One image per slot: thousands of images per batch.
+    Throughput,
+    /// One image per ciphertext: one image answers quickly.
+    Latency,
+}
+
+impl Packing {
+    /// `throughput` or `latency`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Packing::Throughput => "throughput",
+            Packing::Latency => "latency",
+        }
+    }
+}
+
+impl std::str::FromStr for Packing {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "throughput" => Ok(Packing::Throughput),
+            "latency" => Ok(Packing::Latency),
+            other => Err(format!("unknown packing '{other}' (throughput or latency)")),
+        }
+    }
+}
+
+/// Why a model cannot be planned or evaluated encrypted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The model needs more levels (or bits) than any 128-bit parameter set offers.
+    #[error("layer {index} ({layer}) does not fit: {reason}")]
+    DoesNotFit {
+        /// Index of the layer in the network.
+        index: usize,
+        /// The layer.
+        layer: String,
+        /// By how much, and what would fit.
+        reason: String,
+    },
+    /// A layer this packing cannot evaluate.
+    #[error("layer {index} ({layer}) is not supported in the {packing} packing: {reason}")]
+    Unsupported {
+        /// Index of the layer.
+        index: usize,
+        /// The layer.
+        layer: String,
+        /// The packing.
+        packing: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Inputs that do not match the plan.
+    #[error("input mismatch: {0}")]
+    Input(String),
+    /// The caller cancelled the evaluation.
+    #[error("cancelled")]
+    Cancelled,
+    /// A CKKS operation failed.
+    #[error(transparent)]
+    Ckks(#[from] blindfold_ckks::Error),
+}
+
+/// The encrypted-inference result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Progress of one evaluation: which stage, and how far through the whole plan.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// Index of the stage running now.
+    pub stage: usize,
+    /// Number of stages.
+    pub stages: usize,
+    /// A short name ("conv2d 1->5", "square", …).
+    pub name: &'a str,
+    /// Fraction of the whole evaluation done, 0 to 1.
+    pub fraction: f64,
+}
+
+/// How the caller watches and stops an evaluation: a progress callback and a cancellation flag
+/// checked between work units.
+pub struct Control<'a> {
+    progress: Box<dyn Fn(Progress<'_>) + Send + Sync + 'a>,
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl std::fmt::Debug for Control<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("cancellable", &self.cancel.is_some()).finish()
+    }
+}
+
+impl<'a> Control<'a> {
+    /// No progress reports, no cancellation.
+    pub fn none() -> Self {
+        Self { progress: Box::new(|_| {}), cancel: None }
+    }
+
+    /// Reports progress to `callback`.
+    pub fn with_progress(callback: impl Fn(Progress<'_>) + Send + Sync + 'a) -> Self {
+        Self { progress: Box::new(callback), cancel: None }
+    }
+
+    /// Also stops at the next check once `flag` is set.
+    pub fn cancelled_by(mut self, flag: &'a AtomicBool) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    pub(crate) fn report(&self, progress: Progress<'_>) {
+        (self.progress)(progress);
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.cancel {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! The throughput packing: slot i of every ciphertext holds image i of the batch and each input
+//! value is one ciphertext.
+//!
+//! Compilation lowers the network to three kinds of stage:
+//!
+//! - **linear**: a convolution or dense layer as a sparse matrix of real weights
+//!   ([`LinearMap`]), or a sum pool (weights 1, no rescale: average pooling's 1/k² and every
+//!   activation's leading coefficient and constant are folded into the next weighted layer);
+//! - **square**: an activation a·x² + b·x + c is a·(x + β)² + γ with β = b/2a, γ = c − b²/4a, so
+//!   only the shift β is applied to ciphertexts before squaring; a and γ fold forward;
+//! - **settle**: relinearize and rescale what is still pending at the end.
+//!
+//! Squares are neither relinearized nor rescaled: the next linear layer runs on the 3-part
+//! squares at scale S², then relinearizes its (far fewer) outputs and rescales twice. That
+//! trades one key switch per activation for one per output of the next layer, and avoids
+//! rescaling 3-part ciphertexts, whose rounding term is multiplied by s².
+//!
+//! Every scale is planned: each weighted layer's weights are encoded at the scale that brings
+//! its output back to the target scale T after its rescales, and the last one to T_f, small
+//! enough that the logits fit q_0.
+
+use std::sync::Arc;
+
+use blindfold_ckks::{
+    Ciphertext, Context, Evaluator, LinearMap, Parameters, ParametersBuilder, RelinKey, security_bound,
+};
+use rayon::prelude::*;
+
+use super::{Control, Error, Packing, Progress, Result};
+use crate::ir::{Layer, Network, Shape};
+
+/// Bits of every ciphertext prime. Below 2^29 a product of two residues leaves room for 64 lazy
+/// additions in a 64-bit word, which is what makes the linear layers fast.
+const PRIME_BITS: u32 = 29;
+/// Largest special prime we use; smaller when the budget is tight (never below 30 bits, so P
+/// stays above every q_i).
+const SPECIAL_BITS: u32 = 40;
+/// Intermediate scale: one bit below the primes, so a rescale brings S² back near T.
+const LOG_TARGET_SCALE: i32 = PRIME_BITS as i32 - 1;
+/// Bits of head room above the final scale in q_0 for the logits (|logit| < 2^7 with a sign bit
+/// and a margin).
+const LOGIT_HEADROOM_BITS: i32 = 8;
+
+/// One step of the plan.
+#[derive(Debug, Clone)]
+struct Stage {
+    name: String,
+    layer: usize,
+    op: StageOp,
+    level_in: usize,
+    level_out: usize,
+    scale_out: f64,
+    /// Relative cost, for progress fractions.
+    cost: f64,
+}
+
+#[derive(Debug, Clone)]
+enum StageOp {
+    Linear {
+        inputs: usize,
+        rows: Vec<Vec<(usize, f64)>>,
+        bias: Vec<f64>,
+        /// Map output j is tensor element order[j] (convolutions run position-major so that the
+        /// output channels of one position, which share inputs, are adjacent rows).
+        order: Option<Vec<usize>>,
+        weight_scale: f64,
+        relinearize: bool,
+        rescales: usize,
+    },
+    Square {
+        shift: f64,
+        relinearize: bool,
+        rescales: usize,
+    },
+    Settle {
+        relinearize: bool,
+        rescales: usize,
+    },
+}
+
+/// A compiled throughput plan for one model: parameters, levels and scales of every stage, and
+/// the keys evaluation needs. Independent of any key; reused for every batch of the model.
+#[derive(Debug, Clone)]
+pub struct ThroughputPlan {
+    model: String,
+    params: Parameters,
+    input_len: usize,
+    output_len: usize,
+    input_level: usize,
+    input_scale: f64,
+    stages: Vec<Stage>,
+    /// The logits are scale · decrypted + shift (a trailing affine map folded out of the circuit).
+    output_affine: (f64, f64),
+}
+
+/// What lowering produces before levels and scales are known.
+#[derive(Debug)]
+enum Lowered {
+    Weighted {
+        layer: usize,
+        name: String,
+        inputs: usize,
+        rows: Vec<Vec<(usize, f64)>>,
+        bias: Vec<f64>,
+        order: Option<Vec<usize>>,
+    },
+    SumPool {
+        layer: usize,
+        name: String,
+        inputs: usize,
+        rows: Vec<Vec<(usize, f64)>>,
+    },
+    Square {
+        layer: usize,
+        name: String,
+        shift: f64,
+    },
+}
+
+impl ThroughputPlan {
+    /// Compiles `network` (named `model`) for the throughput packing.
+    pub fn compile(model: &str, network: &Network) -> Result<Self> {
+        let (lowered, output_affine) = lower(network)?;
+        // Levels: every weighted layer rescales once for its weights plus once per square
+        // pending before it; a square after a square settles the first one.
+        let mut pending = 0usize;
+        let mut levels_used = Vec::with_capacity(lowered.len());
+        for op in &lowered {
+            let used = match op {
+                Lowered::Weighted { .. } => {
+                    let used = pending + 1;
+                    pending = 0;
+                    used
+                }
+                Lowered::SumPool { .. } => 0,
+                Lowered::Square { .. } => {
+                    let used = pending;
+                    pending = 1;
+                    used
+                }
+            };
+            levels_used.push(used);
+        }
+        let depth = levels_used.iter().sum::<usize>() + pending;
+        let params = choose_parameters(depth).map_err(|max_depth| {
+            // Name the layer at which the cumulative depth passes what the largest set holds.
+            let mut total = 0;
+            let (index, name) = lowered
+                .iter()
+                .zip(&levels_used)
+                .find_map(|(op, used)| {
+                    total += used;
+                    (total > max_depth).then(|| op_layer(op))
+                })
+                .unwrap_or_else(|| lowered.last().map(op_layer).unwrap_or((0, "output".into())));
+            Error::DoesNotFit {
+                index,
+                layer: name,
+                reason: format!(
+                    "the network needs {depth} levels; the largest 128-bit parameter set with {PRIME_BITS}-bit primes \
+                     (N = 2^15) holds {max_depth}, exceeded by {}",
+                    depth - max_depth
+                ),
+            }
+        })?;
+        plan_scales(model, params, network, lowered, output_affine, depth)
+    }
+
+    /// The model's name.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+    /// The packing.
+    pub fn packing(&self) -> Packing {
+        Packing::Throughput
+    }
+    /// The parameter set the plan was compiled for.
+    pub fn params(&self) -> &Parameters {
+        &self.params
+    }
+    /// Images per batch (one per slot).
+    pub fn batch_capacity(&self) -> usize {
+        self.params.slots()
+    }
+    /// Input ciphertexts per batch (values per image).
+    pub fn input_count(&self) -> usize {
+        self.input_len
+    }
+    /// Output ciphertexts per batch (logits per image).
+    pub fn output_count(&self) -> usize {
+        self.output_len
+    }
+    /// The level inputs are encrypted at.
+    pub fn input_level(&self) -> usize {
+        self.input_level
+    }
+    /// The scale inputs are encoded at.
+    pub fn input_scale(&self) -> f64 {
+        self.input_scale
+    }
+    /// The multiplicative depth used.
+    pub fn depth(&self) -> usize {
+        self.input_level
+    }
+    /// Evaluation keys needed: relinearization only, no rotations.
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        Vec::new()
+    }
+
+    /// Transposes a batch of images (each `input_count` values) into one slot vector per input
+    /// ciphertext: vector k holds value k of every image.
+    pub fn pack<I: AsRef<[f64]>>(&self, images: &[I]) -> Result<Vec<Vec<f64>>> {
+        if images.is_empty() || images.len() > self.batch_capacity() {
+            return Err(Error::Input(format!("{} images for a batch of 1..={}", images.len(), self.batch_capacity())));
+        }
+        for (i, image) in images.iter().enumerate() {
+            if image.as_ref().len() != self.input_len {
+                return Err(Error::Input(format!(
+                    "image {i} has {} values, the model takes {}",
+                    image.as_ref().len(),
+                    self.input_len
+                )));
+            }
+        }
+        Ok((0..self.input_len).map(|k| images.iter().map(|image| image.as_ref()[k]).collect()).collect())
+    }
+
+    /// Turns the decrypted output slot vectors back into logits per image.
+    pub fn unpack(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Vec<f64>>> {
+        if outputs.len() != self.output_len {
+            return Err(Error::Input(format!("{} outputs, the model has {}", outputs.len(), self.output_len)));
+        }
+        if outputs.iter().any(|o| o.len() < images) {
+            return Err(Error::Input(format!("fewer than {images} slots in an output")));
+        }
+        let (scale, shift) = self.output_affine;
+        Ok((0..images).map(|i| outputs.iter().map(|o| scale * o[i] + shift).collect()).collect())
+    }
+
+    /// One line per stage: what it does, levels in and out, and the scale after it.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "throughput plan for {}: N = 2^{}, {} primes + P ({:.0} bits, bound {}), {} slots, input level {}, scale 2^{:.1}\n",
+            self.model,
+            self.params.log_n(),
+            self.params.moduli().len(),
+            self.params.log_qp(),
+            security_bound(self.params.log_n()).unwrap_or(0),
+            self.batch_capacity(),
+            self.input_level,
+            self.input_scale.log2()
+        );
+        for (i, stage) in self.stages.iter().enumerate() {
+            let what = match &stage.op {
+                StageOp::Linear { rows, weight_scale, relinearize, rescales, .. } => format!(
+                    "{} outputs, {} weights at 2^{:.1}{}, rescale ×{rescales}",
+                    rows.len(),
+                    rows.iter().map(Vec::len).sum::<usize>(),
+                    weight_scale.log2(),
+                    if *relinearize { ", relinearize" } else { "" }
+                ),
+                StageOp::Square { shift, .. } => format!("(x + {shift:.4})², kept 3-part"),
+                StageOp::Settle { relinearize, rescales } => {
+                    format!("settle: relinearize {relinearize}, rescale ×{rescales}")
+                }
+            };
+            out.push_str(&format!(
+                "{i:>3}  layer {:>2} {:<36} level {} -> {}  scale 2^{:<6.1} {what}\n",
+                stage.layer,
+                stage.name,
+                stage.level_in,
+                stage.level_out,
+                stage.scale_out.log2()
+            ));
+        }
+        out
+    }
+}
+
+/// A plan bound to a context: every weight reduced per prime once, ready to evaluate batches.
+#[derive(Debug)]
+pub struct ThroughputEngine {
+    plan: ThroughputPlan,
+    context: Arc<Context>,
+    evaluator: Evaluator,
+    maps: Vec<Option<LinearMap>>,
+}
+
+impl ThroughputEngine {
+    /// Prepares `plan` for `context` (which must use the plan's parameters).
+    pub fn new(plan: ThroughputPlan, context: &Arc<Context>) -> Result<Self> {
+        if context.params().fingerprint() != plan.params.fingerprint() {
+            return Err(Error::Input("the context's parameters are not the plan's".into()));
+        }
+        let maps = plan
+            .stages
+            .iter()
+            .map(|stage| match &stage.op {
+                StageOp::Linear { inputs, rows, bias, weight_scale, .. } => {
+                    LinearMap::new(context, *inputs, rows, bias.clone(), stage.level_in, *weight_scale).map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Self { plan, context: context.clone(), evaluator: Evaluator::new(context), maps })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &ThroughputPlan {
+        &self.plan
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    /// Runs the plan on one batch: `inputs[k]` encrypts value k of every image. Returns one
+    /// ciphertext per output at level 0. Uses rayon's current pool.
+    pub fn evaluate(
+        &self,
+        inputs: Vec<Ciphertext>,
+        relin: &RelinKey,
+        control: &Control<'_>,
+    ) -> Result<Vec<Ciphertext>> {
+        let plan = &self.plan;
+        if inputs.len() != plan.input_len {
+            return Err(Error::Input(format!("{} input ciphertexts, the plan takes {}", inputs.len(), plan.input_len)));
+        }
+        for (k, ct) in inputs.iter().enumerate() {
+            if ct.level() != plan.input_level || ct.size() != 2 {
+                return Err(Error::Input(format!(
+                    "input {k} is at level {} with {} parts; the plan needs level {} with 2",
+                    ct.level(),
+                    ct.size(),
+                    plan.input_level
+                )));
+            }
+        }
+        let total_cost: f64 = plan.stages.iter().map(|s| s.cost).sum::<f64>().max(1e-9);
+        let mut done = 0.0;
+        let mut current = inputs;
+        let ev = &self.evaluator;
+        for (index, stage) in plan.stages.iter().enumerate() {
+            control.check()?;
+            control.report(Progress {
+                stage: index,
+                stages: plan.stages.len(),
+                name: &stage.name,
+                fraction: done / total_cost,
+            });
+            let _span = tracing::debug_span!("stage", index, name = %stage.name).entered();
+            current = match (&stage.op, &self.maps[index]) {
+                (StageOp::Linear { relinearize, rescales, order, .. }, Some(map)) => {
+                    let refs: Vec<&Ciphertext> = current.iter().collect();
+                    let outputs = ev.apply_linear(map, &refs)?;
+                    drop(refs);
+                    drop(current);
+                    let outputs = match order {
+                        Some(order) => reorder(outputs, order),
+                        None => outputs,
+                    };
+                    settle_all(ev, outputs, *relinearize, *rescales, relin, control)?
+                }
+                (StageOp::Square { shift, relinearize, rescales }, _) => {
+                    let settled = settle_all(ev, current, *relinearize, *rescales, relin, control)?;
+                    settled
+                        .into_par_iter()
+                        .map(|ct| {
+                            control.check()?;
+                            let shifted = if *shift != 0.0 { ev.add_scalar(&ct, *shift)? } else { ct };
+                            Ok(ev.square(&shifted)?)
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                }
+                (StageOp::Settle { relinearize, rescales }, _) => {
+                    settle_all(ev, current, *relinearize, *rescales, relin, control)?
+                }
+                (StageOp::Linear { .. }, None) => {
+                    return Err(Error::Input("engine has no map for a linear stage".into()));
+                }
+            };
+            done += stage.cost;
+        }
+        control.report(Progress { stage: plan.stages.len(), stages: plan.stages.len(), name: "done", fraction: 1.0 });
+        // The download is smallest at level 0.
+        current.into_par_iter().map(|ct| Ok(ev.drop_to_level(&ct, 0)?)).collect()
+    }
+}
+
+/// Puts map outputs into tensor order: output j goes to position order[j].
+fn reorder(outputs: Vec<Ciphertext>, order: &[usize]) -> Vec<Ciphertext> {
+    let mut slots: Vec<Option<Ciphertext>> = (0..outputs.len()).map(|_| None).collect();
+    for (ct, &position) in outputs.into_iter().zip(order) {
+        slots[position] = Some(ct);
+    }
+    slots.into_iter().flatten().collect()
+}
+
+fn settle_all(
+    ev: &Evaluator,
+    cts: Vec<Ciphertext>,
+    relinearize: bool,
+    rescales: usize,
+    relin: &RelinKey,
+    control: &Control<'_>,
+) -> Result<Vec<Ciphertext>> {
+    if !relinearize && rescales == 0 {
+        return Ok(cts);
+    }
+    cts.into_par_iter()
+        .map(|ct| {
+            control.check()?;
+            let mut ct = if relinearize && ct.size() == 3 { ev.relinearize(&ct, relin)? } else { ct };
+            for _ in 0..rescales {
+                ct = ev.rescale(&ct)?;
+            }
+            Ok(ct)
+        })
+        .collect()
+}
+
+fn op_layer(op: &Lowered) -> (usize, String) {
+    match op {
+        Lowered::Weighted { layer, name, .. }
+        | Lowered::SumPool { layer, name, .. }
+        | Lowered::Square { layer, name, .. } => (*layer, name.clone()),
+    }
+}
+
+/// The smallest 128-bit set with `depth` rescale primes of PRIME_BITS bits plus q_0; on failure
+/// the largest depth any set holds.
+fn choose_parameters(depth: usize) -> std::result::Result<Parameters, usize> {
+    let primes = depth + 1;
+    let mut best_depth = 0;
+    for log_n in 12..=15u32 {
+        let Some(bound) = security_bound(log_n) else { continue };
+        let ciphertext_bits = primes as u32 * PRIME_BITS;
+        let room = bound.saturating_sub(ciphertext_bits);
+        best_depth = best_depth.max((bound.saturating_sub(PRIME_BITS + 1) / PRIME_BITS).saturating_sub(1) as usize);
+        if room < PRIME_BITS + 1 {
+            continue;
+        }
+        let special = room.min(SPECIAL_BITS);
+        let built = ParametersBuilder::new(log_n)
+            .ciphertext_bits(&vec![PRIME_BITS; primes])
+            .special_bits(&[special])
+            .log_scale(LOG_TARGET_SCALE as u32)
+            .build();
+        if let Ok(params) = built {
+            return Ok(params);
+        }
+    }
+    Err(best_depth)
+}
+
+/// Lowers the layer chain to weighted maps, sum pools and squares, folding every scalar factor
+/// and constant forward. Returns the ops and the affine map (scale, shift) left on the output.
+fn lower(network: &Network) -> Result<(Vec<Lowered>, (f64, f64))> {
+    let mut ops = Vec::new();
+    let (mut factor, mut constant) = (1.0f64, 0.0f64);
+    let mut shape = network.input();
+    for (index, (layer, &out_shape)) in network.layers().iter().zip(network.shapes()).enumerate() {
+        let name = layer.to_string();
+        let unsupported =
+            |reason: String| Error::Unsupported { index, layer: name.clone(), packing: "throughput", reason };
+        match layer {
+            Layer::Flatten => {}
+            Layer::AvgPool2d(pool) => {
+                let rows = pool_rows(pool.kernel, pool.stride, shape, out_shape);
+                ops.push(Lowered::SumPool { layer: index, name: name.clone(), inputs: shape.len(), rows });
+                factor /= (pool.kernel[0] * pool.kernel[1]) as f64;
+            }
+            Layer::Conv2d(_) | Layer::Dense(_) => {
+                let (rows, bias, order) = weighted_rows(layer, shape, out_shape);
+                let rows: Vec<Vec<(usize, f64)>> =
+                    rows.into_iter().map(|row| row.into_iter().map(|(k, w)| (k, w * factor)).collect()).collect();
+                // The constant every input carries adds constant · Σ_k w_k (before the factor).
+                let bias = bias
+                    .iter()
+                    .zip(&rows)
+                    .map(|(b, row)| {
+                        b + if factor != 0.0 {
+                            constant / factor * row.iter().map(|(_, w)| w).sum::<f64>()
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                ops.push(Lowered::Weighted {
+                    layer: index,
+                    name: name.clone(),
+                    inputs: shape.len(),
+                    rows,
+                    bias,
+                    order,
+                });
+                factor = 1.0;
+                constant = 0.0;
+            }
+            Layer::Activation(poly) => {
+                let c = |i: usize| poly.coefficients.get(i).copied().unwrap_or(0.0);
+                match poly.degree() {
+                    2 => {
+                        if factor == 0.0 {
+                            return Err(unsupported("its input is identically constant".into()));
+                        }
+                        // z = factor·u + constant; p(z) = c2 (z + β)² + γ = c2·factor² (u + (constant + β)/factor)² + γ.
+                        let beta = c(1) / (2.0 * c(2));
+                        let gamma = c(0) - c(1) * c(1) / (4.0 * c(2));
+                        ops.push(Lowered::Square {
+                            layer: index,
+                            name: name.clone(),
+                            shift: (constant + beta) / factor,
+                        });
+                        factor = c(2) * factor * factor;
+                        constant = gamma;
+                    }
+                    0 | 1 => {
+                        factor *= c(1);
+                        constant = c(1) * constant + c(0);
+                    }
+                    d => {
+                        return Err(unsupported(format!(
+                            "degree {d} polynomial; only degree ≤ 2 activations are compiled"
+                        )));
+                    }
+                }
+            }
+        }
+        shape = out_shape;
+    }
+    Ok((ops, (factor, constant)))
+}
+
+/// Walks the lowered ops with (level, scale, parts) and fixes every weight scale.
+fn plan_scales(
+    model: &str,
+    params: Parameters,
+    network: &Network,
+    lowered: Vec<Lowered>,
+    output_affine: (f64, f64),
+    depth: usize,
+) -> Result<ThroughputPlan> {
+    let moduli: Vec<f64> = params.moduli().iter().map(|&q| q as f64).collect();
+    let target = 2f64.powi(LOG_TARGET_SCALE);
+    let final_target = 2f64.powi(((moduli[0]).log2().floor() as i32) - 1 - LOGIT_HEADROOM_BITS);
+    let last_weighted = lowered.iter().rposition(|op| matches!(op, Lowered::Weighted { .. }));
+    let (mut level, mut scale, mut parts, mut pending) = (depth, target, 2usize, 0usize);
+    let slots = params.slots() as f64;
+    let mut stages = Vec::with_capacity(lowered.len() + 1);
+    for (i, op) in lowered.into_iter().enumerate() {
+        match op {
+            Lowered::SumPool { layer, name, inputs, rows } => {
+                let cost = rows.iter().map(Vec::len).sum::<usize>() as f64 * parts as f64 * (level + 1) as f64;
+                stages.push(Stage {
+                    name: format!("sum-pool ({name})"),
+                    layer,
+                    level_in: level,
+                    level_out: level,
+                    scale_out: scale,
+                    cost,
+                    op: StageOp::Linear {
+                        inputs,
+                        bias: vec![0.0; rows.len()],
+                        rows,
+                        order: None,
+                        weight_scale: 1.0,
+                        relinearize: false,
+                        rescales: 0,
+                    },
+                });
+            }
+            Lowered::Weighted { layer, name, inputs, rows, bias, order } => {
+                let rescales = pending + 1;
+                if level < rescales {
+                    return Err(Error::DoesNotFit {
+                        index: layer,
+                        layer: name,
+                        reason: "ran out of levels while planning".into(),
+                    });
+                }
+                let dropped: f64 = (0..rescales).map(|j| moduli[level - j]).product();
+                let out_target = if Some(i) == last_weighted { final_target } else { target };
+                let weight_scale = out_target * dropped / scale;
+                if weight_scale < 1.0 {
+                    return Err(Error::DoesNotFit {
+                        index: layer,
+                        layer: name,
+                        reason: format!("weights would be encoded at scale 2^{:.1} < 1", weight_scale.log2()),
+                    });
+                }
+                let relinearize = parts == 3;
+                let cost = rows.iter().map(Vec::len).sum::<usize>() as f64 * parts as f64 * (level + 1) as f64
+                    + rows.len() as f64
+                        * (if relinearize { 40.0 } else { 0.0 } + 4.0 * rescales as f64)
+                        * (level + 1) as f64;
+                stages.push(Stage {
+                    name,
+                    layer,
+                    level_in: level,
+                    level_out: level - rescales,
+                    scale_out: out_target,
+                    cost,
+                    op: StageOp::Linear { inputs, rows, bias, order, weight_scale, relinearize, rescales },
+                });
+                level -= rescales;
+                scale = out_target;
+                parts = 2;
+                pending = 0;
+            }
+            Lowered::Square { layer, name, shift } => {
+                let relinearize = parts == 3;
+                if level < pending {
+                    return Err(Error::DoesNotFit {
+                        index: layer,
+                        layer: name,
+                        reason: "ran out of levels while planning".into(),
+                    });
+                }
+                for j in 0..pending {
+                    scale /= moduli[level - j];
+                }
+                let level_in = level;
+                level -= pending;
+                stages.push(Stage {
+                    name: format!("square ({name})"),
+                    layer,
+                    level_in,
+                    level_out: level,
+                    scale_out: scale * scale,
+                    cost: 8.0 * (level + 1) as f64 * slots.log2(),
+                    op: StageOp::Square { shift, relinearize, rescales: pending },
+                });
+                scale *= scale;
+                parts = 3;
+                pending = 1;
+            }
+        }
+    }
+    if parts == 3 || pending > 0 {
+        let layer = network.layers().len().saturating_sub(1);
+        for j in 0..pending {
+            scale /= moduli[level - j];
+        }
+        stages.push(Stage {
+            name: "settle".into(),
+            layer,
+            level_in: level,
+            level_out: level - pending,
+            scale_out: scale,
+            cost: 40.0 * (level + 1) as f64,
+            op: StageOp::Settle { relinearize: parts == 3, rescales: pending },
+        });
+    }
+    Ok(ThroughputPlan {
+        model: model.to_owned(),
+        params,
+        input_len: network.input().len(),
+        output_len: network.output().len(),
+        input_level: depth,
+        input_scale: target,
+        stages,
+        output_affine,
+    })
+}
+
+/// Sum-pool rows: each output (c, y, x) sums its k_h × k_w window with weight 1.
+fn pool_rows(kernel: [usize; 2], stride: [usize; 2], input: Shape, output: Shape) -> Vec<Vec<(usize, f64)>> {
+    let (Shape::Image { channels, height, width }, Shape::Image { height: oh, width: ow, .. }) = (input, output) else {
+        return Vec::new();
+    };
+    let mut rows = Vec::with_capacity(channels * oh * ow);
+    for c in 0..channels {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut row = Vec::with_capacity(kernel[0] * kernel[1]);
+                for ky in 0..kernel[0] {
+                    for kx in 0..kernel[1] {
+                        let (y, x) = (oy * stride[0] + ky, ox * stride[1] + kx);
+                        row.push((c * height * width + y * width + x, 1.0));
+                    }
+                }
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+/// Rows (output → (input, weight)) and biases of a convolution or dense layer. A convolution's
+/// rows come position-major (all output channels of one position together, as they share their
+/// inputs), with `order` mapping each row back to its CHW tensor index.
+type Rows = (Vec<Vec<(usize, f64)>>, Vec<f64>, Option<Vec<usize>>);
+
+fn weighted_rows(layer: &Layer, input: Shape, output: Shape) -> Rows {
+    match (layer, input, output) {
+        (Layer::Dense(d), _, _) => {
+            let rows =
+                (0..d.outputs).map(|o| (0..d.inputs).map(|i| (i, d.weights[o * d.inputs + i])).collect()).collect();
+            (rows, d.bias.clone(), None)
+        }
+        (
+            Layer::Conv2d(c),
+            Shape::Image { height, width, .. },
+            Shape::Image { channels: oc, height: oh, width: ow },
+        ) => {
+            let (kh, kw) = (c.kernel[0], c.kernel[1]);
+            let mut rows = Vec::with_capacity(oc * oh * ow);
+            let mut bias = Vec::with_capacity(oc * oh * ow);
+            let mut order = Vec::with_capacity(oc * oh * ow);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for o in 0..oc {
+                        let mut row = Vec::with_capacity(c.in_channels * kh * kw);
+                        for i in 0..c.in_channels {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let y = (oy * c.stride[0] + ky) as isize - c.padding[0] as isize;
+                                    let x = (ox * c.stride[1] + kx) as isize - c.padding[1] as isize;
+                                    if y < 0 || x < 0 || y >= height as isize || x >= width as isize {
+                                        continue;
+                                    }
+                                    let w = c.weights[((o * c.in_channels + i) * kh + ky) * kw + kx];
+                                    row.push((i * height * width + y as usize * width + x as usize, w));
+                                }
+                            }
+                        }
+                        rows.push(row);
+                        bias.push(c.bias[o]);
+                        order.push(o * oh * ow + oy * ow + ox);
+                    }
+                }
+            }
+            (rows, bias, Some(order))
+        }
+        _ => (Vec::new(), Vec::new(), None),
+    }
+}

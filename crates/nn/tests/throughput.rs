@@ -1,0 +1,92 @@
+//! The throughput packing end to end: compile each model, encrypt real test images, evaluate,
+//! decrypt, and compare with the plaintext evaluator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
+use blindfold_nn::data::{self, Split};
+use blindfold_nn::encrypted::{Control, ThroughputEngine, ThroughputPlan};
+use blindfold_nn::registry;
+
+fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    assert!(dir.join("mnist").is_dir(), "the datasets are expected in {} (see the README)", dir.display());
+    dir
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
+}
+
+/// Encrypts `inputs`, evaluates, decrypts; returns (agreeing images, max logit error).
+fn run(name: &str, inputs: &[Vec<f64>]) -> (usize, f64) {
+    let model = registry::load(name).unwrap();
+    let plan = ThroughputPlan::compile(name, &model.network).unwrap();
+    println!("{}", plan.summary());
+    let context = Context::new(plan.params().clone()).unwrap();
+    let keys = KeyGenerator::new(&context);
+    let relin = keys.relin_key();
+    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let packed = plan.pack(inputs).unwrap();
+    let cts: Vec<_> = packed
+        .iter()
+        .map(|slots| {
+            encryptor.encrypt(&context.encode(slots, plan.input_level(), plan.input_scale()).unwrap()).unwrap()
+        })
+        .collect();
+    let engine = ThroughputEngine::new(plan, &context).unwrap();
+    let outputs = engine.evaluate(cts, &relin, &Control::none()).unwrap();
+    assert!(outputs.iter().all(|ct| ct.level() == 0), "results are not at the lowest level");
+    let decrypted: Vec<Vec<f64>> = outputs.iter().map(|ct| decryptor.decrypt_values(ct).unwrap()).collect();
+    let logits = engine.plan().unpack(&decrypted, inputs.len()).unwrap();
+    let reference = model.network.forward_batch(inputs).unwrap();
+    let mut agree = 0;
+    let mut max_error = 0f64;
+    for (enc, plain) in logits.iter().zip(&reference) {
+        agree += usize::from(argmax(enc) == argmax(plain));
+        for (a, b) in enc.iter().zip(plain) {
+            max_error = max_error.max((a - b).abs());
+        }
+    }
+    println!("{name}: {agree}/{} argmax agree, max logit error {max_error:e}", inputs.len());
+    (agree, max_error)
+}
+
+#[test]
+fn mnist_cryptonets_matches_the_plaintext_model() {
+    let model = registry::load("mnist-cryptonets").unwrap();
+    let images = data::mnist(&data_dir().join("mnist"), Split::Test).unwrap().take(300);
+    let inputs = model.manifest.inputs(&images).unwrap();
+    let (agree, max_error) = run("mnist-cryptonets", &inputs);
+    assert!(agree >= 299, "only {agree}/300 agree");
+    assert!(max_error < 0.05, "max logit error {max_error}");
+}
+
+#[test]
+fn every_model_compiles_to_a_128_bit_plan_with_relinearization_only() {
+    for name in registry::names() {
+        let model = registry::load(name).unwrap();
+        let plan = ThroughputPlan::compile(name, &model.network).unwrap();
+        assert_eq!(plan.params().security_bits(), 128);
+        assert!(plan.rotation_steps().is_empty());
+        assert_eq!(plan.depth(), model.network.depth(), "{name}");
+        assert_eq!(plan.input_count(), model.network.input().len());
+    }
+}
+
+#[test]
+fn a_model_too_deep_for_any_set_is_refused_naming_the_layer() {
+    use blindfold_nn::{Dense, Layer, Network, Polynomial, Shape};
+    let mut layers = Vec::new();
+    for _ in 0..20 {
+        layers.push(Layer::Dense(Dense { inputs: 4, outputs: 4, weights: vec![0.1; 16], bias: vec![0.0; 4] }));
+        layers.push(Layer::Activation(Polynomial::square()));
+    }
+    layers.push(Layer::Dense(Dense { inputs: 4, outputs: 2, weights: vec![0.1; 8], bias: vec![0.0; 2] }));
+    let network = Network::new(Shape::Vector { len: 4 }, layers).unwrap();
+    let error = ThroughputPlan::compile("deep", &network).unwrap_err().to_string();
+    assert!(error.contains("does not fit") && error.contains("levels"), "{error}");
+    assert!(error.contains("layer "), "{error}");
+}
