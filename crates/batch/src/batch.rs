@@ -178,12 +178,12 @@ impl<W: Write, C: BatchCiphertext> BatchWriter<W, C> {
         }
         let per = u64::from(layout.ciphertexts_per_chunk());
         let chunk = (index / per) as u32;
-        if index % per == 0 {
+        if index.is_multiple_of(per) {
             self.sink.begin_chunk(chunk, layout.chunk_payload_len(chunk) as u32)?;
         }
         self.sink.write(&bytes)?;
         self.pushed += 1;
-        if self.pushed % per == 0 || self.pushed == self.header.ciphertext_count {
+        if self.pushed.is_multiple_of(per) || self.pushed == self.header.ciphertext_count {
             self.sink.end_chunk()?;
         }
         Ok(())
