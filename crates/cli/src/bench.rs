@@ -14,6 +14,9 @@ pub enum Bench {
     /// The job queue: enqueue no-op jobs, then claim and complete them with concurrent workers,
     /// against a fresh database on the test server (DATABASE_URL's, or a throwaway cluster).
     Queue(QueueBench),
+    /// Encrypted inference: one batch through a model, timed and checked against the
+    /// plaintext model.
+    Infer(crate::bench_infer::InferBench),
 }
 
 /// Options of `bench queue`.
@@ -50,9 +53,10 @@ struct QueueReport {
 
 /// Runs a benchmark.
 pub fn run(command: Bench) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match command {
+        Bench::Infer(options) => crate::bench_infer::run(&options),
         Bench::Queue(options) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = runtime.block_on(bench_queue(&options))?;
             if options.json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -5,8 +5,14 @@
 
 mod admin;
 mod bench;
+mod bench_infer;
 
 use clap::{Parser, Subcommand};
+
+// CKKS operations allocate and free megabyte buffers; glibc's allocator returns them to the
+// kernel and page-faults them back in on every operation (up to 2× slower key switching).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Private medical-image diagnosis: images are encrypted on the hospital's machine and the
 /// neural network runs on the ciphertexts.

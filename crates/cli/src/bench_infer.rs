@@ -1,0 +1,242 @@
+//! `blindfold bench infer`: encrypted inference on a batch, timed, checked against the
+//! plaintext model, and sized (bytes up and down per image, peak memory).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor, SeededCiphertext};
+use blindfold_nn::data::{self, Split};
+use blindfold_nn::encrypted::{Control, Packing, ThroughputEngine, ThroughputPlan};
+use blindfold_nn::registry;
+use clap::Args;
+use rayon::prelude::*;
+
+/// Options of `bench infer`.
+#[derive(Debug, Args)]
+pub struct InferBench {
+    /// Model name (see `blindfold model list`).
+    #[arg(long)]
+    model: String,
+    /// Packing to measure.
+    #[arg(long, default_value = "throughput")]
+    packing: Packing,
+    /// Images in the batch (default: the plan's full batch, one per slot).
+    #[arg(long)]
+    images: Option<usize>,
+    /// Dataset directory with `mnist/` and `dermamnist/` (default: ../shared/data, then
+    /// ./shared/data); test-split images are reused cyclically to fill the batch.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `bench infer` measured.
+#[derive(Debug, serde::Serialize)]
+struct InferReport {
+    model: String,
+    packing: &'static str,
+    images: usize,
+    threads: usize,
+    log_n: u32,
+    log_qp: f64,
+    security_bits: u32,
+    batch_seconds: f64,
+    images_per_second: f64,
+    peak_rss_bytes: u64,
+    upload_bytes_per_image: f64,
+    result_bytes_per_image: f64,
+    agreement: f64,
+    max_logit_error: f64,
+    keygen_seconds: f64,
+    encrypt_seconds: f64,
+    decrypt_seconds: f64,
+    layers: Vec<LayerTime>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct LayerTime {
+    stage: String,
+    seconds: f64,
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run(options: &InferBench) -> anyhow::Result<()> {
+    let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let report = pool.install(|| match options.packing {
+        Packing::Throughput => throughput(options, threads),
+        Packing::Latency => bail!("the latency packing is not built yet; use --packing throughput"),
+    })?;
+    if options.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} ({}), {} images on {} threads at N = 2^{} ({:.0}-bit Q·P, {}-bit security): {:.2} s per batch, \
+             {:.0} images/s; agreement {:.4}, max logit error {:.2e}; upload {:.1} KB and result {:.2} KB per image; \
+             peak RSS {:.0} MB",
+            report.model,
+            report.packing,
+            report.images,
+            report.threads,
+            report.log_n,
+            report.log_qp,
+            report.security_bits,
+            report.batch_seconds,
+            report.images_per_second,
+            report.agreement,
+            report.max_logit_error,
+            report.upload_bytes_per_image / 1e3,
+            report.result_bytes_per_image / 1e3,
+            report.peak_rss_bytes as f64 / 1e6
+        );
+        for layer in &report.layers {
+            println!("  {:<60} {:>8.3} s", layer.stage, layer.seconds);
+        }
+    }
+    Ok(())
+}
+
+fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> {
+    let model = registry::load(&options.model)?;
+    let plan = ThroughputPlan::compile(&options.model, &model.network)?;
+    let images = options.images.unwrap_or(plan.batch_capacity());
+    if images == 0 || images > plan.batch_capacity() {
+        bail!("--images must be between 1 and the batch capacity {}", plan.batch_capacity());
+    }
+    let inputs = test_inputs(&model, options.data.as_deref(), images)?;
+
+    let context = Context::new(plan.params().clone())?;
+    let started = Instant::now();
+    let keys = KeyGenerator::new(&context);
+    let relin = keys.relin_key();
+    let keygen_seconds = started.elapsed().as_secs_f64();
+
+    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone())?;
+    let started = Instant::now();
+    let packed = plan.pack(&inputs)?;
+    let (level, scale) = (plan.input_level(), plan.input_scale());
+    let seeded = packed
+        .par_iter()
+        .map(|slots| Ok(encryptor.encrypt_seeded(&context.encode(slots, level, scale)?)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let upload_bytes = seeded.len() * SeededCiphertext::serialized_len(&context, level);
+    // The worker expands the seeds; that is part of its work, so it is timed with the batch.
+    let encrypt_seconds = started.elapsed().as_secs_f64();
+
+    let engine = ThroughputEngine::new(plan, &context)?;
+    let marks: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+    let control = Control::with_progress(|progress| {
+        if let Ok(mut marks) = marks.lock() {
+            marks.push((progress.name.to_owned(), Instant::now()));
+        }
+    });
+    let started = Instant::now();
+    let ciphertexts = seeded.par_iter().map(|s| s.expand(&context)).collect();
+    drop(seeded);
+    let outputs = engine.evaluate(ciphertexts, &relin, &control)?;
+    let batch_seconds = started.elapsed().as_secs_f64();
+    let finished = Instant::now();
+    let result_bytes: usize = outputs.iter().map(|ct| ct.to_bytes(&context).len()).sum();
+    drop(control);
+
+    let started = Instant::now();
+    let decryptor = Decryptor::new(&context, keys.secret_key().clone())?;
+    let decrypted = outputs.par_iter().map(|ct| decryptor.decrypt_values(ct)).collect::<Result<Vec<_>, _>>()?;
+    let logits = engine.plan().unpack(&decrypted, images)?;
+    let decrypt_seconds = started.elapsed().as_secs_f64();
+
+    let reference = model.network.forward_batch(&inputs)?;
+    let (agreement, max_logit_error) = compare(&logits, &reference);
+    let params = engine.plan().params();
+    let marks = marks.into_inner().unwrap_or_default();
+    let layers = marks
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, _))| name != "done")
+        .map(|(i, (name, at))| {
+            let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
+            LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
+        })
+        .collect();
+    Ok(InferReport {
+        model: options.model.clone(),
+        packing: Packing::Throughput.name(),
+        images,
+        threads,
+        log_n: params.log_n(),
+        log_qp: params.log_qp(),
+        security_bits: params.security_bits(),
+        batch_seconds,
+        images_per_second: images as f64 / batch_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        upload_bytes_per_image: upload_bytes as f64 / images as f64,
+        result_bytes_per_image: result_bytes as f64 / images as f64,
+        agreement,
+        max_logit_error,
+        keygen_seconds,
+        encrypt_seconds,
+        decrypt_seconds,
+        layers,
+    })
+}
+
+/// `count` preprocessed test images of the model's dataset, reused cyclically.
+fn test_inputs(model: &registry::Model, data: Option<&Path>, count: usize) -> anyhow::Result<Vec<Vec<f64>>> {
+    let dir = data_dir(data)?;
+    let images = if model.manifest.name.starts_with("derma") {
+        data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
+    } else {
+        data::mnist(&dir.join("mnist"), Split::Test)?
+    };
+    let inputs = model.manifest.inputs(&images)?;
+    if inputs.is_empty() {
+        bail!("no test images in {}", dir.display());
+    }
+    Ok(inputs.iter().cycle().take(count).cloned().collect())
+}
+
+fn data_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    ["../shared/data", "shared/data", "../../shared/data"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|dir| dir.join("mnist").is_dir())
+        .context("no dataset directory found (looked for ../shared/data and ./shared/data); pass --data DIR")
+}
+
+fn argmax(values: &[f64]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// (fraction of images whose argmax agrees, largest absolute logit difference).
+fn compare(encrypted: &[Vec<f64>], reference: &[Vec<f64>]) -> (f64, f64) {
+    let agree = encrypted.iter().zip(reference).filter(|(e, r)| argmax(e) == argmax(r)).count();
+    let max_error = encrypted
+        .iter()
+        .zip(reference)
+        .flat_map(|(e, r)| e.iter().zip(r).map(|(a, b)| (a - b).abs()))
+        .fold(0.0, f64::max);
+    (agree as f64 / encrypted.len().max(1) as f64, max_error)
+}
+
+/// The process's peak resident set (VmHWM), 0 where /proc is not available.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let kb = line.strip_prefix("VmHWM:")?.trim().trim_end_matches("kB").trim();
+                kb.parse::<u64>().ok()
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
