@@ -103,7 +103,10 @@ pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, usiz
     let (n, rows, cols) = (header(4)?, header(8)?, header(12)?);
     let size = n.checked_mul(rows).and_then(|v| v.checked_mul(cols));
     if size != Some(bytes.len() - 16) {
-        return Err(data_err(path, format!("header says {n}x{rows}x{cols} pixels but {} bytes follow", bytes.len() - 16)));
+        return Err(data_err(
+            path,
+            format!("header says {n}x{rows}x{cols} pixels but {} bytes follow", bytes.len() - 16),
+        ));
     }
     Ok((n, rows, cols, bytes[16..].to_vec()))
 }
@@ -261,8 +264,9 @@ mod tests {
     #[test]
     fn npy_u8_parses_and_checks_size() {
         let p = Path::new("x.npy");
-        let a = parse_npy_u8(&npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }", &[1, 2, 3, 4, 5, 6]), p)
-            .unwrap();
+        let a =
+            parse_npy_u8(&npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }", &[1, 2, 3, 4, 5, 6]), p)
+                .unwrap();
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.data, vec![1, 2, 3, 4, 5, 6]);
         let one = parse_npy_u8(&npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2,), }", &[7, 8]), p).unwrap();

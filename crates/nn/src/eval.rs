@@ -101,7 +101,11 @@ fn avg_pool(p: &AvgPool2d, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
 }
 
 fn dense(d: &Dense, x: &[f64]) -> Vec<f64> {
-    d.weights.chunks_exact(d.inputs).zip(&d.bias).map(|(row, b)| b + row.iter().zip(x).map(|(w, v)| w * v).sum::<f64>()).collect()
+    d.weights
+        .chunks_exact(d.inputs)
+        .zip(&d.bias)
+        .map(|(row, b)| b + row.iter().zip(x).map(|(w, v)| w * v).sum::<f64>())
+        .collect()
 }
 
 #[cfg(test)]

@@ -125,9 +125,9 @@ impl std::fmt::Display for Polynomial {
                 continue;
             }
             terms.push(match power {
-                0 => format!("{c}"),
-                1 => format!("{c}*x"),
-                _ => format!("{c}*x^{power}"),
+                0 => format!("{c:.4}"),
+                1 => format!("{c:.4}*x"),
+                _ => format!("{c:.4}*x^{power}"),
             });
         }
         if terms.is_empty() { write!(f, "0") } else { write!(f, "{}", terms.join(" + ")) }
@@ -173,7 +173,10 @@ impl Layer {
                 let h = height.saturating_add(c.padding[0]).saturating_add(c.padding[2]);
                 let w = width.saturating_add(c.padding[1]).saturating_add(c.padding[3]);
                 if h < c.kernel[0] || w < c.kernel[1] {
-                    return Err(format!("kernel {}x{} is larger than the padded input {h}x{w}", c.kernel[0], c.kernel[1]));
+                    return Err(format!(
+                        "kernel {}x{} is larger than the padded input {h}x{w}",
+                        c.kernel[0], c.kernel[1]
+                    ));
                 }
                 Shape::Image {
                     channels: c.out_channels,
@@ -325,9 +328,14 @@ impl Network {
         let mut shape = input;
         for (index, layer) in layers.iter().enumerate() {
             if layer.weights().iter().chain(layer.biases()).any(|w| !w.is_finite()) {
-                return Err(Error::Shape { index, layer: layer.to_string(), reason: "has a weight that is not finite".into() });
+                return Err(Error::Shape {
+                    index,
+                    layer: layer.to_string(),
+                    reason: "has a weight that is not finite".into(),
+                });
             }
-            shape = layer.output_shape(shape).map_err(|reason| Error::Shape { index, layer: layer.to_string(), reason })?;
+            shape =
+                layer.output_shape(shape).map_err(|reason| Error::Shape { index, layer: layer.to_string(), reason })?;
             shapes.push(shape);
         }
         Ok(Self { input, layers, shapes })
@@ -373,7 +381,11 @@ impl Network {
                 .is_some_and(Layer::is_linear_by_weights)
         };
         let linear_before = |i: usize| {
-            self.layers[..i].iter().rev().find(|l| !matches!(l, Layer::Flatten)).is_some_and(Layer::is_linear_by_weights)
+            self.layers[..i]
+                .iter()
+                .rev()
+                .find(|l| !matches!(l, Layer::Flatten))
+                .is_some_and(Layer::is_linear_by_weights)
         };
         (0..n)
             .map(|i| match &self.layers[i] {

@@ -156,7 +156,8 @@ impl Manifest {
             g.into_raw()
         } else {
             let rgb = img.to_rgb8();
-            let rgb = if rgb.dimensions() == (w32, h32) { rgb } else { image::imageops::resize(&rgb, w32, h32, filter) };
+            let rgb =
+                if rgb.dimensions() == (w32, h32) { rgb } else { image::imageops::resize(&rgb, w32, h32, filter) };
             let hwc = rgb.into_raw();
             let plane = h * w;
             let mut chw = vec![0u8; 3 * plane];

@@ -72,11 +72,7 @@ fn one(node: &str, op: &str, reason: String) -> Error {
 }
 
 fn node_name(node: &NodeProto) -> String {
-    if !node.name.is_empty() {
-        node.name.clone()
-    } else {
-        node.output.first().cloned().unwrap_or_default()
-    }
+    if !node.name.is_empty() { node.name.clone() } else { node.output.first().cloned().unwrap_or_default() }
 }
 
 /// Operators refused whatever their inputs, with the reason and the alternative.
@@ -85,7 +81,9 @@ fn unsupported(node: &NodeProto) -> Option<Refusal> {
     let reason = match op {
         "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Celu" | "Gelu" | "Sigmoid" | "HardSigmoid" | "Tanh"
         | "Softplus" | "Softsign" | "HardSwish" | "Mish" | "Exp" | "Log" | "Abs" | "Sign" | "Clip" | "Sqrt"
-        | "Reciprocal" | "Erf" => "is not a polynomial; use x^2 or a quadratic activation (a*x^2 + b*x + c)".to_string(),
+        | "Reciprocal" | "Erf" => {
+            "is not a polynomial; use x^2 or a quadratic activation (a*x^2 + b*x + c)".to_string()
+        }
         "MaxPool" | "GlobalMaxPool" | "LpPool" | "GlobalLpPool" | "Max" | "Min" => {
             "is not linear (it takes a maximum, which CKKS cannot compute); use AveragePool".to_string()
         }
@@ -139,7 +137,12 @@ impl Tensor {
             7 => le_chunks::<8>(raw).map(|b| i64::from_le_bytes(b) as f64).collect(),
             6 if raw.is_empty() => t.int32_data.iter().map(|v| f64::from(*v)).collect(),
             6 => le_chunks::<4>(raw).map(|b| f64::from(i32::from_le_bytes(b))).collect(),
-            other => return Err(format!("tensor '{}' has data type {other}; float, double, int32 or int64 expected", t.name)),
+            other => {
+                return Err(format!(
+                    "tensor '{}' has data type {other}; float, double, int32 or int64 expected",
+                    t.name
+                ));
+            }
         };
         if data.len() != count {
             return Err(format!("tensor '{}' holds {} values but its dims {dims:?} need {count}", t.name, data.len()));
@@ -307,9 +310,11 @@ impl Importer {
 
     fn check_head(&self, sym: &Sym) -> Step {
         if sym.head != self.head {
-            return Err("uses an earlier tensor of the chain again (a branch or skip connection); the model must be a \
+            return Err(
+                "uses an earlier tensor of the chain again (a branch or skip connection); the model must be a \
                         single chain of layers"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -379,7 +384,10 @@ impl Importer {
             _ => false,
         };
         if !per_output {
-            return Err(format!("adds a constant of dims {:?}, which is not one value per channel/output ({n})", c.dims));
+            return Err(format!(
+                "adds a constant of dims {:?}, which is not one value per channel/output ({n})",
+                c.dims
+            ));
         }
         for (b, v) in bias.iter_mut().zip(&c.data) {
             *b += sign * v;
@@ -407,18 +415,28 @@ impl Importer {
                 let Value::Const(c) = self.input(node, 1)?.clone() else {
                     return Err("divides by a value that depends on the image, which is not a polynomial".into());
                 };
-                let d = c.scalar().filter(|d| *d != 0.0).ok_or("divides by a constant that is not one non-zero value")?;
+                let d =
+                    c.scalar().filter(|d| *d != 0.0).ok_or("divides by a constant that is not one non-zero value")?;
                 match self.input(node, 0)?.clone() {
-                    Value::Sym(s) => self.set(node, Value::Sym(Sym { head: s.head, poly: s.poly.iter().map(|v| v / d).collect() })),
-                    Value::Const(t) => self.set(node, Value::Const(Tensor { dims: t.dims, data: t.data.iter().map(|v| v / d).collect() })),
+                    Value::Sym(s) => {
+                        self.set(node, Value::Sym(Sym { head: s.head, poly: s.poly.iter().map(|v| v / d).collect() }))
+                    }
+                    Value::Const(t) => self
+                        .set(node, Value::Const(Tensor { dims: t.dims, data: t.data.iter().map(|v| v / d).collect() })),
                 }
             }
             "Neg" => match self.input(node, 0)?.clone() {
-                Value::Sym(s) => self.set(node, Value::Sym(Sym { head: s.head, poly: s.poly.iter().map(|v| -v).collect() })),
-                Value::Const(t) => self.set(node, Value::Const(Tensor { dims: t.dims, data: t.data.iter().map(|v| -v).collect() })),
+                Value::Sym(s) => {
+                    self.set(node, Value::Sym(Sym { head: s.head, poly: s.poly.iter().map(|v| -v).collect() }))
+                }
+                Value::Const(t) => {
+                    self.set(node, Value::Const(Tensor { dims: t.dims, data: t.data.iter().map(|v| -v).collect() }))
+                }
             },
             "Pow" => {
-                let Value::Sym(s) = self.input(node, 0)?.clone() else { return Err("raises a constant to a power".into()) };
+                let Value::Sym(s) = self.input(node, 0)?.clone() else {
+                    return Err("raises a constant to a power".into());
+                };
                 let e = self.constant(node, 1)?.scalar().ok_or("the exponent must be one constant")?;
                 if e.fract() != 0.0 || !(1.0..=MAX_DEGREE as f64).contains(&e) {
                     return Err(format!("exponent {e} is not a whole number from 1 to {MAX_DEGREE}"));
@@ -448,9 +466,7 @@ impl Importer {
                 let len = self.shape.len() as f64;
                 let ok = matches!(target.as_slice(), [b, n] if (*b == -1.0 || *b == 0.0 || *b == 1.0) && (*n == -1.0 || *n == len) && !(*b == -1.0 && *n == -1.0));
                 if !ok {
-                    return Err(format!(
-                        "reshapes to {target:?}; only flattening to (batch, {len}) is supported"
-                    ));
+                    return Err(format!("reshapes to {target:?}; only flattening to (batch, {len}) is supported"));
                 }
                 self.chain_input(node)?;
                 if matches!(self.shape, Shape::Image { .. }) {
@@ -468,7 +484,9 @@ impl Importer {
         let t = match a.name.as_str() {
             "value" => Tensor::from_proto(a.t.as_ref().ok_or("Constant value is not a tensor")?)?,
             "value_float" => Tensor { dims: vec![], data: vec![f64::from(a.f)] },
-            "value_floats" => Tensor { dims: vec![a.floats.len()], data: a.floats.iter().map(|v| f64::from(*v)).collect() },
+            "value_floats" => {
+                Tensor { dims: vec![a.floats.len()], data: a.floats.iter().map(|v| f64::from(*v)).collect() }
+            }
             "value_int" => Tensor { dims: vec![], data: vec![a.i as f64] },
             "value_ints" => Tensor { dims: vec![a.ints.len()], data: a.ints.iter().map(|v| *v as f64).collect() },
             other => return Err(format!("Constant attribute '{other}' is not supported")),
@@ -481,7 +499,10 @@ impl Importer {
         let v = match (a, b) {
             (Value::Sym(x), Value::Sym(y)) => {
                 if x.head != y.head {
-                    return Err("multiplies two different tensors of the chain; only polynomials of one tensor are supported".into());
+                    return Err(
+                        "multiplies two different tensors of the chain; only polynomials of one tensor are supported"
+                            .into(),
+                    );
                 }
                 self.check_head(&x)?;
                 Value::Sym(Sym { head: x.head, poly: poly_mul(&x.poly, &y.poly) })
@@ -502,7 +523,10 @@ impl Importer {
         let v = match (a, b) {
             (Value::Sym(x), Value::Sym(y)) => {
                 if x.head != y.head {
-                    return Err("adds two different tensors of the chain (a skip connection); the model must be a single chain".into());
+                    return Err(
+                        "adds two different tensors of the chain (a skip connection); the model must be a single chain"
+                            .into(),
+                    );
                 }
                 Value::Sym(Sym { head: x.head, poly: poly_add(&x.poly, &y.poly, sign) })
             }
@@ -522,7 +546,10 @@ impl Importer {
                     Some(k) => Value::Sym(Sym { head: s.head, poly: poly_add(&neg, &[k], 1.0) }),
                     None if sign > 0.0 => {
                         let at = self.foldable(&Value::Sym(s)).ok_or_else(|| {
-                            format!("adds a constant of dims {:?} that is not right after a Conv, Gemm or MatMul", c.dims)
+                            format!(
+                                "adds a constant of dims {:?} that is not right after a Conv, Gemm or MatMul",
+                                c.dims
+                            )
                         })?;
                         self.fold_bias(at, &c, 1.0)?;
                         Value::Sym(Sym { head: self.head, poly: identity() })
@@ -570,7 +597,15 @@ impl Importer {
             None => vec![0.0; out_channels],
         };
         self.chain_input(node)?;
-        self.push(Layer::Conv2d(Conv2d { in_channels, out_channels, kernel: [kh, kw], stride, padding, weights: w.data, bias }))?;
+        self.push(Layer::Conv2d(Conv2d {
+            in_channels,
+            out_channels,
+            kernel: [kh, kw],
+            stride,
+            padding,
+            weights: w.data,
+            bias,
+        }))?;
         self.output_chain(node)
     }
 
@@ -587,7 +622,10 @@ impl Importer {
         let weights: Vec<f64> = if trans_b {
             b.data.iter().map(|v| alpha * v).collect()
         } else {
-            (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| alpha * b.data[i * outputs + o]).collect()
+            (0..outputs)
+                .flat_map(|o| (0..inputs).map(move |i| (o, i)))
+                .map(|(o, i)| alpha * b.data[i * outputs + o])
+                .collect()
         };
         let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
             None => vec![0.0; outputs],
@@ -608,7 +646,8 @@ impl Importer {
     fn matmul(&mut self, node: &NodeProto) -> Step {
         let b = self.constant(node, 1)?.clone();
         let [inputs, outputs] = b.dims[..] else { return Err(format!("B has dims {:?}; a matrix expected", b.dims)) };
-        let weights = (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| b.data[i * outputs + o]).collect();
+        let weights =
+            (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| b.data[i * outputs + o]).collect();
         self.chain_input(node)?;
         self.push(Layer::Dense(Dense { inputs, outputs, weights, bias: vec![0.0; outputs] }))?;
         self.output_chain(node)
@@ -625,7 +664,8 @@ impl Importer {
             if attr_ints(node, "pads").is_some_and(|p| p.iter().any(|v| *v != 0)) {
                 return Err("padded average pooling is not supported; pad the previous convolution instead".into());
             }
-            let auto_pad = attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
+            let auto_pad =
+                attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
             if !(auto_pad.is_empty() || auto_pad == "NOTSET" || auto_pad == "VALID") {
                 return Err(format!("auto_pad {auto_pad} is not supported"));
             }
@@ -645,7 +685,8 @@ impl Importer {
 
     fn batch_norm(&mut self, node: &NodeProto) -> Step {
         let x = self.input(node, 0)?.clone();
-        let at = self.foldable(&x).ok_or("BatchNormalization must directly follow a Conv, Gemm or MatMul to be folded")?;
+        let at =
+            self.foldable(&x).ok_or("BatchNormalization must directly follow a Conv, Gemm or MatMul to be folded")?;
         let eps = attr(node, "epsilon").map_or(1e-5, |a| f64::from(a.f));
         let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|i| self.constant(node, i).map(|t| t.data.clone()));
         let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
@@ -678,7 +719,9 @@ fn const_binary(x: &Tensor, y: &Tensor, f: impl Fn(f64, f64) -> f64) -> Step<Ten
     match (x.scalar(), y.scalar()) {
         (_, Some(k)) => Ok(Tensor { dims: x.dims.clone(), data: x.data.iter().map(|v| f(*v, k)).collect() }),
         (Some(k), _) => Ok(Tensor { dims: y.dims.clone(), data: y.data.iter().map(|v| f(k, *v)).collect() }),
-        _ if x.dims == y.dims => Ok(Tensor { dims: x.dims.clone(), data: x.data.iter().zip(&y.data).map(|(a, b)| f(*a, *b)).collect() }),
+        _ if x.dims == y.dims => {
+            Ok(Tensor { dims: x.dims.clone(), data: x.data.iter().zip(&y.data).map(|(a, b)| f(*a, *b)).collect() })
+        }
         _ => Err(format!("combines constants of dims {:?} and {:?} (broadcasting is not supported)", x.dims, y.dims)),
     }
 }

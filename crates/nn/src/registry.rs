@@ -36,7 +36,10 @@ pub fn names() -> Vec<&'static str> {
 /// the two agree (input shape, number of classes, multiplicative depth).
 pub fn load(name: &str) -> Result<Model> {
     let Some((_, onnx, json)) = EMBEDDED.iter().find(|(n, _, _)| *n == name) else {
-        return Err(Error::UnknownModel { name: name.to_string(), known: names().iter().map(|s| s.to_string()).collect() });
+        return Err(Error::UnknownModel {
+            name: name.to_string(),
+            known: names().iter().map(|s| s.to_string()).collect(),
+        });
     };
     let manifest = Manifest::from_json(json)?;
     let network = crate::onnx::import(onnx)?;
@@ -45,7 +48,11 @@ pub fn load(name: &str) -> Result<Model> {
         return Err(err(format!("manifest names the model '{}'", manifest.name)));
     }
     if network.input() != manifest.input_shape() {
-        return Err(err(format!("network input {} differs from the manifest's {:?}", network.input(), manifest.input.shape)));
+        return Err(err(format!(
+            "network input {} differs from the manifest's {:?}",
+            network.input(),
+            manifest.input.shape
+        )));
     }
     if network.output() != (Shape::Vector { len: manifest.classes.len() }) {
         return Err(err(format!("network output {} for {} classes", network.output(), manifest.classes.len())));

@@ -38,7 +38,8 @@ fn relu_maxpool_and_softmax_are_refused_each_with_a_reason() {
 fn batch_norm_pow_polynomials_reshape_and_matmul_add_import_and_match_onnxruntime() {
     let net = onnx::import_file(&fixture("patterns.onnx")).unwrap();
     assert_eq!(net.input(), Shape::Image { channels: 2, height: 8, width: 8 });
-    let kinds: Vec<String> = net.layers().iter().map(|l| l.to_string().split(' ').next().unwrap().to_string()).collect();
+    let kinds: Vec<String> =
+        net.layers().iter().map(|l| l.to_string().split(' ').next().unwrap().to_string()).collect();
     // BatchNormalization folded into the first conv; the MatMul's bias Add folded into its dense.
     assert_eq!(
         kinds,
@@ -53,7 +54,8 @@ fn batch_norm_pow_polynomials_reshape_and_matmul_add_import_and_match_onnxruntim
     // conv 1, x^2 1, pool 0, conv 1, quadratic 1, flatten 0, dense 1, quadratic 1, dense 1.
     assert_eq!(net.depth(), 7);
 
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("patterns.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("patterns.json")).unwrap()).unwrap();
     let inputs = json["inputs"].as_array().unwrap();
     let logits = json["logits"].as_array().unwrap();
     for (i, (x, y)) in inputs.iter().zip(logits).enumerate() {

@@ -71,7 +71,11 @@ fn test_split_accuracy_matches_the_manifest() {
         let logits = model.network.forward_batch(&model.manifest.inputs(&images).unwrap()).unwrap();
         let m = metrics::evaluate(&logits, &images.labels, model.manifest.classes.len(), model.manifest.positive_class);
         let recorded = model.manifest.metrics["test"]["accuracy"].as_f64().unwrap();
-        assert!((m.accuracy - recorded).abs() <= 1.0 / images.len() as f64 + 1e-12, "{name}: {} vs {recorded}", m.accuracy);
+        assert!(
+            (m.accuracy - recorded).abs() <= 1.0 / images.len() as f64 + 1e-12,
+            "{name}: {} vs {recorded}",
+            m.accuracy
+        );
         if let Some(auc) = m.positive_auc {
             let recorded = model.manifest.metrics["test"]["melanoma_auc"].as_f64().unwrap();
             assert!((auc - recorded).abs() < 1e-3, "{name}: AUC {auc} vs {recorded}");
@@ -100,10 +104,9 @@ fn mnist_reader_matches_the_published_counts() {
 #[test]
 fn dermamnist_reader_matches_the_published_counts() {
     let npz = data_dir().join("dermamnist/dermamnist.npz");
-    for (split, n, counts) in [
-        (Split::Test, 2005, [66, 103, 220, 23, 223, 1341, 29]),
-        (Split::Val, 1003, [33, 52, 110, 12, 111, 671, 14]),
-    ] {
+    for (split, n, counts) in
+        [(Split::Test, 2005, [66, 103, 220, 23, 223, 1341, 29]), (Split::Val, 1003, [33, 52, 110, 12, 111, 671, 14])]
+    {
         let images = data::dermamnist(&npz, split).unwrap();
         assert_eq!((images.len(), images.channels, images.height, images.width), (n, 3, 28, 28));
         let mut c = [0usize; 7];
