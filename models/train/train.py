@@ -198,14 +198,20 @@ def depth(model):
 # ----------------------------------------------------------------------------- training
 
 
-def augment(x, name):
-    """Random shifts of up to 2 pixels for digits; flips and 90-degree turns for lesions."""
+def augment(x, name, jitter=0.0):
+    """Random shifts of up to 2 pixels for digits; flips and 90-degree turns for lesions, and with
+    `jitter` > 0 a random gain (1 +- jitter) and offset (+- jitter) per image and channel."""
     if name.startswith("mnist"):
         n = x.shape[0]
         pad = F.pad(x, (2, 2, 2, 2))
         dx, dy = random.randint(0, 4), random.randint(0, 4)
         del n
         return pad[:, :, dy : dy + 28, dx : dx + 28]
+    if jitter > 0:
+        n, c = x.shape[:2]
+        gain = 1 + (torch.rand(n, c, 1, 1) * 2 - 1) * jitter
+        offset = (torch.rand(n, c, 1, 1) * 2 - 1) * jitter
+        x = x * gain + offset
     if random.random() < 0.5:
         x = x.flip(3)
     if random.random() < 0.5:
@@ -318,7 +324,7 @@ def train(args):
             idx_ = perm[i : i + args.batch]
             if len(idx_) < 2:
                 continue
-            x = augment(xs["train"][idx_], args.model)
+            x = augment(xs["train"][idx_], args.model, args.jitter)
             loss = F.cross_entropy(model(x), ys["train"][idx_], weight=weight)
             opt.zero_grad()
             loss.backward()
@@ -521,6 +527,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--channels", default="8,16", help="derma-lenet5: maps of the two convolutions")
     p.add_argument("--class-weight-power", type=float, default=0.5, help="derma: loss weight ~ 1/frequency^power")
+    p.add_argument("--jitter", type=float, default=0.0, help="derma: colour gain/offset augmentation strength")
     p.add_argument("--fixtures-only", action="store_true")
     args = p.parse_args()
     args.command = " ".join(shlex.quote(a) for a in ["python3", "models/train/train.py", *sys.argv[1:]])

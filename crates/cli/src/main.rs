@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod bench_infer;
+mod model;
 
 use clap::{Parser, Subcommand};
 
@@ -25,17 +26,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Operator commands: database migrations.
+    /// HE-friendly models: list, show, evaluate in plaintext, import ONNX.
     #[command(subcommand)]
-    Admin(admin::Admin),
+    Model(model::Model),
     /// Benchmarks that print what they measured.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Operator commands: database migrations.
+    #[command(subcommand)]
+    Admin(admin::Admin),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Admin(command) => admin::run(command),
+        Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
+        Command::Admin(command) => admin::run(command),
     }
 }

@@ -125,9 +125,9 @@ impl std::fmt::Display for Polynomial {
                 continue;
             }
             terms.push(match power {
-                0 => format!("{c}"),
-                1 => format!("{c}*x"),
-                _ => format!("{c}*x^{power}"),
+                0 => format!("{c:.4}"),
+                1 => format!("{c:.4}*x"),
+                _ => format!("{c:.4}*x^{power}"),
             });
         }
         if terms.is_empty() { write!(f, "0") } else { write!(f, "{}", terms.join(" + ")) }

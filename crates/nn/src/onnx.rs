@@ -220,6 +220,15 @@ fn trim(mut p: Vec<f64>) -> Vec<f64> {
     p
 }
 
+/// Refuses a polynomial above [`MAX_DEGREE`] as soon as it appears (repeated squaring would
+/// otherwise double its size at every node).
+fn bounded(p: Vec<f64>) -> Step<Vec<f64>> {
+    if p.len() > MAX_DEGREE + 1 {
+        return Err(format!("builds a polynomial of degree {} (at most {MAX_DEGREE} is supported)", p.len() - 1));
+    }
+    Ok(p)
+}
+
 fn poly_add(a: &[f64], b: &[f64], sign: f64) -> Vec<f64> {
     let mut out = vec![0.0; a.len().max(b.len())];
     for (i, v) in a.iter().enumerate() {
@@ -379,7 +388,9 @@ impl Importer {
         };
         let n = bias.len();
         let per_output = match c.dims.as_slice() {
-            [m] | [1, m] if *m == n => true,
+            // ONNX broadcasts from the last axis: a vector of length C only lines up with the
+            // channels of a (N, C) dense output; a convolution needs (C, 1, 1).
+            [m] | [1, m] if *m == n && !is_conv => true,
             [m, 1, 1] | [1, m, 1, 1] if *m == n && is_conv => true,
             _ => false,
         };
@@ -443,7 +454,7 @@ impl Importer {
                 }
                 let mut p = vec![1.0];
                 for _ in 0..e as usize {
-                    p = poly_mul(&p, &s.poly);
+                    p = bounded(poly_mul(&p, &s.poly))?;
                 }
                 self.set(node, Value::Sym(Sym { head: s.head, poly: p }))
             }
@@ -505,7 +516,7 @@ impl Importer {
                     );
                 }
                 self.check_head(&x)?;
-                Value::Sym(Sym { head: x.head, poly: poly_mul(&x.poly, &y.poly) })
+                Value::Sym(Sym { head: x.head, poly: bounded(poly_mul(&x.poly, &y.poly))? })
             }
             (Value::Sym(s), Value::Const(c)) | (Value::Const(c), Value::Sym(s)) => {
                 let k = c.scalar().ok_or_else(|| {
@@ -735,6 +746,91 @@ mod tests {
         assert_eq!(poly_mul(&identity(), &identity()), vec![0.0, 0.0, 1.0]);
         assert_eq!(poly_add(&[0.0, 0.0, 1.0], &[0.0, 1.0], -1.0), vec![0.0, -1.0, 1.0]);
         assert_eq!(trim(vec![1.0, 0.0, 0.0]), vec![1.0]);
+    }
+
+    use onnx_protobuf::{GraphProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto};
+
+    fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+        let mut shape = TensorShapeProto::new();
+        for d in dims {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(*d));
+            shape.dim.push(dim);
+        }
+        let mut tensor = type_proto::Tensor::new();
+        tensor.elem_type = 1;
+        tensor.shape = Some(shape).into();
+        let mut ty = TypeProto::new();
+        ty.value = Some(type_proto::Value::TensorType(tensor));
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        v.type_ = Some(ty).into();
+        v
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = output.into();
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec![output.into()];
+        n
+    }
+
+    fn matrix(name: &str, rows: usize, cols: usize) -> TensorProto {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.data_type = 1;
+        t.dims = vec![rows as i64, cols as i64];
+        t.float_data = (0..rows * cols).map(|i| i as f32 * 0.1).collect();
+        t
+    }
+
+    fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, output: &str) -> Vec<u8> {
+        let mut g = GraphProto::new();
+        g.node = nodes;
+        g.initializer = inits;
+        g.input.push(value_info("x", &[1, 4]));
+        g.output.push(value_info(output, &[1, 4]));
+        let mut m = ModelProto::new();
+        m.graph = Some(g).into();
+        m.write_to_bytes().unwrap()
+    }
+
+    #[test]
+    fn repeated_squaring_is_refused_before_it_grows() {
+        let mut nodes = vec![node("Mul", &["x", "x"], "s0")];
+        for i in 1..40 {
+            nodes.push(node("Mul", &[&format!("s{}", i - 1), &format!("s{}", i - 1)], &format!("s{i}")));
+        }
+        let err = import(&model(nodes, vec![], "s39")).unwrap_err().to_string();
+        assert!(err.contains("node 's3'") && err.contains("degree 16"), "{err}");
+    }
+
+    #[test]
+    fn skip_connections_are_refused() {
+        let nodes = vec![node("MatMul", &["x", "w"], "y"), node("Add", &["y", "x"], "z")];
+        let err = import(&model(nodes, vec![matrix("w", 4, 4)], "z")).unwrap_err().to_string();
+        assert!(err.contains("node 'z'") && err.contains("single chain"), "{err}");
+    }
+
+    #[test]
+    fn matmul_add_pow_import_as_dense_and_square() {
+        let mut bias = matrix("b", 1, 4);
+        bias.dims = vec![4];
+        let mut two = TensorProto::new();
+        two.name = "two".into();
+        two.data_type = 1;
+        two.float_data = vec![2.0];
+        let nodes =
+            vec![node("MatMul", &["x", "w"], "y"), node("Add", &["y", "b"], "z"), node("Pow", &["z", "two"], "p")];
+        let net = import(&model(nodes, vec![matrix("w", 4, 4), bias, two], "p")).unwrap();
+        assert_eq!(net.layers().len(), 2);
+        let Layer::Dense(d) = &net.layers()[0] else { panic!("{}", net.summary()) };
+        assert!((d.bias[3] - 0.3).abs() < 1e-6 && (d.weights[1] - 0.4).abs() < 1e-6, "{d:?}");
+        assert_eq!(net.layers()[1], Layer::Activation(Polynomial::square()));
+        let y = net.forward(&[1.0, 0.0, 0.0, 0.0]).unwrap();
+        assert!((y[1] - (0.1f64 + 0.1).powi(2)).abs() < 1e-6, "{y:?}");
     }
 
     #[test]
