@@ -11,7 +11,7 @@ use secrecy::SecretString;
 #[derive(Debug, clap::Subcommand)]
 pub enum Dev {
     /// Serve an S3-compatible endpoint on 127.0.0.1 (SigV4, data kept in a directory) until
-    /// Ctrl-C. Prints the endpoint URL on the first line of standard output.
+    /// Ctrl-C or SIGTERM. Prints the endpoint URL on the first line of standard output.
     S3(S3Args),
 }
 
@@ -49,11 +49,21 @@ async fn s3(args: S3Args) -> anyhow::Result<()> {
         .with_context(|| format!("starting the S3 endpoint on 127.0.0.1:{} over {}", args.port, args.dir.display()))?;
     println!("{}", server.endpoint());
     eprintln!(
-        "S3 endpoint {} serving {} (path-style, region us-east-1); Ctrl-C stops it",
+        "S3 endpoint {} serving {} (path-style, region us-east-1); Ctrl-C or SIGTERM stops it",
         server.endpoint(),
         args.dir.display()
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    stop_requested().await?;
     server.shutdown().await;
     Ok(())
+}
+
+/// Ctrl-C (SIGINT) or, under a process manager, SIGTERM.
+async fn stop_requested() -> anyhow::Result<()> {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
 }
