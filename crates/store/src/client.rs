@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls;
@@ -32,6 +32,7 @@ pub struct Store {
     bucket: String,
     part_size: usize,
     parts_in_flight: usize,
+    checksums: bool,
 }
 
 /// What an upload stored: keep `crc32c` (for example in the job row) and pass it to
@@ -118,7 +119,12 @@ impl Store {
             .region(region)
             .retry_config(retry)
             .timeout_config(timeouts)
-            .force_path_style(config.path_style);
+            .force_path_style(config.path_style)
+            .request_checksum_calculation(if config.checksums {
+                RequestChecksumCalculation::WhenSupported
+            } else {
+                RequestChecksumCalculation::WhenRequired
+            });
         if let Some(endpoint) = &config.endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(StoreError::Config(format!("endpoint {endpoint:?} is not an http:// or https:// URL")));
@@ -130,6 +136,7 @@ impl Store {
             bucket: config.bucket.clone(),
             part_size: config.part_size(),
             parts_in_flight: usize::try_from(config.parts_in_flight.max(1)).unwrap_or(4),
+            checksums: config.checksums,
         })
     }
 
@@ -183,7 +190,7 @@ impl Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key.as_str())
-            .checksum_crc32_c(crc32c_header(crc))
+            .set_checksum_crc32_c(self.checksums.then(|| crc32c_header(crc)))
             .body(ByteStream::from(body))
             .send()
             .await
@@ -209,7 +216,7 @@ impl Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key.as_str())
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .set_checksum_algorithm(self.checksums.then_some(ChecksumAlgorithm::Crc32C))
             .send()
             .await
             .map_err(|e| StoreError::s3("CreateMultipartUpload", key.as_str(), e))?;
@@ -264,6 +271,7 @@ impl Store {
                 upload_id.to_owned(),
                 part_number,
                 next,
+                self.checksums,
             ));
             next = read_part(reader, self.part_size, key).await?;
         }
@@ -470,15 +478,16 @@ async fn upload_part(
     upload_id: String,
     part_number: i32,
     body: Bytes,
+    checksums: bool,
 ) -> Result<CompletedPart> {
-    let crc = crc32c_header(crc32c::crc32c(&body));
+    let crc = checksums.then(|| crc32c_header(crc32c::crc32c(&body)));
     let out = client
         .upload_part()
         .bucket(bucket)
         .key(&key)
         .upload_id(upload_id)
         .part_number(part_number)
-        .checksum_crc32_c(crc.clone())
+        .set_checksum_crc32_c(crc.clone())
         .body(ByteStream::from(body))
         .send()
         .await
@@ -487,7 +496,7 @@ async fn upload_part(
     Ok(CompletedPart::builder()
         .part_number(part_number)
         .set_e_tag(out.e_tag)
-        .checksum_crc32_c(out.checksum_crc32_c.unwrap_or(crc))
+        .set_checksum_crc32_c(out.checksum_crc32_c.or(crc))
         .build())
 }
 

@@ -59,6 +59,18 @@ pub struct StoreConfig {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parts_in_flight: u64,
 
+    /// Send CRC32C checksums with uploads (verified by the store). Turn off only for old stores
+    /// that reject `x-amz-checksum-*` headers; downloads are still checked against the receipt.
+    #[arg(
+        long = "s3-checksums",
+        env = "BLINDFOLD_S3_CHECKSUMS",
+        value_parser = BoolishValueParser::new(),
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub checksums: bool,
+
     /// Attempts per request (the first one included) before a transient error is returned.
     #[arg(long = "s3-max-attempts", env = "BLINDFOLD_S3_MAX_ATTEMPTS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -102,6 +114,7 @@ impl StoreConfig {
             secret_key: Some(secret_key),
             part_size_mib: 16,
             parts_in_flight: 4,
+            checksums: true,
             max_attempts: 8,
             initial_backoff_ms: 200,
             connect_timeout_secs: 10,
@@ -164,5 +177,8 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--s3-part-size-mib", "1"]).is_err());
         let c = Cli::try_parse_from(["x", "--s3-path-style", "false"]).unwrap().store;
         assert!(!c.path_style);
+        assert!(c.checksums);
+        let c = Cli::try_parse_from(["x", "--s3-checksums", "0"]).unwrap().store;
+        assert!(!c.checksums);
     }
 }

@@ -170,6 +170,17 @@ impl Store {
     }
 }
 
+/// Attempts per part in [`upload_file`] (connection errors and 5xx/429 are retried).
+const PART_ATTEMPTS: u32 = 5;
+
+fn transient(err: &StoreError) -> bool {
+    match err {
+        StoreError::Http(e) => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+        StoreError::PresignedHttp { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
 fn request(http: &reqwest::Client, req: &PresignedRequest) -> Result<reqwest::RequestBuilder> {
     let method = reqwest::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| StoreError::Config(format!("presigned request has method {:?}", req.method)))?;
@@ -203,7 +214,8 @@ pub async fn get_presigned(http: &reqwest::Client, req: &PresignedRequest) -> Re
 }
 
 /// Uploads the file at `path` through the presigned part URLs of `upload`, `parallel` parts at
-/// a time, each read from disk when it is sent (memory about `parallel × part_size`). Returns
+/// a time, each read from disk when it is sent (memory about `parallel × part_size`); a part
+/// that meets a connection error, a 5xx or a 429 is sent again, up to 5 attempts. Returns
 /// the parts to hand back to the service for [`Store::complete_presigned`].
 pub async fn upload_file(
     http: &reqwest::Client,
@@ -248,8 +260,24 @@ async fn upload_one(
     file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.take(len).read_to_end(&mut buf).await.map_err(io)?;
-    let resp = request(http, &part.request)?.body(buf).send().await?;
-    let resp = check(resp, "PUT", part.part_number).await?;
+    let body = Bytes::from(buf);
+    let mut attempt = 1;
+    let resp = loop {
+        let outcome = match request(http, &part.request)?.body(body.clone()).send().await {
+            Ok(resp) => check(resp, "PUT", part.part_number).await,
+            Err(err) => Err(err.into()),
+        };
+        match outcome {
+            Ok(resp) => break resp,
+            Err(err) if attempt < PART_ATTEMPTS && transient(&err) => {
+                let backoff = Duration::from_millis(250 << attempt);
+                tracing::warn!(part = part.part_number, attempt, error = %err, ?backoff, "part upload failed; retrying");
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    };
     let e_tag = resp
         .headers()
         .get(reqwest::header::ETAG)
