@@ -305,6 +305,47 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn valid_parts_always_build_keys_inside_the_tenant_that_parse_back(
+            tenant in "[A-Za-z0-9_-]{1,64}",
+            job in "[A-Za-z0-9_-]{1,64}",
+            name in "[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}",
+        ) {
+            let t = TenantId::new(tenant).unwrap();
+            let j = JobId::new(job).unwrap();
+            let n = ObjectName::new(name).unwrap();
+            for key in [ObjectKey::job_input(&t, &j, &n), ObjectKey::job_result(&t, &j, &n)] {
+                proptest::prop_assert!(key.as_str().starts_with(Prefix::tenant(&t).as_str()));
+                proptest::prop_assert!(key.as_str().starts_with(Prefix::job(&t, &j).as_str()));
+                proptest::prop_assert_eq!(key.as_str().split('/').count(), 6);
+                proptest::prop_assert_eq!(ObjectKey::parse(key.as_str()).unwrap(), key);
+            }
+        }
+
+        #[test]
+        fn names_with_a_slash_or_a_leading_dot_are_always_refused(
+            before in "[A-Za-z0-9._-]{0,20}",
+            after in "[A-Za-z0-9._-]{0,20}",
+            sep in "[/\\\\]|\\.\\.",
+        ) {
+            let with_sep = format!("{before}{sep}{after}");
+            if sep != ".." {
+                proptest::prop_assert!(ObjectName::new(with_sep.clone()).is_err());
+            }
+            proptest::prop_assert!(TenantId::new(with_sep).is_err());
+            let hidden = format!(".{after}");
+            proptest::prop_assert!(ObjectName::new(hidden).is_err());
+        }
+
+        #[test]
+        fn parse_never_accepts_a_key_with_dot_segments(key in "[a-z./]{0,40}") {
+            if let Ok(k) = ObjectKey::parse(&key) {
+                proptest::prop_assert!(k.as_str().split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+            }
+        }
+    }
+
     #[test]
     fn names_that_could_escape_are_refused() {
         for bad in ["", ".", "..", "../x", "a/b", ".hidden", "a\\b", "a b", "é", "%2F"] {
