@@ -195,6 +195,7 @@ fn multiply_accumulate(
     // How many products of two residues fit in a u64 on top of a reduced value.
     let lazy = ((u64::MAX - q) as u128 / ((q - 1) as u128 * (q - 1) as u128)).max(1) as usize;
     let mut acc = vec![0u64; ROW_BLOCK * TILE];
+    debug_assert!(lazy < 2 || q < 1 << 32, "the vector reduction needs q < 2^32");
     for start in (0..n).step_by(TILE) {
         let end = (start + TILE).min(n);
         let width = end - start;
@@ -218,7 +219,7 @@ fn multiply_accumulate(
                         mac_block(&mut acc, x, &w, count);
                         pending += 1;
                         if pending == lazy {
-                            acc.iter_mut().for_each(|a| *a = m.reduce(*a));
+                            reduce_block(&mut acc[..count * TILE], q);
                             pending = 0;
                         }
                     } else {
@@ -228,14 +229,47 @@ fn multiply_accumulate(
                         }
                     }
                 }
+                if lazy >= 2 {
+                    reduce_block(&mut acc[..count * TILE], q);
+                }
                 for (slot, row) in rows.enumerate() {
-                    let a = &acc[slot * TILE..slot * TILE + width];
-                    for (o, &v) in outputs[row][start..end].iter_mut().zip(a) {
-                        *o = m.reduce(v);
-                    }
+                    outputs[row][start..end].copy_from_slice(&acc[slot * TILE..slot * TILE + width]);
                 }
             }
         }
+    }
+}
+
+/// Reduces lazily accumulated words (any u64) modulo q < 2^32, vectorized: the quotient is
+/// estimated in f64 (off by at most one for q < 2^32) and corrected with two branch-free steps.
+#[inline]
+#[allow(unsafe_code)]
+fn reduce_block(values: &mut [u64], q: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
+            return unsafe { reduce_block_avx512(values, q) };
+        }
+    }
+    reduce_block_portable(values, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn reduce_block_avx512(values: &mut [u64], q: u64) {
+    reduce_block_portable(values, q)
+}
+
+#[inline(always)]
+fn reduce_block_portable(values: &mut [u64], q: u64) {
+    let inverse = 1.0 / q as f64;
+    for v in values.iter_mut() {
+        let estimate = (*v as f64 * inverse) as u64;
+        let r = v.wrapping_sub(estimate.wrapping_mul(q));
+        // r is in [-q, 2q) as a two's-complement word.
+        let r = r.min(r.wrapping_add(q));
+        *v = r.min(r.wrapping_sub(q));
     }
 }
 
@@ -293,6 +327,27 @@ fn mac_block_portable(acc: &mut [u64], x: &[u64], w: &[u64; ROW_BLOCK], count: u
         for (slot, a) in [a0, a1, a2, a3].into_iter().enumerate().take(count) {
             for (a, &xi) in a[..width].iter_mut().zip(x) {
                 *a = a.wrapping_add((xi as u32 as u64) * w[slot]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn vector_reduction_is_exact(values in proptest::collection::vec(any::<u64>(), 1..64), k in 0usize..3) {
+            let q = [536_813_569u64, 1_073_692_673, 268_369_921][k];
+            let mut reduced = values.clone();
+            reduce_block(&mut reduced, q);
+            let extremes = [u64::MAX, u64::MAX - 1, 0, q - 1, q, 2 * q, (u64::MAX / q) * q, (u64::MAX / q) * q - 1];
+            let mut edge = extremes.to_vec();
+            reduce_block(&mut edge, q);
+            for (r, v) in reduced.iter().zip(&values).chain(edge.iter().zip(&extremes)) {
+                prop_assert_eq!(*r, v % q);
             }
         }
     }

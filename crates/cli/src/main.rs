@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod bench_infer;
+mod dev;
 mod model;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 // kernel and page-faults them back in on every operation (up to 2× slower key switching).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 
 /// Private medical-image diagnosis: images are encrypted on the hospital's machine and the
 /// neural network runs on the ciphertexts.
@@ -32,6 +34,9 @@ enum Command {
     /// Benchmarks that print what they measured.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Local stand-ins for production infrastructure (an S3 endpoint, …).
+    #[command(subcommand)]
+    Dev(dev::Dev),
     /// Operator commands: database migrations.
     #[command(subcommand)]
     Admin(admin::Admin),
@@ -41,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
+        Command::Dev(command) => dev::run(command),
         Command::Admin(command) => admin::run(command),
     }
 }
