@@ -41,7 +41,6 @@ struct Stage {
     op: StageOp,
     level_in: usize,
     level_out: usize,
-    scale_in: f64,
     scale_out: f64,
     cost: f64,
 }
@@ -680,7 +679,7 @@ fn plan_stages(
                 (StageOp::Square { shift }, level - 1, squared, (KEY_SWITCH_COST + 8.0) * limbs)
             }
         };
-        stages.push(Stage { name, layer, op, level_in: level, level_out, scale_in: scale, scale_out, cost });
+        stages.push(Stage { name, layer, op, level_in: level, level_out, scale_out, cost });
         level = level_out;
         scale = scale_out;
     }
