@@ -122,6 +122,25 @@ impl Evaluator {
         Ok(())
     }
 
+    /// acc += a · plaintext, without a temporary: the multiply-accumulate of diagonal-method
+    /// matrix products. `acc` must have a's level and the scale a.scale · plaintext.scale.
+    pub fn mul_plain_accumulate(&self, acc: &mut Ciphertext, a: &Ciphertext, plaintext: &Plaintext) -> Result<()> {
+        check_levels(a.level, plaintext.level)?;
+        check_levels(acc.level, a.level)?;
+        check_scales(acc.scale, a.scale * plaintext.scale)?;
+        if acc.size() != a.size() {
+            return Err(Error::WrongSize { expected: acc.size(), found: a.size() });
+        }
+        let ctx = &self.context;
+        let n = ctx.n;
+        for (out, part) in acc.parts.iter_mut().zip(&a.parts) {
+            out.data.par_chunks_mut(n).enumerate().take(a.level + 1).for_each(|(i, row)| {
+                ctx.ntt[i].mul_accumulate(row, part.limb(i), plaintext.poly.limb(i));
+            });
+        }
+        Ok(())
+    }
+
     /// a · c for a real c encoded at `scale` (the result's scale is a.scale · scale). Use an
     /// integer c with scale 1 to multiply without spending a level.
     pub fn mul_scalar(&self, a: &Ciphertext, value: f64, scale: f64) -> Result<Ciphertext> {

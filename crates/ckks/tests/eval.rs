@@ -147,6 +147,31 @@ fn hoisted_rotations_equal_single_ones() {
 }
 
 #[test]
+fn mul_plain_accumulate_equals_sum_of_products() {
+    let s = toy();
+    let e = &s.evaluator;
+    let scale = s.context.params().scale();
+    let level = 2;
+    let (a, b, w, v) = (
+        random_values(11, 300, 2.0),
+        random_values(12, 300, 2.0),
+        random_values(13, 300, 1.0),
+        random_values(14, 300, 1.0),
+    );
+    let (ca, cb) = (encrypt(&s, &a, level), encrypt(&s, &b, level));
+    let (pw, pv) = (s.context.encode(&w, level, scale).unwrap(), s.context.encode(&v, level, scale).unwrap());
+    let mut acc = e.mul_plain(&ca, &pw).unwrap();
+    e.mul_plain_accumulate(&mut acc, &cb, &pv).unwrap();
+    let expected: Vec<f64> = (0..300).map(|k| a[k] * w[k] + b[k] * v[k]).collect();
+    assert!(max_error(&expected, &decrypt(&s, &e.rescale(&acc).unwrap())) < 1e-5);
+    // Scale and level mismatches are refused.
+    let unscaled = s.context.encode(&v, level, 1.0).unwrap();
+    assert!(matches!(e.mul_plain_accumulate(&mut acc, &cb, &unscaled), Err(Error::ScaleMismatch { .. })));
+    let low = s.context.encode(&v, 1, scale).unwrap();
+    assert!(matches!(e.mul_plain_accumulate(&mut acc, &cb, &low), Err(Error::LevelMismatch { .. })));
+}
+
+#[test]
 fn mismatches_are_typed_errors() {
     let s = toy();
     let a = encrypt(&s, &[1.0], 3);

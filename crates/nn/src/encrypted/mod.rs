@@ -6,9 +6,15 @@
 //! are plaintext-weight multiply-accumulates over ciphertexts and no rotation keys are needed.
 //! The compiler plans levels and scales for every layer, picks the smallest parameter set that
 //! fits, lists the evaluation keys, and refuses a model that does not fit, naming the layer.
+//! **Latency** ([`LatencyPlan`]): one image in the slots of one ciphertext; every convolution
+//! and dense layer is a matrix–vector product by the diagonal method with baby-step giant-step
+//! and hoisted rotations, so one image answers in a fraction of a second.
+//! [`choose_packing`] picks the cheaper packing for a job's image count.
 
+mod latency;
 mod throughput;
 
+pub use latency::{LatencyEngine, LatencyPlan};
 pub use throughput::{ThroughputEngine, ThroughputPlan};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +48,16 @@ impl std::str::FromStr for Packing {
             other => Err(format!("unknown packing '{other}' (throughput or latency)")),
         }
     }
+}
+
+/// The cheaper packing for a job of `images` images, from both plans' cost estimates: the
+/// throughput packing pays a whole batch per started batch, the latency packing one evaluation
+/// per image. Callers that want a packing regardless (a forced choice) simply skip this.
+pub fn choose_packing(images: usize, throughput: &ThroughputPlan, latency: &LatencyPlan) -> Packing {
+    let batches = images.div_ceil(throughput.batch_capacity().max(1));
+    let throughput_cost = batches as f64 * throughput.estimated_cost();
+    let latency_cost = images as f64 * latency.estimated_cost();
+    if latency_cost < throughput_cost { Packing::Latency } else { Packing::Throughput }
 }
 
 /// Why a model cannot be planned or evaluated encrypted.

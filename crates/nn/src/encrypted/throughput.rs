@@ -31,15 +31,15 @@ use crate::ir::{Layer, Network, Shape};
 
 /// Bits of every ciphertext prime. Below 2^29 a product of two residues leaves room for 64 lazy
 /// additions in a 64-bit word, which is what makes the linear layers fast.
-const PRIME_BITS: u32 = 29;
+pub(super) const PRIME_BITS: u32 = 29;
 /// Largest special prime we use; smaller when the budget is tight (never below 30 bits, so P
 /// stays above every q_i).
 const SPECIAL_BITS: u32 = 40;
 /// Intermediate scale: one bit below the primes, so a rescale brings S² back near T.
-const LOG_TARGET_SCALE: i32 = PRIME_BITS as i32 - 1;
+pub(super) const LOG_TARGET_SCALE: i32 = PRIME_BITS as i32 - 1;
 /// Bits of head room above the final scale in q_0 for the logits (|logit| < 2^7 with a sign bit
 /// and a margin).
-const LOGIT_HEADROOM_BITS: i32 = 8;
+pub(super) const LOGIT_HEADROOM_BITS: i32 = 8;
 
 /// One step of the plan.
 #[derive(Debug, Clone)]
@@ -95,7 +95,7 @@ pub struct ThroughputPlan {
 
 /// What lowering produces before levels and scales are known.
 #[derive(Debug)]
-enum Lowered {
+pub(super) enum Lowered {
     Weighted {
         layer: usize,
         name: String,
@@ -201,6 +201,11 @@ impl ThroughputPlan {
     /// The multiplicative depth used.
     pub fn depth(&self) -> usize {
         self.input_level
+    }
+    /// Estimated work of one batch, in multiply-adds of one coefficient (the unit
+    /// [`super::choose_packing`] compares packings in).
+    pub fn estimated_cost(&self) -> f64 {
+        self.stages.iter().map(|stage| stage.cost).sum::<f64>() * self.params.n() as f64
     }
     /// Evaluation keys needed: relinearization only, no rotations.
     pub fn rotation_steps(&self) -> Vec<i64> {
@@ -420,7 +425,7 @@ fn settle_all(
         .collect()
 }
 
-fn op_layer(op: &Lowered) -> (usize, String) {
+pub(super) fn op_layer(op: &Lowered) -> (usize, String) {
     match op {
         Lowered::Weighted { layer, name, .. }
         | Lowered::SumPool { layer, name, .. }
@@ -430,7 +435,7 @@ fn op_layer(op: &Lowered) -> (usize, String) {
 
 /// The smallest 128-bit set with `depth` rescale primes of PRIME_BITS bits plus q_0; on failure
 /// the largest depth any set holds.
-fn choose_parameters(depth: usize) -> std::result::Result<Parameters, usize> {
+pub(super) fn choose_parameters(depth: usize) -> std::result::Result<Parameters, usize> {
     let primes = depth + 1;
     let mut best_depth = 0;
     for log_n in 12..=15u32 {
@@ -456,7 +461,7 @@ fn choose_parameters(depth: usize) -> std::result::Result<Parameters, usize> {
 
 /// Lowers the layer chain to weighted maps, sum pools and squares, folding every scalar factor
 /// and constant forward. Returns the ops and the affine map (scale, shift) left on the output.
-fn lower(network: &Network) -> Result<(Vec<Lowered>, (f64, f64))> {
+pub(super) fn lower(network: &Network) -> Result<(Vec<Lowered>, (f64, f64))> {
     let mut ops = Vec::new();
     let (mut factor, mut constant) = (1.0f64, 0.0f64);
     let mut shape = network.input();

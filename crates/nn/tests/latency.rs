@@ -1,0 +1,163 @@
+//! The latency packing end to end: compile, encrypt single real test images, evaluate with
+//! rotation keys for exactly the plan's steps, decrypt, compare with the plaintext evaluator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
+use blindfold_nn::data::{self, Split};
+use blindfold_nn::encrypted::{Control, LatencyEngine, LatencyPlan, Packing, ThroughputPlan, choose_packing};
+use blindfold_nn::registry;
+
+fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    assert!(dir.join("mnist").is_dir(), "the datasets are expected in {} (see the README)", dir.display());
+    dir
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
+}
+
+#[test]
+fn mnist_cryptonets_single_images_match_the_plaintext_model() {
+    let name = "mnist-cryptonets";
+    let model = registry::load(name).unwrap();
+    let plan = LatencyPlan::compile(name, &model.network).unwrap();
+    println!("{}", plan.summary());
+    assert_eq!(plan.params().security_bits(), 128);
+    assert_eq!(plan.depth(), model.network.depth());
+    let context = Context::new(plan.params().clone()).unwrap();
+    let keys = KeyGenerator::new(&context);
+    let relin = keys.relin_key();
+    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    assert_eq!(galois.len(), plan.rotation_steps().len());
+    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let engine = LatencyEngine::new(plan, &context).unwrap();
+    let images = data::mnist(&data_dir().join("mnist"), Split::Test).unwrap().take(4);
+    let inputs = model.manifest.inputs(&images).unwrap();
+    let mut max_error = 0f64;
+    for input in &inputs {
+        let slots = engine.plan().pack(input).unwrap();
+        let plaintext = context.encode(&slots, engine.plan().input_level(), engine.plan().input_scale()).unwrap();
+        let ct = encryptor.encrypt(&plaintext).unwrap();
+        let out = engine.evaluate(ct, &relin, &galois, &Control::none()).unwrap();
+        assert_eq!(out.level(), 0);
+        let logits = engine.plan().unpack(&decryptor.decrypt_values(&out).unwrap()).unwrap();
+        let reference = model.network.forward(input).unwrap();
+        assert_eq!(argmax(&logits), argmax(&reference), "{logits:?} vs {reference:?}");
+        for (a, b) in logits.iter().zip(&reference) {
+            max_error = max_error.max((a - b).abs());
+        }
+    }
+    println!("max logit error {max_error:e}");
+    assert!(max_error < 0.05, "max logit error {max_error}");
+}
+
+#[test]
+fn every_model_compiles_with_rotation_steps_inside_the_slots() {
+    for name in registry::names() {
+        let model = registry::load(name).unwrap();
+        let plan = LatencyPlan::compile(name, &model.network).unwrap();
+        assert_eq!(plan.params().security_bits(), 128, "{name}");
+        assert_eq!(plan.depth(), model.network.depth(), "{name}");
+        let steps = plan.rotation_steps();
+        assert!(!steps.is_empty());
+        assert!(steps.iter().all(|&s| s > 0 && (s as usize) < plan.params().slots()), "{name}: {steps:?}");
+    }
+}
+
+#[test]
+fn the_automatic_choice_is_latency_for_one_image_and_throughput_for_a_batch() {
+    for name in registry::names() {
+        let model = registry::load(name).unwrap();
+        let throughput = ThroughputPlan::compile(name, &model.network).unwrap();
+        let latency = LatencyPlan::compile(name, &model.network).unwrap();
+        assert_eq!(choose_packing(1, &throughput, &latency), Packing::Latency, "{name}");
+        let batch = throughput.batch_capacity();
+        assert_eq!(choose_packing(batch, &throughput, &latency), Packing::Throughput, "{name}");
+        assert_eq!(choose_packing(10 * batch, &throughput, &latency), Packing::Throughput, "{name}");
+    }
+}
+
+#[test]
+fn a_cancelled_evaluation_stops() {
+    use std::sync::atomic::AtomicBool;
+    let name = "mnist-cryptonets";
+    let model = registry::load(name).unwrap();
+    let plan = LatencyPlan::compile(name, &model.network).unwrap();
+    let context = Context::new(plan.params().clone()).unwrap();
+    let keys = KeyGenerator::new(&context);
+    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let slots = plan.pack(&vec![0.5; model.network.input().len()]).unwrap();
+    let ct = encryptor.encrypt(&context.encode(&slots, plan.input_level(), plan.input_scale()).unwrap()).unwrap();
+    // Without keys the first stage would fail; a set flag stops it before.
+    let engine = LatencyEngine::new(plan, &context).unwrap();
+    let flag = AtomicBool::new(true);
+    let error =
+        engine.evaluate(ct, &keys.relin_key(), &Default::default(), &Control::none().cancelled_by(&flag)).unwrap_err();
+    assert!(matches!(error, blindfold_nn::encrypted::Error::Cancelled), "{error}");
+}
+
+fn run_network(network: &blindfold_nn::Network, input: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let plan = LatencyPlan::compile("tiny", network).unwrap();
+    println!("{}", plan.summary());
+    let context = Context::new(plan.params().clone()).unwrap();
+    let keys = KeyGenerator::new(&context);
+    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
+    let engine = LatencyEngine::new(plan, &context).unwrap();
+    let slots = engine.plan().pack(input).unwrap();
+    let ct = encryptor
+        .encrypt(&context.encode(&slots, engine.plan().input_level(), engine.plan().input_scale()).unwrap())
+        .unwrap();
+    let out = engine.evaluate(ct, &keys.relin_key(), &galois, &Control::none()).unwrap();
+    let logits = engine.plan().unpack(&decryptor.decrypt_values(&out).unwrap()).unwrap();
+    (logits, network.forward(input).unwrap())
+}
+
+#[test]
+fn small_dense_layers_of_every_shape_match() {
+    use blindfold_nn::{Dense, Layer, Network, Shape};
+    for (inputs, outputs) in [(6, 3), (3, 6), (8, 8), (20, 5), (5, 40)] {
+        let weights: Vec<f64> = (0..inputs * outputs).map(|k| ((k * 7919) % 13) as f64 / 13.0 - 0.5).collect();
+        let bias: Vec<f64> = (0..outputs).map(|k| k as f64 * 0.1).collect();
+        let network =
+            Network::new(Shape::Vector { len: inputs }, vec![Layer::Dense(Dense { inputs, outputs, weights, bias })])
+                .unwrap();
+        let input: Vec<f64> = (0..inputs).map(|k| (k as f64 * 0.37).sin()).collect();
+        let (got, want) = run_network(&network, &input);
+        let error = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(error < 1e-2, "{inputs}->{outputs}: {got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn a_small_convolution_matches() {
+    use blindfold_nn::{Conv2d, Layer, Network, Shape};
+    for (stride, padding) in [(1, 0), (2, 1)] {
+        let (in_channels, out_channels) = (2, 3);
+        let weights: Vec<f64> =
+            (0..out_channels * in_channels * 9).map(|k| ((k * 31) % 11) as f64 / 11.0 - 0.5).collect();
+        let conv = Conv2d {
+            in_channels,
+            out_channels,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [padding; 4],
+            weights,
+            bias: vec![0.1, -0.2, 0.3],
+        };
+        let network = Network::new(
+            Shape::Image { channels: in_channels, height: 7, width: 7 },
+            vec![Layer::Conv2d(conv), Layer::Flatten],
+        )
+        .unwrap();
+        let input: Vec<f64> = (0..in_channels * 49).map(|k| (k as f64 * 0.37).sin()).collect();
+        let (got, want) = run_network(&network, &input);
+        let error = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(error < 1e-2, "stride {stride}: {got:?} vs {want:?}");
+    }
+}
