@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor, SeededCiphertext};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::{Control, Packing, ThroughputEngine, ThroughputPlan};
+use blindfold_nn::encrypted::{Control, LatencyEngine, LatencyPlan, Packing, ThroughputEngine, ThroughputPlan};
 use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;
@@ -22,9 +22,13 @@ pub struct InferBench {
     /// Packing to measure.
     #[arg(long, default_value = "throughput")]
     packing: Packing,
-    /// Images in the batch (default: the plan's full batch, one per slot).
+    /// Images: the batch size for throughput (default: the plan's full batch, one per slot);
+    /// for latency, how many single images are checked against the plaintext model (default 100).
     #[arg(long)]
     images: Option<usize>,
+    /// Latency only: timed single-image runs; the median is reported.
+    #[arg(long, default_value_t = 9)]
+    runs: usize,
     /// Dataset directory with `mnist/` and `dermamnist/` (default: ../shared/data, then
     /// ./shared/data); test-split images are reused cyclically to fill the batch.
     #[arg(long)]
@@ -57,6 +61,10 @@ struct InferReport {
     keygen_seconds: f64,
     encrypt_seconds: f64,
     decrypt_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_key_bytes: Option<usize>,
     layers: Vec<LayerTime>,
 }
 
@@ -72,7 +80,7 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let report = pool.install(|| match options.packing {
         Packing::Throughput => throughput(options, threads),
-        Packing::Latency => bail!("the latency packing is not built yet; use --packing throughput"),
+        Packing::Latency => latency(options, threads),
     })?;
     if options.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -96,6 +104,9 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
             report.result_bytes_per_image / 1e3,
             report.peak_rss_bytes as f64 / 1e6
         );
+        if let (Some(latency), Some(keys)) = (report.latency_seconds, report.eval_key_bytes) {
+            println!("  latency {latency:.3} s per image (median), evaluation keys {:.1} MB", keys as f64 / 1e6);
+        }
         for layer in &report.layers {
             println!("  {:<60} {:>8.3} s", layer.stage, layer.seconds);
         }
@@ -183,6 +194,103 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
         keygen_seconds,
         encrypt_seconds,
         decrypt_seconds,
+        latency_seconds: None,
+        eval_key_bytes: None,
+        layers,
+    })
+}
+
+fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> {
+    let model = registry::load(&options.model)?;
+    let plan = LatencyPlan::compile(&options.model, &model.network)?;
+    let images = options.images.unwrap_or(100).max(1);
+    let inputs = test_inputs(&model, options.data.as_deref(), images)?;
+    let context = Context::new(plan.params().clone())?;
+    let started = Instant::now();
+    let keys = KeyGenerator::new(&context);
+    let relin = keys.relin_key();
+    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    let keygen_seconds = started.elapsed().as_secs_f64();
+    let eval_key_bytes = relin.to_bytes(&context).len() + galois.to_bytes(&context).len();
+    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone())?;
+    let decryptor = Decryptor::new(&context, keys.secret_key().clone())?;
+    let (level, scale) = (plan.input_level(), plan.input_scale());
+    let engine = LatencyEngine::new(plan, &context)?;
+    let encrypt = |input: &[f64]| -> anyhow::Result<SeededCiphertext> {
+        Ok(encryptor.encrypt_seeded(&context.encode(&engine.plan().pack(input)?, level, scale)?)?)
+    };
+    let started = Instant::now();
+    let first = encrypt(&inputs[0])?;
+    let encrypt_seconds = started.elapsed().as_secs_f64();
+    let upload_bytes = first.to_bytes(&context).len();
+
+    let marks: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+    let control = Control::with_progress(|progress| {
+        if let Ok(mut marks) = marks.lock() {
+            marks.push((progress.name.to_owned(), Instant::now()));
+        }
+    });
+    let mut times = Vec::with_capacity(options.runs.max(1));
+    let mut result_bytes = 0;
+    let mut finished = Instant::now();
+    for _ in 0..options.runs.max(1) {
+        if let Ok(mut marks) = marks.lock() {
+            marks.clear();
+        }
+        let ciphertext = first.expand(&context);
+        let started = Instant::now();
+        let output = engine.evaluate(ciphertext, &relin, &galois, &control)?;
+        finished = Instant::now();
+        times.push(finished.duration_since(started).as_secs_f64());
+        result_bytes = output.to_bytes(&context).len();
+    }
+    drop(control);
+    times.sort_by(f64::total_cmp);
+    let latency_seconds = times[times.len() / 2];
+
+    let started = Instant::now();
+    let mut logits = Vec::with_capacity(inputs.len());
+    let mut decrypt_seconds = 0.0;
+    for input in &inputs {
+        let output = engine.evaluate(encrypt(input)?.expand(&context), &relin, &galois, &Control::none())?;
+        let decrypting = Instant::now();
+        logits.push(engine.plan().unpack(&decryptor.decrypt_values(&output)?)?);
+        decrypt_seconds = decrypting.elapsed().as_secs_f64();
+    }
+    let batch_seconds = started.elapsed().as_secs_f64();
+    let reference = model.network.forward_batch(&inputs)?;
+    let (agreement, max_logit_error) = compare(&logits, &reference);
+    let params = engine.plan().params();
+    let marks = marks.into_inner().unwrap_or_default();
+    let layers = marks
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, _))| name != "done")
+        .map(|(i, (name, at))| {
+            let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
+            LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
+        })
+        .collect();
+    Ok(InferReport {
+        model: options.model.clone(),
+        packing: Packing::Latency.name(),
+        images,
+        threads,
+        log_n: params.log_n(),
+        log_qp: params.log_qp(),
+        security_bits: params.security_bits(),
+        batch_seconds,
+        images_per_second: images as f64 / batch_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        upload_bytes_per_image: upload_bytes as f64,
+        result_bytes_per_image: result_bytes as f64,
+        agreement,
+        max_logit_error,
+        keygen_seconds,
+        encrypt_seconds,
+        decrypt_seconds,
+        latency_seconds: Some(latency_seconds),
+        eval_key_bytes: Some(eval_key_bytes),
         layers,
     })
 }

@@ -16,7 +16,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 /// Private medical-image diagnosis: images are encrypted on the hospital's machine and the
 /// neural network runs on the ciphertexts.
 #[derive(Debug, Parser)]

@@ -726,7 +726,8 @@ fn settle_squares_early(squares: usize, nonzeros: usize, outputs: usize, level: 
     }
     let (limbs, n_f) = ((level + 1) as f64, n as f64);
     let rescale = |parts: f64, limbs: f64| parts * limbs * NTT_COST * n_f;
-    let delayed = nonzeros as f64 * 3.0 * limbs * n_f + outputs as f64 * (key_switch_cost(level, n) + 2.0 * rescale(2.0, limbs));
+    let delayed =
+        nonzeros as f64 * 3.0 * limbs * n_f + outputs as f64 * (key_switch_cost(level, n) + 2.0 * rescale(2.0, limbs));
     let early = squares as f64 * (key_switch_cost(level, n) + rescale(2.0, limbs))
         + nonzeros as f64 * 2.0 * (limbs - 1.0) * n_f
         + outputs as f64 * rescale(2.0, limbs - 1.0);
