@@ -655,25 +655,25 @@ fn plan_scales(
                 scale *= scale;
                 parts = 3;
                 pending = 1;
-                if let Some((squares, nonzeros, outputs)) = ahead {
-                    if settle_squares_early(squares, nonzeros, outputs, level, slots as usize * 2) {
-                        // Relinearize and rescale the squares now: the next layer then runs on
-                        // 2-part ciphertexts one prime shorter, which beats relinearizing its
-                        // outputs when its fan-in is large.
-                        scale /= moduli[level];
-                        stages.push(Stage {
-                            name: format!("relinearize+rescale ({squares} squares)"),
-                            layer,
-                            level_in: level,
-                            level_out: level - 1,
-                            scale_out: scale,
-                            cost: squares as f64 * key_switch_cost(level, slots as usize * 2),
-                            op: StageOp::Settle { relinearize: true, rescales: 1 },
-                        });
-                        level -= 1;
-                        parts = 2;
-                        pending = 0;
-                    }
+                if let Some((squares, nonzeros, outputs)) = ahead
+                    && settle_squares_early(squares, nonzeros, outputs, level, slots as usize * 2)
+                {
+                    // Relinearize and rescale the squares now: the next layer then runs on
+                    // 2-part ciphertexts one prime shorter, which beats relinearizing its
+                    // outputs when its fan-in is large.
+                    scale /= moduli[level];
+                    stages.push(Stage {
+                        name: format!("relinearize+rescale ({squares} squares)"),
+                        layer,
+                        level_in: level,
+                        level_out: level - 1,
+                        scale_out: scale,
+                        cost: squares as f64 * key_switch_cost(level, slots as usize * 2),
+                        op: StageOp::Settle { relinearize: true, rescales: 1 },
+                    });
+                    level -= 1;
+                    parts = 2;
+                    pending = 0;
                 }
             }
         }
