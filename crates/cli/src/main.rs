@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod bench_infer;
+mod hospital;
 mod model;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Hospital(hospital::Hospital),
     /// HE-friendly models: list, show, evaluate in plaintext, import ONNX.
     #[command(subcommand)]
     Model(model::Model),
@@ -39,6 +42,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Hospital(command) => hospital::run(command),
         Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Admin(command) => admin::run(command),
