@@ -113,7 +113,7 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// What the format layer found.
-        source: blindfold_batch::Error,
+        source: Box<blindfold_batch::Error>,
         /// What to do about it (may be empty).
         hint: String,
     },
@@ -152,7 +152,7 @@ impl Error {
                 blindfold_batch::Error::Checksum { .. } => "; copy or download it again",
                 _ => "",
             };
-            Error::Batch { path, source, hint: hint.to_string() }
+            Error::Batch { path, source: Box::new(source), hint: hint.to_string() }
         }
     }
 }
