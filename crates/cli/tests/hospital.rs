@@ -137,6 +137,15 @@ fn encrypted_predictions_match_the_plaintext_model_and_bad_files_are_refused() {
     assert_eq!(csv.lines().count(), 8);
     assert!(csv.starts_with("position,file,class,probability,p_0,"), "{csv}");
 
+    // The worker's situation: the evaluation-key bundle alone, model taken from the batch
+    // header. Evaluation is deterministic, so the result is byte for byte the same.
+    let worker = dir.join("worker");
+    std::fs::create_dir(&worker).unwrap();
+    std::fs::copy(keys.join("evaluation.keys"), worker.join("evaluation.keys")).unwrap();
+    let worker_result = dir.join("worker.bfrb");
+    ok(&["eval", "--keys", s(&worker), "--in", s(&batch), "--out", s(&worker_result), "--quiet"]);
+    assert!(std::fs::read(&worker_result).unwrap() == std::fs::read(&result).unwrap(), "results differ");
+
     // A truncated batch.
     let cut = dir.join("cut.bfib");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
