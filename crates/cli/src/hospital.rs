@@ -179,7 +179,7 @@ fn encrypt(
             keys.descriptor().model
         );
     }
-    packing.resolve(&keys, inputs.len())?;
+    packing.resolve(&keys)?;
     let compiled = keys.compiled_model()?;
     let spinner = spinner(output, "reading and preprocessing images".into());
     let intake = blindfold_client::read_inputs(compiled.manifest(), inputs, options);

@@ -33,6 +33,8 @@ pub const EVALUATION_KEYS_FILE: &str = "evaluation.keys";
 pub const SECRET_KEY_FILE: &str = "secret.key";
 
 const DESCRIPTOR_FORMAT: &str = "blindfold-keyset/1";
+/// Largest secret key file read (N = 2^16 at 2 bits per coefficient is 16 KiB).
+const MAX_SECRET_KEY_BYTES: u64 = 1 << 20;
 
 /// The descriptor of a key set (`keyset.json`): nothing secret in it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -215,8 +217,11 @@ impl KeySet {
             }
         })?;
         check_private(&file, &path)?;
-        let mut bytes = Zeroizing::new(Vec::new());
-        file.take(1 << 24).read_to_end(&mut bytes).map_err(Error::io(&path))?;
+        let len = file.metadata().map_err(Error::io(&path))?.len().min(MAX_SECRET_KEY_BYTES);
+        // Sized up front so the buffer never reallocates (a reallocation would leave a copy of
+        // the key in freed memory that `Zeroizing` cannot reach).
+        let mut bytes = Zeroizing::new(Vec::with_capacity(len as usize + 1));
+        file.take(len).read_to_end(&mut bytes).map_err(Error::io(&path))?;
         SecretKey::from_bytes(context, &bytes).map_err(|e| Error::Invalid {
             path: path.clone(),
             reason: format!("not a secret key for this key set's parameters: {e}"),

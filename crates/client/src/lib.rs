@@ -55,9 +55,9 @@ pub enum PackingChoice {
 }
 
 impl PackingChoice {
-    /// The packing to encrypt with under `keys` for `images` images.
-    pub fn resolve(self, keys: &KeySet, images: usize) -> Result<Packing> {
-        let _ = images;
+    /// The packing to encrypt with under `keys`. (Once a key set can serve both packings,
+    /// `Auto` will also look at the number of images: latency for a single image.)
+    pub fn resolve(self, keys: &KeySet) -> Result<Packing> {
         let of_keys = keys.descriptor().packing()?;
         let wanted = match self {
             PackingChoice::Auto => of_keys,
