@@ -30,12 +30,12 @@ impl fmt::Display for FileProblems {
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message; not chained, so it is printed once).
+        error: std::io::Error,
     },
     /// The secret key file can be read by other users.
     #[error(
@@ -108,12 +108,12 @@ pub enum Error {
         path: PathBuf,
     },
     /// A batch or key-bundle file was refused.
-    #[error("{}: {source}{hint}", path.display())]
+    #[error("{}: {error}{hint}", path.display())]
     Batch {
         /// The file.
         path: PathBuf,
-        /// What the format layer found.
-        source: Box<blindfold_batch::Error>,
+        /// What the format layer found (in the message; not chained, so it is printed once).
+        error: Box<blindfold_batch::Error>,
         /// What to do about it (may be empty).
         hint: String,
     },
@@ -131,7 +131,7 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { path, source }
+        move |error| Error::Io { path, error }
     }
 
     /// A batch-format error on `path`, with a hint for the mistakes people make.
@@ -152,7 +152,7 @@ impl Error {
                 blindfold_batch::Error::Checksum { .. } => "; copy or download it again",
                 _ => "",
             };
-            Error::Batch { path, source: Box::new(source), hint: hint.to_string() }
+            Error::Batch { path, error: Box::new(source), hint: hint.to_string() }
         }
     }
 }

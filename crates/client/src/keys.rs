@@ -213,7 +213,7 @@ impl KeySet {
                         .into(),
                 }
             } else {
-                Error::Io { path: path.clone(), source }
+                Error::Io { path: path.clone(), error: source }
             }
         })?;
         check_private(&file, &path)?;
@@ -303,6 +303,6 @@ pub(crate) fn create_file(path: &Path, mode: u32) -> Result<File> {
 
 /// Flushes a buffered file and syncs it to disk.
 pub(crate) fn finish_file(writer: BufWriter<File>, path: &Path) -> Result<()> {
-    let file = writer.into_inner().map_err(|e| Error::Io { path: path.to_path_buf(), source: e.into_error() })?;
+    let file = writer.into_inner().map_err(|e| Error::Io { path: path.to_path_buf(), error: e.into_error() })?;
     file.sync_all().map_err(Error::io(path))
 }

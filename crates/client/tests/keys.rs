@@ -91,8 +91,8 @@ fn a_bundle_with_the_secret_key_spliced_in_is_refused() {
     std::fs::write(dir.join("evaluation.keys"), spliced).unwrap();
     let error = keys.evaluation_keys().unwrap_err();
     assert!(
-        matches!(&error, Error::Batch { source, .. }
-            if matches!(**source, blindfold_batch::Error::SecretKey { place: "relinearization key", .. })),
+        matches!(&error, Error::Batch { error, .. }
+            if matches!(**error, blindfold_batch::Error::SecretKey { place: "relinearization key", .. })),
         "{error:?}"
     );
     assert!(error.to_string().contains("is a secret key (magic \"BFSK\"); secret keys never leave the hospital"));
