@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod bench_infer;
 mod dev;
+mod hospital;
 mod model;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Hospital(hospital::Hospital),
     /// HE-friendly models: list, show, evaluate in plaintext, import ONNX.
     #[command(subcommand)]
     Model(model::Model),
@@ -43,6 +46,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Hospital(command) => hospital::run(command),
         Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Dev(command) => dev::run(command),

@@ -1,0 +1,313 @@
+//! The hospital's offline commands: `keygen`, `encrypt`, `eval`, `decrypt`. No service needed;
+//! the work is in `blindfold-client`, this module parses options and draws progress bars.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use blindfold_client::{IntakeOptions, KeySet, PackingChoice, Split};
+use blindfold_nn::encrypted::Control;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+/// The hospital commands, flattened into the top level (`blindfold keygen …`).
+#[derive(Debug, clap::Subcommand)]
+pub enum Hospital {
+    /// Make a key set for a model: secret key (mode 0600), evaluation-key bundle, descriptor.
+    Keygen {
+        /// Model name (see `blindfold model list`).
+        #[arg(long)]
+        model: String,
+        /// The keys directory to create (must not hold a key set).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        packing: PackingArg,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Encrypt images into input batch files (a job over one batch capacity is split: job.bfib, job.1.bfib, …),
+    /// each with a FILE.names.json sidecar that stays here.
+    Encrypt {
+        /// The keys directory from `blindfold keygen`.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Model name; must be the key set's [default: the key set's model].
+        #[arg(long)]
+        model: Option<String>,
+        /// PNG/JPEG files of any size, directories of them, an MNIST IDX images file
+        /// (`*-ubyte.gz`) or a DermaMNIST `.npz`.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The batch file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Split read from a `.npz` dataset: train, val or test.
+        #[arg(long, default_value = "test", value_parser = parse_split)]
+        split: Split,
+        /// Encrypt at most N images (in input order).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        packing: PackingArg,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Evaluate an input batch with the evaluation keys only (what the service's workers run).
+    Eval {
+        /// The keys directory (only its evaluation keys and descriptor are read).
+        #[arg(long)]
+        keys: PathBuf,
+        /// The input batch file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The result batch file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Decrypt a result batch into predictions (CSV or JSON, by the output file's extension).
+    Decrypt {
+        /// The keys directory the batch was encrypted with.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The result batch file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// predictions.csv or predictions.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// The names sidecar [default: IN.names.json when it exists, else positions].
+        #[arg(long)]
+        names: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `--packing`.
+#[derive(Debug, clap::Args)]
+pub struct PackingArg {
+    /// auto, throughput or latency (latency is not available yet).
+    #[arg(long, default_value = "auto")]
+    packing: PackingChoice,
+}
+
+/// `--quiet` and `--json`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// No progress bars and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print one JSON object describing what was done.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    match s {
+        "train" => Ok(Split::Train),
+        "val" => Ok(Split::Val),
+        "test" => Ok(Split::Test),
+        other => Err(format!("unknown split '{other}' (train, val or test)")),
+    }
+}
+
+/// Runs a hospital command.
+pub fn run(command: Hospital) -> anyhow::Result<()> {
+    match command {
+        Hospital::Keygen { model, out, packing, output } => keygen(&model, &out, packing.packing, output),
+        Hospital::Encrypt { keys, model, inputs, out, split, limit, packing, output } => {
+            encrypt(&keys, model.as_deref(), &inputs, &out, IntakeOptions { split, limit }, packing.packing, output)
+        }
+        Hospital::Eval { keys, input, out, output } => eval(&keys, &input, &out, output),
+        Hospital::Decrypt { keys, input, out, names, output } => decrypt(&keys, &input, &out, names.as_deref(), output),
+    }
+}
+
+fn keygen(model: &str, out: &Path, packing: PackingChoice, output: Output) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let spinner = spinner(output, format!("generating keys for {model}"));
+    let keys = KeySet::generate(out, model, packing);
+    spinner.finish_and_clear();
+    let keys = keys.with_context(|| format!("making a key set for {model} in {}", out.display()))?;
+    let d = keys.descriptor();
+    report(
+        output,
+        json!({
+            "command": "keygen",
+            "keys": out,
+            "key_set": d.key_set,
+            "model": d.model,
+            "packing": d.packing,
+            "fingerprint": d.fingerprint,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        || {
+            format!(
+                "key set {} for {} ({} packing) in {}: secret key {} (mode 0600, keep it here), evaluation keys {}",
+                d.key_set,
+                d.model,
+                d.packing,
+                out.display(),
+                out.join(blindfold_client::SECRET_KEY_FILE).display(),
+                out.join(blindfold_client::EVALUATION_KEYS_FILE).display()
+            )
+        },
+    )
+}
+
+fn encrypt(
+    keys_dir: &Path,
+    model: Option<&str>,
+    inputs: &[PathBuf],
+    out: &Path,
+    options: IntakeOptions,
+    packing: PackingChoice,
+    output: Output,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let keys = KeySet::open(keys_dir)?;
+    if let Some(model) = model
+        && model != keys.descriptor().model
+    {
+        anyhow::bail!(
+            "the key set in {} is for {}, not {model}; make one with `blindfold keygen --model {model} --out DIR`",
+            keys_dir.display(),
+            keys.descriptor().model
+        );
+    }
+    packing.resolve(&keys)?;
+    let compiled = keys.compiled_model()?;
+    let spinner = spinner(output, "reading and preprocessing images".into());
+    let intake = blindfold_client::read_inputs(compiled.manifest(), inputs, options);
+    spinner.finish_and_clear();
+    let intake = intake?;
+    let bar = bar(output, 0, "encrypting");
+    let batches = blindfold_client::encrypt(&keys, &compiled, &intake, out, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let batches = batches?;
+    report(
+        output,
+        json!({
+            "command": "encrypt",
+            "model": compiled.name(),
+            "key_set": keys.id(),
+            "images": intake.len(),
+            "batches": batches,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        || {
+            let mut text = format!(
+                "encrypted {} images for {} in {:.1} s:",
+                intake.len(),
+                compiled.name(),
+                started.elapsed().as_secs_f64()
+            );
+            for batch in &batches {
+                text.push_str(&format!(
+                    "\n  {} ({} images, {:.1} MB); names in {} (keep it here, do not upload)",
+                    batch.path.display(),
+                    batch.images,
+                    batch.bytes as f64 / 1e6,
+                    batch.names_path.display()
+                ));
+            }
+            text
+        },
+    )
+}
+
+fn eval(keys: &Path, input: &Path, out: &Path, output: Output) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bar = bar(output, 1000, "evaluating");
+    let control = Control::with_progress(|progress| {
+        bar.set_position((progress.fraction * 1000.0) as u64);
+        bar.set_message(progress.name.to_string());
+    });
+    let header = blindfold_client::evaluate_file(keys, input, out, &control);
+    drop(control);
+    bar.finish_and_clear();
+    let header = header.with_context(|| format!("evaluating {}", input.display()))?;
+    report(
+        output,
+        json!({
+            "command": "eval",
+            "model": header.model,
+            "key_set": header.key_set,
+            "images": header.image_count,
+            "result": out,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        || {
+            format!(
+                "evaluated {} images of {} in {:.1} s; result batch {}",
+                header.image_count,
+                header.model,
+                started.elapsed().as_secs_f64(),
+                out.display()
+            )
+        },
+    )
+}
+
+fn decrypt(keys_dir: &Path, input: &Path, out: &Path, names: Option<&Path>, output: Output) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let keys = KeySet::open(keys_dir)?;
+    let spinner = spinner(output, "decrypting".into());
+    let predictions = blindfold_client::decrypt(&keys, input, names);
+    spinner.finish_and_clear();
+    let predictions = predictions.with_context(|| format!("decrypting {}", input.display()))?;
+    predictions.write(out)?;
+    report(
+        output,
+        json!({
+            "command": "decrypt",
+            "model": predictions.model,
+            "images": predictions.images.len(),
+            "predictions": out,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        || format!("{} predictions of {} written to {}", predictions.images.len(), predictions.model, out.display()),
+    )
+}
+
+/// Prints the JSON object with `--json`, the text without, nothing with `--quiet`.
+fn report(output: Output, object: serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if output.json {
+        println!("{}", serde_json::to_string(&object)?);
+    } else if !output.quiet {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+fn visible(output: Output) -> bool {
+    !output.quiet && std::io::stderr().is_terminal()
+}
+
+fn bar(output: Output, len: u64, what: &str) -> ProgressBar {
+    if !visible(output) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_prefix(what.to_string());
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:40}] {percent:>3}% {elapsed} (eta {eta}) {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn spinner(output: Output, message: String) -> ProgressBar {
+    if !visible(output) {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner
+}

@@ -1,0 +1,256 @@
+//! `blindfold keygen → encrypt → eval → decrypt` end to end with the real binary, the embedded
+//! mnist-cryptonets model and the shared MNIST data, checked against the plaintext model; and
+//! the refusals, each with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use blindfold_nn::registry;
+
+const MODEL: &str = "mnist-cryptonets";
+
+fn blindfold() -> Command {
+    let mut command = Command::cargo_bin("blindfold").unwrap();
+    command.env("RUST_BACKTRACE", "0");
+    command
+}
+
+/// Runs the command, asserts success and returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = blindfold().args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs the command, asserts failure and returns stderr.
+fn refused(args: &[&str]) -> String {
+    let out = blindfold().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded but should have been refused");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn mnist_images() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    let file = dir.join("t10k-images-idx3-ubyte.gz");
+    assert!(file.exists(), "MNIST test images not found at {}", file.display());
+    file
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Writes MNIST test digits 100.. as PNG and JPEG files of different sizes and colour types.
+fn write_images(dir: &Path) -> Vec<PathBuf> {
+    let images = blindfold_nn::data::mnist(mnist_images().parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let mut paths = Vec::new();
+    for (k, (w, h, name)) in
+        [(28, 28, "a-28.png"), (56, 56, "b-56.png"), (90, 70, "c-90x70.jpg"), (200, 200, "d-200.jpg")]
+            .into_iter()
+            .enumerate()
+    {
+        let digit = image::GrayImage::from_raw(28, 28, images.image(100 + k).unwrap().to_vec()).unwrap();
+        let resized = image::imageops::resize(&digit, w, h, image::imageops::FilterType::Triangle);
+        let path = dir.join(name);
+        if name.ends_with(".jpg") {
+            image::DynamicImage::ImageLuma8(resized).to_rgb8().save(&path).unwrap();
+        } else {
+            resized.save(&path).unwrap();
+        }
+        paths.push(path);
+    }
+    paths
+}
+
+fn argmax(values: &[f64]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
+}
+
+#[test]
+fn encrypted_predictions_match_the_plaintext_model_and_bad_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = dir.join("keys");
+    let folder = dir.join("scans");
+    let files = write_images(&folder);
+    let batch = dir.join("job.bfib");
+    let result = dir.join("job.bfrb");
+
+    let out = ok(&["keygen", "--model", MODEL, "--out", s(&keys), "--json"]);
+    let keygen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keygen["model"], MODEL);
+    assert_eq!(keygen["packing"], "throughput");
+    let out = ok(&[
+        "encrypt",
+        "--keys",
+        s(&keys),
+        "--model",
+        MODEL,
+        s(&folder),
+        s(&mnist_images()),
+        "--limit",
+        "7",
+        "--out",
+        s(&batch),
+        "--json",
+    ]);
+    let encrypt: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(encrypt["images"], 7);
+    assert_eq!(encrypt["batches"].as_array().unwrap().len(), 1);
+    // File names stay out of the batch.
+    let bytes = std::fs::read(&batch).unwrap();
+    assert!(!bytes.windows(8).any(|w| w == b"a-28.png"));
+    ok(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--quiet"]);
+    let predictions_path = dir.join("predictions.json");
+    ok(&["decrypt", "--keys", s(&keys), "--in", s(&result), "--out", s(&predictions_path)]);
+
+    // The plaintext model on the same images.
+    let model = registry::load(MODEL).unwrap();
+    let mut inputs: Vec<Vec<f64>> = files.iter().map(|f| model.manifest.load_image(f).unwrap()).collect();
+    let idx = blindfold_nn::data::mnist(mnist_images().parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
+    inputs.extend(model.manifest.inputs(&idx.take(3)).unwrap());
+    let reference = model.network.forward_batch(&inputs).unwrap();
+
+    let predictions: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&predictions_path).unwrap()).unwrap();
+    let images = predictions["images"].as_array().unwrap();
+    assert_eq!(images.len(), 7);
+    for (i, (image, expected)) in images.iter().zip(&reference).enumerate() {
+        let logits: Vec<f64> = serde_json::from_value(image["logits"].clone()).unwrap();
+        let max_error = logits.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(max_error < 0.05, "image {i}: logits {logits:?} vs plaintext {expected:?}");
+        assert_eq!(image["class_index"], argmax(expected), "image {i}");
+        assert_eq!(image["class"], model.manifest.classes[argmax(expected)]);
+        let p: Vec<f64> = serde_json::from_value(image["probabilities"].clone()).unwrap();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+    let names: Vec<&str> = images.iter().map(|i| i["file"].as_str().unwrap()).collect();
+    assert!(names[0].ends_with("scans/a-28.png") && names[3].ends_with("scans/d-200.jpg"), "{names:?}");
+    assert!(names[4].ends_with("t10k-images-idx3-ubyte.gz#0") && names[6].ends_with("#2"), "{names:?}");
+
+    // CSV: a header and one row per image.
+    let csv_path = dir.join("predictions.csv");
+    ok(&["decrypt", "--keys", s(&keys), "--in", s(&result), "--out", s(&csv_path), "--quiet"]);
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(csv.lines().count(), 8);
+    assert!(csv.starts_with("position,file,class,probability,p_0,"), "{csv}");
+
+    // The worker's situation: the evaluation-key bundle alone, model taken from the batch
+    // header. Evaluation is deterministic, so the result is byte for byte the same.
+    let worker = dir.join("worker");
+    std::fs::create_dir(&worker).unwrap();
+    std::fs::copy(keys.join("evaluation.keys"), worker.join("evaluation.keys")).unwrap();
+    let worker_result = dir.join("worker.bfrb");
+    ok(&["eval", "--keys", s(&worker), "--in", s(&batch), "--out", s(&worker_result), "--quiet"]);
+    assert!(std::fs::read(&worker_result).unwrap() == std::fs::read(&result).unwrap(), "results differ");
+
+    // A truncated batch.
+    let cut = dir.join("cut.bfib");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = refused(&["eval", "--keys", s(&keys), "--in", s(&cut), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("truncated: chunk") && err.contains("the file is incomplete"), "{err}");
+
+    // A flipped byte in the middle.
+    let flipped = dir.join("flipped.bfib");
+    let mut copy = bytes.clone();
+    let middle = copy.len() / 2;
+    copy[middle] ^= 0x40;
+    std::fs::write(&flipped, &copy).unwrap();
+    let err = refused(&["eval", "--keys", s(&keys), "--in", s(&flipped), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("checksum mismatch") && err.contains("corrupted"), "{err}");
+
+    // A batch made with other keys (same model): refused by eval and by decrypt.
+    let other_keys = dir.join("other-keys");
+    ok(&["keygen", "--model", MODEL, "--out", s(&other_keys), "--quiet"]);
+    let err = refused(&["eval", "--keys", s(&other_keys), "--in", s(&batch), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("header field key set: expected") && err.contains("made with another key set"), "{err}");
+    let err = refused(&["decrypt", "--keys", s(&other_keys), "--in", s(&result), "--out", s(&dir.join("x.csv"))]);
+    assert!(err.contains("header field key set: expected"), "{err}");
+
+    // A batch for another model.
+    let lenet_keys = dir.join("lenet-keys");
+    ok(&["keygen", "--model", "mnist-lenet5", "--out", s(&lenet_keys), "--quiet"]);
+    let err = refused(&["eval", "--keys", s(&lenet_keys), "--in", s(&batch), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("header field model: expected mnist-lenet5, found mnist-cryptonets"), "{err}");
+
+    // A result batch given to eval, an input batch given to decrypt.
+    let err = refused(&["eval", "--keys", s(&keys), "--in", s(&result), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("result batch"), "{err}");
+    let err = refused(&["decrypt", "--keys", s(&keys), "--in", s(&batch), "--out", s(&dir.join("x.csv"))]);
+    assert!(err.contains("input batch"), "{err}");
+
+    // A group-readable secret key is refused by decrypt (and encrypt), with the fix.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = keys.join("secret.key");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = refused(&["decrypt", "--keys", s(&keys), "--in", s(&result), "--out", s(&dir.join("x.csv"))]);
+        assert!(err.contains(&format!("Fix its permissions with `chmod 600 {}`", secret.display())), "{err}");
+        assert!(err.contains("mode 0640"), "{err}");
+        let err = refused(&["encrypt", "--keys", s(&keys), s(&folder), "--out", s(&dir.join("y.bfib"))]);
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+}
+
+#[test]
+fn keys_directories_that_eval_must_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = dir.join("keys");
+    ok(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]);
+    let batch = dir.join("missing.bfib");
+
+    // keygen never overwrites a key set.
+    let err = refused(&["keygen", "--model", MODEL, "--out", s(&keys)]);
+    assert!(err.contains("already holds a key set"), "{err}");
+
+    // Only the secret key: eval refuses without reading it.
+    let only_secret = dir.join("only-secret");
+    std::fs::create_dir(&only_secret).unwrap();
+    std::fs::copy(keys.join("secret.key"), only_secret.join("secret.key")).unwrap();
+    let err = refused(&["eval", "--keys", s(&only_secret), "--in", s(&batch), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("holds a secret key but no evaluation keys"), "{err}");
+
+    // The secret key offered as the evaluation-key bundle.
+    let swapped = dir.join("swapped");
+    std::fs::create_dir(&swapped).unwrap();
+    std::fs::copy(keys.join("keyset.json"), swapped.join("keyset.json")).unwrap();
+    std::fs::copy(keys.join("secret.key"), swapped.join("evaluation.keys")).unwrap();
+    let err = refused(&["eval", "--keys", s(&swapped), "--in", s(&batch), "--out", s(&dir.join("x.bfrb"))]);
+    assert!(err.contains("is a secret key (magic \"BFSK\")"), "{err}");
+
+    // Latency is not built yet.
+    let err = refused(&["keygen", "--model", MODEL, "--out", s(&dir.join("lat")), "--packing", "latency"]);
+    assert!(err.contains("latency packing not available yet"), "{err}");
+}
+
+#[test]
+fn every_unusable_input_file_is_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = dir.join("keys");
+    ok(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]);
+    let folder = dir.join("scans");
+    write_images(&folder);
+    std::fs::write(folder.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(folder.join("broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    std::fs::write(folder.join(".hidden"), "skipped").unwrap();
+    let err = refused(&[
+        "encrypt",
+        "--keys",
+        s(&keys),
+        s(&folder),
+        s(&dir.join("nowhere.png")),
+        "--out",
+        s(&dir.join("job.bfib")),
+    ]);
+    assert!(err.contains("3 input file(s) cannot be used"), "{err}");
+    for name in ["notes.txt", "broken.png", "nowhere.png"] {
+        assert!(err.contains(name), "{name} not listed: {err}");
+    }
+    assert!(!err.contains(".hidden"), "{err}");
+    assert!(!dir.join("job.bfib").exists());
+}

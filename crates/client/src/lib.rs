@@ -1,0 +1,97 @@
+//! The hospital side of Blindfold: key generation, image intake and preprocessing, encryption
+//! into batch files, offline evaluation, and decryption into predictions. The only library
+//! crate that reads or writes a secret key.
+//!
+//! ```no_run
+//! use blindfold_client::{IntakeOptions, KeySet, PackingChoice, decrypt, encrypt, evaluate_file, read_inputs};
+//! use blindfold_nn::encrypted::Control;
+//! use std::path::{Path, PathBuf};
+//!
+//! let keys = KeySet::generate(Path::new("keys"), "mnist-cryptonets", PackingChoice::Auto)?;
+//! let model = keys.compiled_model()?;
+//! let intake = read_inputs(model.manifest(), &[PathBuf::from("scans/")], IntakeOptions::default())?;
+//! let batches = encrypt(&keys, &model, &intake, Path::new("job.bfib"), &|_, _| {})?;
+//! // … the service (or `evaluate_file`, offline) turns job.bfib into job.bfrb …
+//! evaluate_file(keys.dir(), &batches[0].path, Path::new("job.bfrb"), &Control::none())?;
+//! let predictions = decrypt(&keys, Path::new("job.bfrb"), None)?;
+//! predictions.write(Path::new("predictions.csv"))?;
+//! # Ok::<(), blindfold_client::Error>(())
+//! ```
+//!
+//! Secret keys live in `KEYS/secret.key` (mode 0600, refused when other users can read it) and
+//! in process memory only while encrypting or decrypting (zeroized on drop); nothing here logs
+//! them. Image file names stay in `BATCH.names.json` beside each batch and never enter a batch.
+
+mod decrypt;
+mod encrypt;
+mod error;
+mod eval;
+mod intake;
+mod keys;
+
+pub use blindfold_nn::data::Split;
+pub use decrypt::{Prediction, Predictions, decrypt, softmax};
+pub use encrypt::{EncryptedBatch, Names, encrypt, names_path, part_path, read_names};
+pub use error::{Error, FileProblem, FileProblems, Result};
+pub use eval::evaluate_file;
+pub use intake::{Intake, IntakeOptions, read_inputs};
+pub use keys::{
+    DESCRIPTOR_FILE, EVALUATION_KEYS_FILE, KeySet, KeySetDescriptor, SECRET_KEY_FILE, read_evaluation_keys,
+};
+
+use blindfold_batch::Packing;
+
+/// The packing asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackingChoice {
+    /// Let the client choose: the key set's packing (today always throughput; once the latency
+    /// packing lands, latency for a single image when the key set allows it).
+    #[default]
+    Auto,
+    /// One image per slot.
+    Throughput,
+    /// One image per ciphertext (not available yet).
+    Latency,
+}
+
+impl PackingChoice {
+    /// The packing to encrypt with under `keys`. (Once a key set can serve both packings,
+    /// `Auto` will also look at the number of images: latency for a single image.)
+    pub fn resolve(self, keys: &KeySet) -> Result<Packing> {
+        let of_keys = keys.descriptor().packing()?;
+        let wanted = match self {
+            PackingChoice::Auto => of_keys,
+            PackingChoice::Throughput => Packing::Throughput,
+            PackingChoice::Latency => return Err(blindfold_evaluate::Error::LatencyNotAvailable.into()),
+        };
+        if wanted != of_keys {
+            return Err(Error::KeySetMismatch(format!(
+                "the key set in {} is for the {of_keys} packing, not {wanted}; make one with `blindfold keygen --packing {wanted}`",
+                keys.dir().display()
+            )));
+        }
+        Ok(wanted)
+    }
+}
+
+impl std::str::FromStr for PackingChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(PackingChoice::Auto),
+            "throughput" => Ok(PackingChoice::Throughput),
+            "latency" => Ok(PackingChoice::Latency),
+            other => Err(format!("unknown packing '{other}' (auto, throughput or latency)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PackingChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PackingChoice::Auto => "auto",
+            PackingChoice::Throughput => "throughput",
+            PackingChoice::Latency => "latency",
+        })
+    }
+}

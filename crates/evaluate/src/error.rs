@@ -1,0 +1,36 @@
+//! The errors of compiling a model and evaluating a batch.
+
+/// Why a model cannot be compiled or a batch cannot be evaluated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The latency packing has not landed in this build.
+    #[error("latency packing not available yet; use --packing throughput")]
+    LatencyNotAvailable,
+    /// A packing this build does not know.
+    #[error("packing {0} is not supported by this build")]
+    UnknownPacking(String),
+    /// The batch, the keys and the model disagree.
+    #[error("{what}: {detail}")]
+    Mismatch {
+        /// What disagrees (`key set`, `model version`, `parameters`, …).
+        what: &'static str,
+        /// The facts, and what to do.
+        detail: String,
+    },
+    /// The batch file or the key bundle is malformed or not what was expected.
+    #[error(transparent)]
+    Batch(#[from] blindfold_batch::Error),
+    /// The model cannot be loaded.
+    #[error(transparent)]
+    Model(#[from] blindfold_nn::Error),
+    /// The model cannot be planned, or the evaluation failed or was cancelled.
+    #[error(transparent)]
+    Plan(#[from] blindfold_nn::encrypted::Error),
+    /// A CKKS operation failed.
+    #[error(transparent)]
+    Ckks(#[from] blindfold_ckks::Error),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
