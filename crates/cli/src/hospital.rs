@@ -90,7 +90,7 @@ pub enum Hospital {
 /// `--packing`.
 #[derive(Debug, clap::Args)]
 pub struct PackingArg {
-    /// auto, throughput or latency (latency is not available yet).
+    /// auto (the key set's packing), throughput or latency.
     #[arg(long, default_value = "auto")]
     packing: PackingChoice,
 }

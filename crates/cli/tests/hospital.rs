@@ -254,3 +254,50 @@ fn every_unusable_input_file_is_listed() {
     assert!(!err.contains(".hidden"), "{err}");
     assert!(!dir.join("job.bfib").exists());
 }
+
+#[test]
+fn the_latency_packing_round_trips_single_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = dir.join("keys");
+    let batch = dir.join("one.bfib");
+    let result = dir.join("one.bfrb");
+    let predictions_path = dir.join("predictions.json");
+
+    let out = ok(&["keygen", "--model", MODEL, "--packing", "latency", "--out", s(&keys), "--json"]);
+    let keygen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keygen["packing"], "latency");
+    ok(&["encrypt", "--keys", s(&keys), s(&mnist_images()), "--limit", "2", "--out", s(&batch), "--quiet"]);
+    ok(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--quiet"]);
+    ok(&["decrypt", "--keys", s(&keys), "--in", s(&result), "--out", s(&predictions_path)]);
+
+    let model = registry::load(MODEL).unwrap();
+    let idx = blindfold_nn::data::mnist(mnist_images().parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
+    let reference = model.network.forward_batch(&model.manifest.inputs(&idx.take(2)).unwrap()).unwrap();
+    let predictions: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&predictions_path).unwrap()).unwrap();
+    let images = predictions["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    for (i, (image, expected)) in images.iter().zip(&reference).enumerate() {
+        let logits: Vec<f64> = serde_json::from_value(image["logits"].clone()).unwrap();
+        let max_error = logits.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(max_error < 0.05, "image {i}: logits {logits:?} vs plaintext {expected:?}");
+        assert_eq!(image["class_index"], argmax(expected), "image {i}");
+    }
+    // A throughput key set cannot encrypt for the latency packing, and says how to fix it.
+    let throughput_keys = dir.join("throughput-keys");
+    ok(&["keygen", "--model", MODEL, "--out", s(&throughput_keys), "--quiet"]);
+    let error = refused(&[
+        "encrypt",
+        "--keys",
+        s(&throughput_keys),
+        "--packing",
+        "latency",
+        s(&mnist_images()),
+        "--limit",
+        "1",
+        "--out",
+        s(&dir.join("x.bfib")),
+    ]);
+    assert!(error.contains("keygen --packing latency"), "{error}");
+}

@@ -107,7 +107,7 @@ pub fn encrypt(
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key(&context)?)?;
     let capacity = plan.batch_capacity();
     let parts = intake.len().div_ceil(capacity);
-    let total = (parts * plan.input_count()) as u64;
+    let total = intake.inputs.chunks(capacity).map(|images| plan.input_ciphertexts(images.len())).sum::<usize>() as u64;
     let (level, scale) = (plan.input_level(), plan.input_scale());
     let mut done = 0u64;
     let mut written = Vec::with_capacity(parts);
@@ -119,7 +119,7 @@ pub fn encrypt(
             packing: model.packing(),
             shape: model.input_shape(),
             image_count: inputs.len() as u64,
-            ciphertext_count: plan.input_count() as u64,
+            ciphertext_count: plan.input_ciphertexts(inputs.len()) as u64,
             level,
             scale,
             key_set: keys.id(),

@@ -44,25 +44,24 @@ use blindfold_batch::Packing;
 /// The packing asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PackingChoice {
-    /// Let the client choose: the key set's packing (today always throughput; once the latency
-    /// packing lands, latency for a single image when the key set allows it).
+    /// The key set's packing (`keygen --packing` decides; throughput by default).
     #[default]
     Auto,
     /// One image per slot.
     Throughput,
-    /// One image per ciphertext (not available yet).
+    /// One image per ciphertext (rotation keys; one image answers quickly).
     Latency,
 }
 
 impl PackingChoice {
-    /// The packing to encrypt with under `keys`. (Once a key set can serve both packings,
-    /// `Auto` will also look at the number of images: latency for a single image.)
+    /// The packing to encrypt with under `keys`: a key set is made for one packing (`keygen
+    /// --packing`), and `Auto` follows it.
     pub fn resolve(self, keys: &KeySet) -> Result<Packing> {
         let of_keys = keys.descriptor().packing()?;
         let wanted = match self {
             PackingChoice::Auto => of_keys,
             PackingChoice::Throughput => Packing::Throughput,
-            PackingChoice::Latency => return Err(blindfold_evaluate::Error::LatencyNotAvailable.into()),
+            PackingChoice::Latency => Packing::Latency,
         };
         if wanted != of_keys {
             return Err(Error::KeySetMismatch(format!(

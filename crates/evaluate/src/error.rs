@@ -4,9 +4,6 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The latency packing has not landed in this build.
-    #[error("latency packing not available yet; use --packing throughput")]
-    LatencyNotAvailable,
     /// A packing this build does not know.
     #[error("packing {0} is not supported by this build")]
     UnknownPacking(String),

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 
 use blindfold_batch::{BatchHeader, Finished, InputBatchReader, KeyBundle, ResultBatchWriter};
 use blindfold_ckks::Ciphertext;
-use blindfold_nn::encrypted::{Control, ThroughputEngine};
+use blindfold_nn::encrypted::{Control, LatencyEngine, ThroughputEngine};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -23,6 +23,7 @@ pub struct BatchEvaluator {
 #[derive(Debug)]
 enum Engine {
     Throughput(ThroughputEngine),
+    Latency(LatencyEngine),
 }
 
 /// What one evaluation wrote.
@@ -66,6 +67,7 @@ impl BatchEvaluator {
         }
         let engine = match model.plan() {
             Plan::Throughput(plan) => Engine::Throughput(ThroughputEngine::new(plan.clone(), context)?),
+            Plan::Latency(plan) => Engine::Latency(LatencyEngine::new(plan.clone(), context)?),
         };
         Ok(Self { model, keys, engine })
     }
@@ -93,7 +95,7 @@ impl BatchEvaluator {
         let header = input.header().clone();
         self.check_header(&header)?;
         let context = self.keys.context();
-        let mut seeded = Vec::with_capacity(self.model.plan().input_count());
+        let mut seeded = Vec::with_capacity(self.model.plan().input_ciphertexts(header.image_count as usize));
         while let Some(ciphertext) = input.next_ciphertext()? {
             seeded.push(ciphertext);
         }
@@ -101,6 +103,11 @@ impl BatchEvaluator {
         drop(seeded);
         let outputs = match &self.engine {
             Engine::Throughput(engine) => engine.evaluate(ciphertexts, self.keys.relin_key(), control)?,
+            // One image per ciphertext, each using every core in turn.
+            Engine::Latency(engine) => ciphertexts
+                .into_iter()
+                .map(|ciphertext| engine.evaluate(ciphertext, self.keys.relin_key(), self.keys.galois_keys(), control))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
         };
         let first = outputs.first().ok_or_else(|| Error::Mismatch {
             what: "plan",
@@ -168,6 +175,16 @@ impl BatchEvaluator {
             return mismatch(
                 "shape",
                 format!("the batch holds {:?} tensors, the model takes {:?}", header.shape, model.input_shape()),
+            );
+        }
+        let expected = model.plan().input_ciphertexts(header.image_count as usize) as u64;
+        if header.ciphertext_count != expected {
+            return mismatch(
+                "ciphertext count",
+                format!(
+                    "{} ciphertexts for {} images; the plan needs {expected}",
+                    header.ciphertext_count, header.image_count
+                ),
             );
         }
         let capacity = model.plan().batch_capacity() as u64;

@@ -3,11 +3,14 @@
 
 use blindfold_batch::{Expect, Packing, Uuid};
 use blindfold_ckks::{Fingerprint, Parameters};
-use blindfold_nn::encrypted::ThroughputPlan;
+use blindfold_nn::encrypted::{LatencyPlan, ThroughputPlan};
 use blindfold_nn::registry::{self, Model};
 use blindfold_nn::{Manifest, Network};
 
 use crate::error::{Error, Result};
+
+/// Images per batch file in the latency packing (each is one ciphertext, evaluated in turn).
+pub const LATENCY_BATCH_IMAGES: usize = 64;
 
 /// The execution plan of one packing.
 #[derive(Debug, Clone)]
@@ -15,6 +18,8 @@ use crate::error::{Error, Result};
 pub enum Plan {
     /// Slot i of every ciphertext holds image i (no rotations).
     Throughput(ThroughputPlan),
+    /// One image per ciphertext (rotations; one image answers quickly).
+    Latency(LatencyPlan),
 }
 
 impl Plan {
@@ -22,7 +27,7 @@ impl Plan {
     pub fn compile(model: &str, network: &Network, packing: Packing) -> Result<Self> {
         match packing {
             Packing::Throughput => Ok(Plan::Throughput(ThroughputPlan::compile(model, network)?)),
-            Packing::Latency => Err(Error::LatencyNotAvailable),
+            Packing::Latency => Ok(Plan::Latency(LatencyPlan::compile(model, network)?)),
             other => Err(Error::UnknownPacking(other.to_string())),
         }
     }
@@ -31,48 +36,58 @@ impl Plan {
     pub fn packing(&self) -> Packing {
         match self {
             Plan::Throughput(_) => Packing::Throughput,
+            Plan::Latency(_) => Packing::Latency,
         }
     }
     /// The CKKS parameters the plan runs under.
     pub fn params(&self) -> &Parameters {
         match self {
             Plan::Throughput(plan) => plan.params(),
+            Plan::Latency(plan) => plan.params(),
         }
     }
     /// Images one batch holds.
     pub fn batch_capacity(&self) -> usize {
         match self {
             Plan::Throughput(plan) => plan.batch_capacity(),
+            Plan::Latency(_) => LATENCY_BATCH_IMAGES,
         }
     }
-    /// Input ciphertexts per batch.
-    pub fn input_count(&self) -> usize {
+    /// Input ciphertexts in a batch of `images` images: one per input value (throughput),
+    /// one per image (latency).
+    pub fn input_ciphertexts(&self, images: usize) -> usize {
         match self {
             Plan::Throughput(plan) => plan.input_count(),
+            Plan::Latency(_) => images,
         }
     }
-    /// Output ciphertexts per batch.
-    pub fn output_count(&self) -> usize {
+    /// Result ciphertexts for a batch of `images` images: one per logit (throughput), one per
+    /// image (latency).
+    pub fn output_ciphertexts(&self, images: usize) -> usize {
         match self {
             Plan::Throughput(plan) => plan.output_count(),
+            Plan::Latency(_) => images,
         }
     }
     /// The level inputs are encrypted at.
     pub fn input_level(&self) -> usize {
         match self {
             Plan::Throughput(plan) => plan.input_level(),
+            Plan::Latency(plan) => plan.input_level(),
         }
     }
     /// The scale inputs are encoded at.
     pub fn input_scale(&self) -> f64 {
         match self {
             Plan::Throughput(plan) => plan.input_scale(),
+            Plan::Latency(plan) => plan.input_scale(),
         }
     }
     /// The rotation steps whose Galois keys evaluation needs (none for throughput).
     pub fn rotation_steps(&self) -> Vec<i64> {
         match self {
             Plan::Throughput(plan) => plan.rotation_steps(),
+            Plan::Latency(plan) => plan.rotation_steps(),
         }
     }
     /// Packs preprocessed images (at most [`batch_capacity`](Self::batch_capacity)) into one
@@ -80,12 +95,14 @@ impl Plan {
     pub fn pack<I: AsRef<[f64]>>(&self, images: &[I]) -> Result<Vec<Vec<f64>>> {
         match self {
             Plan::Throughput(plan) => Ok(plan.pack(images)?),
+            Plan::Latency(plan) => images.iter().map(|image| Ok(plan.pack(image.as_ref())?)).collect(),
         }
     }
     /// Turns decrypted output slot vectors into logits per image.
     pub fn unpack(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Vec<f64>>> {
         match self {
             Plan::Throughput(plan) => Ok(plan.unpack(outputs, images)?),
+            Plan::Latency(plan) => outputs.iter().take(images).map(|slots| Ok(plan.unpack(slots)?)).collect(),
         }
     }
 }
@@ -144,22 +161,29 @@ impl CompiledModel {
 
     /// What an input batch for this model under `key_set` must say.
     pub fn expect_input(&self, key_set: Uuid) -> Expect {
-        Expect::new()
+        let expect = Expect::new()
             .model(self.name(), self.version())
             .packing(self.packing())
             .key_set(key_set)
             .shape(self.input_shape())
-            .ciphertext_count(self.plan.input_count() as u64)
-            .level(self.plan.input_level())
+            .level(self.plan.input_level());
+        match &self.plan {
+            Plan::Throughput(plan) => expect.ciphertext_count(plan.input_count() as u64),
+            // One ciphertext per image: checked against the header's image count on evaluation.
+            Plan::Latency(_) => expect,
+        }
     }
 
     /// What a result batch for this model under `key_set` must say.
     pub fn expect_result(&self, key_set: Uuid) -> Expect {
-        Expect::new()
+        let expect = Expect::new()
             .model(self.name(), self.version())
             .packing(self.packing())
             .key_set(key_set)
-            .shape(self.output_shape())
-            .ciphertext_count(self.plan.output_count() as u64)
+            .shape(self.output_shape());
+        match &self.plan {
+            Plan::Throughput(plan) => expect.ciphertext_count(plan.output_count() as u64),
+            Plan::Latency(_) => expect,
+        }
     }
 }
