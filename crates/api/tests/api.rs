@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashSet};
 use blindfold_queue::{Progress, Queue, QueueConfig, WorkerId};
 use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, TenantId as StoreTenant};
 use bytes::Bytes;
-use common::{ADMIN, MODEL, crypto, start, start_with};
+use common::{ADMIN, MODEL, bundle_with_secret_key, crypto, start, start_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -465,4 +465,61 @@ async fn openapi_lists_every_route() {
         )
         .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_bundle_holding_a_secret_key_is_refused_and_deleted() {
+    let api = start().await;
+    let (tenant, token, _) = api.tenant("st-jude").await;
+    let probe = bundle_with_secret_key(Uuid::nil());
+    let created = api
+        .call(Method::POST, "/v1/key-sets", Some(&token), Some(json!({"model": MODEL, "size_bytes": probe.len()})))
+        .await;
+    let id: Uuid = created.body["key_set"]["id"].as_str().unwrap().parse().unwrap();
+    let parts = api.upload(&created.body["upload"], &bundle_with_secret_key(id)).await;
+    let refused = api
+        .call(Method::POST, &format!("/v1/key-sets/{id}/complete"), Some(&token), Some(json!({"parts": parts})))
+        .await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_key_bundle"));
+    assert!(refused.detail().contains("is a secret key"), "{}", refused.detail());
+    let shown = api.call(Method::GET, &format!("/v1/key-sets/{id}"), Some(&token), None).await;
+    assert_eq!(shown.body["status"], "awaiting_upload", "never registered");
+    let prefix = blindfold_store::Prefix::tenant(&StoreTenant::new(tenant.to_string()).unwrap());
+    assert!(api.store.list(&prefix).await.unwrap().is_empty(), "the secret key does not stay in storage");
+    let again = api.call(Method::POST, &format!("/v1/key-sets/{id}/complete"), Some(&token), None).await;
+    assert_eq!(again.code(), "upload_missing", "the secret key does not stay in storage");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_batches_upload_in_presigned_parts() {
+    let api = start().await;
+    let (_, token, _) = api.tenant("st-clare").await;
+    let key_set = api.ready_key_set(&token).await;
+    // Over one 5 MiB part: a multipart upload.
+    let mut ciphertexts = 2;
+    let batch = loop {
+        let batch = crypto().batch_of(key_set, 3, MODEL, ciphertexts);
+        if batch.len() > 6 << 20 {
+            break batch;
+        }
+        ciphertexts = ciphertexts * 6 * (1 << 20) / batch.len() as u64 + 1;
+    };
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&token),
+            Some(json!({"model": MODEL, "key_set_id": key_set, "image_count": 3, "size_bytes": batch.len()})),
+        )
+        .await;
+    assert_eq!(created.body["upload"]["kind"], "multipart", "{:?}", created.body);
+    let id = created.body["job"]["id"].as_str().unwrap().to_owned();
+    let parts = api.upload(&created.body["upload"], &batch).await;
+    assert_eq!(parts.len(), 2);
+    let without = api.call(Method::POST, &format!("/v1/jobs/{id}/submit"), Some(&token), None).await;
+    assert_eq!((without.status, without.code()), (StatusCode::UNPROCESSABLE_ENTITY, "parts_required"));
+    let submitted =
+        api.call(Method::POST, &format!("/v1/jobs/{id}/submit"), Some(&token), Some(json!({"parts": parts}))).await;
+    assert_eq!(submitted.status, StatusCode::OK, "{:?}", submitted.body);
+    assert_eq!(submitted.body["state"], "queued");
 }

@@ -200,6 +200,7 @@ impl Api {
 /// The test model's real CKKS setting (its compiled throughput plan's parameters).
 pub struct Crypto {
     pub context: Arc<Context>,
+    pub keys: KeyGenerator,
     pub encryptor: SecretKeyEncryptor,
     pub relin: blindfold_ckks::RelinKey,
     pub level: usize,
@@ -222,6 +223,7 @@ pub fn crypto() -> &'static Crypto {
             scale: plan.input_scale(),
             version: model.manifest.version.to_string(),
             context,
+            keys,
         }
     })
 }
@@ -232,24 +234,76 @@ impl Crypto {
         KeyBundle::write(Vec::new(), &self.context, id, &self.relin, &GaloisKeys::default()).unwrap().writer
     }
 
-    /// A genuine input batch header with two real ciphertexts.
+    /// A genuine input batch with two real ciphertexts.
     pub fn batch(&self, key_set: Uuid, images: u64, model: &str) -> Vec<u8> {
+        self.batch_of(key_set, images, model, 2)
+    }
+
+    /// A genuine input batch with `ciphertexts` real ciphertexts.
+    pub fn batch_of(&self, key_set: Uuid, images: u64, model: &str, ciphertexts: u64) -> Vec<u8> {
         let header = BatchHeader {
             model: model.into(),
             model_version: self.version.clone(),
             packing: Packing::Throughput,
             shape: vec![1, 28, 28],
             image_count: images,
-            ciphertext_count: 2,
+            ciphertext_count: ciphertexts,
             level: self.level,
             scale: self.scale,
             key_set,
         };
         let mut writer = InputBatchWriter::new(Vec::new(), &self.context, header).unwrap();
-        for pixel in [0.25, 0.5] {
+        for index in 0..ciphertexts {
+            let pixel = index as f64 / ciphertexts as f64;
             let plaintext = self.context.encode(&vec![pixel; images as usize], self.level, self.scale).unwrap();
             writer.push(&self.encryptor.encrypt_seeded(&plaintext).unwrap()).unwrap();
         }
         writer.finish().unwrap().writer
     }
+}
+
+/// A key bundle written from FORMAT.md with a *secret key* in place of the relinearization
+/// key, every checksum valid: what a confused (or malicious) client might upload.
+pub fn bundle_with_secret_key(key_set: Uuid) -> Vec<u8> {
+    let crypto = crypto();
+    let sections = [
+        crypto.context.params().to_bytes(),
+        crypto.keys.secret_key().to_bytes(),
+        GaloisKeys::default().to_bytes(&crypto.context),
+    ];
+    let chunk_size: u32 = 1 << 20;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"BFKB");
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&96u32.to_le_bytes());
+    out.extend_from_slice(&crypto.context.params().fingerprint().0);
+    out.extend_from_slice(key_set.as_bytes());
+    out.extend_from_slice(&chunk_size.to_le_bytes());
+    for section in &sections {
+        out.extend_from_slice(&(section.len() as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let payload: Vec<u8> = sections.concat();
+    let chunks: Vec<&[u8]> = payload.chunks(chunk_size as usize).collect();
+    for (index, chunk) in chunks.iter().enumerate() {
+        let start = out.len();
+        out.extend_from_slice(b"BFCH");
+        out.extend_from_slice(&(index as u32).to_le_bytes());
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        out.extend_from_slice(chunk);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+    let digest = blake3::hash(&out);
+    let start = out.len();
+    out.extend_from_slice(b"BFTR");
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(digest.as_bytes());
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
 }
