@@ -35,6 +35,21 @@ pub use routes::openapi;
 pub use state::AppState;
 pub use wire::*;
 
+/// Installs the JSON log format the binary uses (one JSON object per line, with the request
+/// span's fields: request id, method, path, tenant), filtered by `RUST_LOG` (default `info`).
+pub fn json_logs<W>(writer: W) -> Result<(), tracing_subscriber::util::TryInitError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format =
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(writer);
+    tracing_subscriber::registry().with(filter).with(format).try_init()
+}
+
 /// The API server's settings: every flag also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {

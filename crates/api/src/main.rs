@@ -16,16 +16,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    blindfold_api::json_logs(std::io::stderr).context("installing the log format")?;
     let cli = Cli::parse();
     let (_addr, server) = blindfold_api::Application::build(cli.config).await.context("starting the API")?;
     server.await

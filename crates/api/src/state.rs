@@ -33,6 +33,7 @@ impl AppState {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(config.database_url.expose_secret())
             .await
             .context("connecting to the database")?;
