@@ -11,6 +11,9 @@ use sqlx::PgPool;
 
 use crate::state::AppState;
 
+/// Per phase: mean, median, p90, p99 seconds.
+type PhaseRow = (String, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
 /// The API's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -38,9 +41,10 @@ impl Metrics {
         let durations = GaugeVec::new(
             Opts::new(
                 "blindfold_job_duration_seconds",
-                "Mean queue wait (created to started) and run time (started to finished) of jobs finished in the last hour",
+                "Queue wait (submitted to started) and run time (started to finished) of the jobs finished in the last \
+                 hour: mean and quantiles",
             ),
-            &["phase"],
+            &["phase", "statistic"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -63,18 +67,40 @@ impl Metrics {
             let count = counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
             self.jobs.with_label_values(&[state]).set(count);
         }
-        let (wait, run): (Option<f64>, Option<f64>) = sqlx::query_as(
+        let rows: Vec<PhaseRow> = sqlx::query_as(
             r#"
-            SELECT avg(extract(epoch FROM started_at - created_at))::float8,
-                   avg(extract(epoch FROM finished_at - started_at))::float8
-            FROM jobs
-            WHERE finished_at > now() - interval '1 hour' AND started_at IS NOT NULL
+            WITH finished AS (
+                SELECT extract(epoch FROM started_at - created_at)::float8 AS queue_wait,
+                       extract(epoch FROM finished_at - started_at)::float8 AS run
+                FROM jobs
+                WHERE finished_at > now() - interval '1 hour' AND started_at IS NOT NULL
+            ),
+            phases AS (
+                SELECT 'queue_wait' AS phase, queue_wait AS seconds FROM finished
+                UNION ALL SELECT 'run', run FROM finished
+            )
+            SELECT phase,
+                   avg(seconds),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),
+                   percentile_cont(0.9) WITHIN GROUP (ORDER BY seconds),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY seconds)
+            FROM phases GROUP BY phase
             "#,
         )
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-        self.durations.with_label_values(&["queue_wait"]).set(wait.unwrap_or(0.0));
-        self.durations.with_label_values(&["run"]).set(run.unwrap_or(0.0));
+        for phase in ["queue_wait", "run"] {
+            let row = rows.iter().find(|row| row.0 == phase);
+            let values = [
+                ("mean", row.and_then(|r| r.1)),
+                ("0.5", row.and_then(|r| r.2)),
+                ("0.9", row.and_then(|r| r.3)),
+                ("0.99", row.and_then(|r| r.4)),
+            ];
+            for (statistic, value) in values {
+                self.durations.with_label_values(&[phase, statistic]).set(value.unwrap_or(0.0));
+            }
+        }
         let mut buffer = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         Ok(String::from_utf8_lossy(&buffer).into_owned())

@@ -241,6 +241,28 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
     /// Time per phase.
     pub durations: JobDurations,
+    /// Every state change so far, oldest first (from the audit trail; `GET /v1/jobs/{id}`
+    /// only): with the time spent in the state before, this gives the duration of each phase
+    /// of each attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<JobTransition>,
+}
+
+/// One state change of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobTransition {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The state before (absent for the submission).
+    pub from_state: Option<String>,
+    /// The state after.
+    pub to_state: String,
+    /// The attempt after the change.
+    pub attempt: i32,
+    /// Why: `enqueued`, `claimed`, `lease_expired`, `retry`, `succeeded`, `failed_permanent`, …
+    pub reason: String,
+    /// Seconds spent since the previous change (absent for the first).
+    pub seconds_since_previous: Option<f64>,
 }
 
 /// `GET /v1/jobs` query.

@@ -80,6 +80,17 @@ async fn full_lifecycle_over_http() {
     assert!(done.body["finished_at"].is_string());
     assert!(done.body["durations"]["running_seconds"].as_f64().unwrap() >= 0.0);
     assert!(done.body["error"].is_null());
+    let history: Vec<(Value, Value)> =
+        done.body["history"].as_array().unwrap().iter().map(|t| (t["to_state"].clone(), t["reason"].clone())).collect();
+    assert_eq!(
+        history,
+        vec![
+            (json!("queued"), json!("enqueued")),
+            (json!("running"), json!("claimed")),
+            (json!("succeeded"), json!("succeeded"))
+        ]
+    );
+    assert!(done.body["history"][2]["seconds_since_previous"].as_f64().unwrap() >= 0.0);
 
     let fetched = api.call(Method::GET, &format!("/v1/jobs/{job}/result"), Some(&token), None).await;
     assert_eq!(fetched.status, StatusCode::OK, "{:?}", fetched.body);
@@ -97,6 +108,7 @@ async fn full_lifecycle_over_http() {
     assert!(metrics.contains("blindfold_jobs{state=\"succeeded\"} 1"), "{metrics}");
     assert!(metrics.contains("blindfold_http_requests_total{method=\"POST\",route=\"/v1/jobs/{job_id}/submit\""));
     assert!(metrics.contains("blindfold_http_request_duration_seconds_bucket"));
+    assert!(metrics.contains("blindfold_job_duration_seconds{phase=\"run\",statistic=\"0.99\"}"), "{metrics}");
     assert!(!metrics.contains(&token), "tokens never appear in metrics");
 
     // Deleting the key set removes it.

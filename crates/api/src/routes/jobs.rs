@@ -20,7 +20,8 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::wire::{
-    CreateJob, JobCreated, JobDurations, JobError, JobPage, JobProgress, JobResult, JobView, ListJobs, UploadDone,
+    CreateJob, JobCreated, JobDurations, JobError, JobPage, JobProgress, JobResult, JobTransition, JobView, ListJobs,
+    UploadDone,
 };
 
 const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -57,6 +58,7 @@ fn job_view(job: &Job) -> JobView {
             queued_seconds: Some(seconds(job.created_at, queued_until)),
             running_seconds: job.started_at.map(|started| seconds(started, job.finished_at.unwrap_or(now))),
         },
+        history: Vec::new(),
     }
 }
 
@@ -79,6 +81,7 @@ fn pending_view(row: &Pending, state: &str) -> JobView {
         started_at: None,
         finished_at: None,
         durations: JobDurations { queued_seconds: None, running_seconds: None },
+        history: Vec::new(),
     }
 }
 
@@ -331,7 +334,8 @@ async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey) -> A
     Ok(())
 }
 
-/// A job: state, attempts, progress with stage, timestamps, time per phase, error.
+/// A job: state, attempts, progress with stage, timestamps, time per phase, every state change
+/// with the time spent before it, error.
 #[utoipa::path(get, path = "/v1/jobs/{job_id}", tag = "jobs", security(("tenant_token" = [])),
     params(("job_id" = Uuid, Path, description = "The job")),
     responses((status = 200, body = JobView), (status = 400, body = Problem), (status = 404, body = Problem)))]
@@ -341,7 +345,21 @@ pub async fn get_one(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<JobView>> {
     if let Some(job) = state.queue.tenant_job(tenant, JobId(id)).await? {
-        return Ok(Json(job_view(&job)));
+        let mut view = job_view(&job);
+        let events = state.queue.events(job.id).await?;
+        let mut previous: Option<DateTime<Utc>> = None;
+        for event in events {
+            view.history.push(JobTransition {
+                at: event.at,
+                from_state: event.from_state,
+                to_state: event.to_state,
+                attempt: event.attempt,
+                reason: event.reason,
+                seconds_since_previous: previous.map(|before| seconds(before, event.at)),
+            });
+            previous = Some(event.at);
+        }
+        return Ok(Json(view));
     }
     match uploads::pending(&state, tenant.0, "job", id).await? {
         Some(row) => Ok(Json(pending_view(&row, "awaiting_upload"))),

@@ -213,13 +213,19 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let registered =
         blindfold_queue::tenants::delete_key_set(&state.pool, tenant, blindfold_queue::KeySetId(id)).await?;
-    let pending = sqlx::query("DELETE FROM pending_uploads WHERE id = $1 AND tenant_id = $2 AND kind = 'key_set'")
-        .bind(id)
-        .bind(tenant.0)
-        .execute(&state.pool)
-        .await?
-        .rows_affected()
-        == 1;
+    let pending: Option<Pending> =
+        sqlx::query_as("DELETE FROM pending_uploads WHERE id = $1 AND tenant_id = $2 AND kind = 'key_set' RETURNING *")
+            .bind(id)
+            .bind(tenant.0)
+            .fetch_optional(&state.pool)
+            .await?;
+    if let Some(Pending { upload_id: Some(upload_id), object_key, .. }) = &pending
+        && let Ok(key) = ObjectKey::parse(object_key)
+    {
+        // Unfinished parts would otherwise stay in the store (and on the bill).
+        let _ = state.store.abort_upload(&key, upload_id).await;
+    }
+    let pending = pending.is_some();
     if !registered && !pending {
         return Err(ApiError::not_found("key set", id));
     }
