@@ -459,6 +459,10 @@ async fn openapi_lists_every_route() {
             assert_eq!(reply.code(), "not_found", "{route} is routed");
         }
     }
+    let nowhere = api.call(Method::GET, "/v1/nowhere", None, None).await;
+    assert_eq!((nowhere.status, nowhere.code()), (StatusCode::NOT_FOUND, "no_route"));
+    let wrong_method = api.call(Method::PUT, "/v1/models", None, None).await;
+    assert_eq!((wrong_method.status, wrong_method.code()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     // Schemas referenced by operations exist.
     let text = doc.body.to_string();
     let schemas: HashSet<&str> =
