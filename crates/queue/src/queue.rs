@@ -117,10 +117,27 @@ impl Queue {
     /// (`created: false`), or [`Error::IdempotencyConflict`] if its parameters differ. The
     /// result is in the order of `jobs`.
     pub async fn enqueue_many_in(&self, conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+        let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
+        self.enqueue_with_ids_in(conn, &ids, jobs).await
+    }
+
+    /// Enqueues one job under an id the caller chose (the API announces a job's id before its
+    /// input is uploaded), inside the caller's transaction; otherwise as
+    /// [`Queue::enqueue_many_in`], idempotency included (an existing job keeps its own id).
+    pub async fn enqueue_as_in(&self, conn: &mut PgConnection, id: JobId, job: NewJob) -> Result<Enqueued> {
+        let mut enqueued = self.enqueue_with_ids_in(conn, &[id.0], std::slice::from_ref(&job)).await?;
+        enqueued.pop().ok_or(Error::Unexpected { what: "enqueue result", value: "none".into() })
+    }
+
+    async fn enqueue_with_ids_in(
+        &self,
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+        jobs: &[NewJob],
+    ) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
         let mut max_attempts = Vec::with_capacity(jobs.len());
         for job in jobs {
             let attempts = job.max_attempts.unwrap_or(self.config.default_max_attempts);
@@ -156,7 +173,7 @@ impl Queue {
             SELECT * FROM inserted
             "#,
         )
-        .bind(&ids)
+        .bind(ids)
         .bind(jobs.iter().map(|job| job.tenant_id.0).collect::<Vec<_>>())
         .bind(jobs.iter().map(|job| job.idempotency_key.clone()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|job| job.model.clone()).collect::<Vec<_>>())

@@ -1,0 +1,170 @@
+//! The Blindfold HTTP API: how hospitals register evaluation keys, create and submit jobs,
+//! watch them and fetch their (encrypted) results through presigned URLs, and how operators
+//! manage tenants and tokens. It never holds storage credentials out to clients, never sees a
+//! secret key or a plaintext, and scopes every query to the caller's tenant.
+//!
+//! ```no_run
+//! # async fn run(config: blindfold_api::Config) -> anyhow::Result<()> {
+//! let (addr, server) = blindfold_api::Application::build(config).await?;
+//! println!("listening on http://{addr}");
+//! server.await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Routes, auth and error codes are in the crate README; `GET /openapi.json` is the contract.
+
+mod auth;
+mod catalogue;
+mod error;
+mod extract;
+mod routes;
+mod state;
+mod telemetry;
+mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+
+pub use catalogue::{Catalogue, ModelInfo, PackingInfo};
+pub use error::{ApiError, Problem};
+pub use routes::openapi;
+pub use state::AppState;
+pub use wire::*;
+
+/// Installs the JSON log format the binary uses (one JSON object per line, with the request
+/// span's fields: request id, method, path, tenant), filtered by `RUST_LOG` (default `info`).
+pub fn json_logs<W>(writer: W) -> Result<(), tracing_subscriber::util::TryInitError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format =
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(writer);
+    tracing_subscriber::registry().with(filter).with(format).try_init()
+}
+
+/// The API server's settings: every flag also reads an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL URL of the service database (migrations are applied at start).
+    #[arg(long, env = "BLINDFOLD_DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
+    pub database_url: SecretString,
+
+    /// Largest number of database connections.
+    #[arg(long, env = "BLINDFOLD_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BLINDFOLD_API_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Operator token for `/v1/admin/*` (at least 32 characters). Without it the admin routes
+    /// answer 401.
+    #[arg(long, env = "BLINDFOLD_ADMIN_TOKEN", value_parser = parse_admin_token, hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+
+    /// Largest JSON request body, in bytes (uploads go to object storage, not here).
+    #[arg(long, env = "BLINDFOLD_API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest number of images in one job.
+    #[arg(long, env = "BLINDFOLD_API_MAX_IMAGES", default_value_t = 100_000)]
+    pub max_images: u32,
+
+    /// Largest declared upload (batch or key bundle), in bytes.
+    #[arg(long, env = "BLINDFOLD_API_MAX_UPLOAD_BYTES", default_value_t = 64 << 30)]
+    pub max_upload_bytes: u64,
+
+    /// How long presigned URLs stay valid, in seconds.
+    #[arg(long, env = "BLINDFOLD_API_PRESIGN_SECS", default_value_t = 3600)]
+    pub presign_secs: u64,
+
+    /// Largest page of `GET /v1/jobs`.
+    #[arg(long, env = "BLINDFOLD_API_MAX_PAGE", default_value_t = 200)]
+    pub max_page: u32,
+
+    /// Object storage.
+    #[command(flatten)]
+    pub store: blindfold_store::StoreConfig,
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    if value.is_empty() {
+        return Err("empty".to_owned());
+    }
+    Ok(SecretString::from(value))
+}
+
+fn parse_admin_token(value: &str) -> Result<SecretString, String> {
+    if value.len() < 32 {
+        return Err("the admin token must be at least 32 characters".to_owned());
+    }
+    Ok(SecretString::from(value))
+}
+
+impl Config {
+    /// How long presigned URLs stay valid.
+    pub fn presign_expiry(&self) -> Duration {
+        Duration::from_secs(self.presign_secs.clamp(1, 7 * 24 * 3600))
+    }
+}
+
+/// The API server, built and bound, ready to run.
+#[derive(Debug)]
+pub struct Application;
+
+impl Application {
+    /// Connects to the database (applying migrations) and the store (creating the bucket if
+    /// missing), compiles the model catalogue, binds `config.bind` and returns the bound address
+    /// and the server future, which runs until it fails or the process gets Ctrl-C/SIGTERM.
+    pub async fn build(
+        config: Config,
+    ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + Send + 'static)> {
+        let state = AppState::connect(config.clone()).await?;
+        Self::serve(state, config.bind, shutdown_signal()).await
+    }
+
+    /// As [`Application::build`] with a prepared state and a shutdown future of the caller's.
+    pub async fn serve(
+        state: AppState,
+        bind: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + Send + 'static)> {
+        let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let app = routes::router(state);
+        let server =
+            async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP") };
+        tracing::info!(%addr, "API listening");
+        Ok((addr, server))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

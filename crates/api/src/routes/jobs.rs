@@ -1,0 +1,499 @@
+//! Jobs: announce (id + presigned upload), submit (header verified, then queued), watch, list,
+//! cancel, and fetch the encrypted result.
+
+use std::str::FromStr;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use blindfold_batch::{BatchKind, Expect, RawBatchReader};
+use blindfold_queue::{CancelOutcome, Job, JobId, KeySetId, NewJob};
+use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, Prefix};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::uploads::{self, Pending};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::wire::{
+    CreateJob, JobCreated, JobDurations, JobError, JobPage, JobProgress, JobResult, JobTransition, JobView, ListJobs,
+    UploadDone,
+};
+
+const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+/// Largest priority a tenant may give (priority orders only its own jobs).
+const MAX_PRIORITY: i64 = 100;
+/// Bytes fetched to read a batch header (the header is at most 4 KiB).
+const HEADER_PROBE: u64 = 4096;
+
+fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds() as f64 / 1000.0
+}
+
+fn job_view(job: &Job) -> JobView {
+    let now = Utc::now();
+    let queued_until = job.started_at.or(job.finished_at).unwrap_or(now);
+    JobView {
+        id: job.id.0,
+        state: job.state.as_str().to_owned(),
+        model: job.model.clone(),
+        packing: job.packing.clone(),
+        key_set_id: job.key_set_id.map(|id| id.0),
+        image_count: job.image_count,
+        priority: job.priority,
+        idempotency_key: job.idempotency_key.clone(),
+        attempt: job.attempt,
+        max_attempts: Some(job.max_attempts),
+        progress: JobProgress { fraction: job.progress, stage: job.stage.clone() },
+        cancel_requested: job.cancel_requested,
+        error: job.error_code.as_ref().map(|code| JobError { code: code.clone(), message: job.error_message.clone() }),
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        durations: JobDurations {
+            queued_seconds: Some(seconds(job.created_at, queued_until)),
+            running_seconds: job.started_at.map(|started| seconds(started, job.finished_at.unwrap_or(now))),
+        },
+        history: Vec::new(),
+    }
+}
+
+fn pending_view(row: &Pending, state: &str) -> JobView {
+    JobView {
+        id: row.id,
+        state: state.to_owned(),
+        model: row.model.clone(),
+        packing: row.packing.clone(),
+        key_set_id: row.key_set_id,
+        image_count: row.image_count.unwrap_or(0),
+        priority: row.priority,
+        idempotency_key: row.idempotency_key.clone(),
+        attempt: 0,
+        max_attempts: None,
+        progress: JobProgress { fraction: 0.0, stage: None },
+        cancel_requested: false,
+        error: None,
+        created_at: row.created_at,
+        started_at: None,
+        finished_at: None,
+        durations: JobDurations { queued_seconds: None, running_seconds: None },
+        history: Vec::new(),
+    }
+}
+
+fn job_key(tenant: Uuid, job: Uuid) -> ApiResult<ObjectKey> {
+    Ok(ObjectKey::job_input(
+        &uploads::store_tenant(tenant)?,
+        &StoreJob::new(job.to_string()).map_err(|e| ApiError::internal("building an object key", e))?,
+        &ObjectName::new("batch.bfib").map_err(|e| ApiError::internal("building an object key", e))?,
+    ))
+}
+
+/// Announces a job: checks the model, packing, key set and limits, and answers the job id
+/// and a presigned upload for its batch. With an `idempotency_key`, a repeat answers the same
+/// job (200) and a different request under the same key answers 409.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("tenant_token" = [])),
+    request_body = CreateJob,
+    responses((status = 201, description = "Announced", body = JobCreated),
+               (status = 200, description = "An idempotent repeat", body = JobCreated),
+               (status = 400, body = Problem), (status = 401, body = Problem), (status = 409, body = Problem),
+               (status = 413, body = Problem), (status = 422, body = Problem)))]
+pub async fn create(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateJob>,
+) -> ApiResult<(StatusCode, Json<JobCreated>)> {
+    let (model, packing) = super::model_packing(&state, &body.model, body.packing.as_deref())?;
+    let max_images = state.config.max_images;
+    if body.image_count == 0 {
+        return Err(ApiError::unprocessable("invalid_image_count", "image_count must be at least 1"));
+    }
+    if body.image_count > max_images {
+        return Err(ApiError::unprocessable(
+            "too_many_images",
+            format!("image_count {} is above this server's limit of {max_images} images per job", body.image_count),
+        ));
+    }
+    let priority = body.priority.unwrap_or(0);
+    if !(0..=MAX_PRIORITY).contains(&priority) {
+        return Err(ApiError::unprocessable(
+            "invalid_priority",
+            format!("priority must be between 0 and {MAX_PRIORITY}, not {priority}"),
+        ));
+    }
+    let priority = priority as i16;
+    if let Some(key) = &body.idempotency_key
+        && (key.is_empty() || key.chars().count() > 200)
+    {
+        return Err(ApiError::unprocessable("invalid_idempotency_key", "an idempotency key is 1 to 200 characters"));
+    }
+    let size = uploads::check_size(&state, body.size_bytes)?;
+    let image_count = body.image_count as i32;
+
+    let Some((fingerprint, ks_model, ks_packing)) = super::key_sets::ready(&state, tenant.0, body.key_set_id).await?
+    else {
+        return Err(ApiError::unprocessable(
+            "unknown_key_set",
+            format!("no ready key set {} (create it and complete its upload first)", body.key_set_id),
+        ));
+    };
+    if fingerprint != packing.params_fingerprint
+        || ks_model.as_deref().is_some_and(|m| m != model.name)
+        || ks_packing.as_deref().is_some_and(|p| p != packing.packing)
+    {
+        return Err(ApiError::unprocessable(
+            "key_set_mismatch",
+            format!(
+                "key set {} was made for {} ({} packing, parameters {}), not for {} with {} packing (parameters {})",
+                body.key_set_id,
+                ks_model.as_deref().unwrap_or("another model"),
+                ks_packing.as_deref().unwrap_or("?"),
+                &fingerprint[..16.min(fingerprint.len())],
+                model.name,
+                packing.packing,
+                &packing.params_fingerprint[..16],
+            ),
+        ));
+    }
+
+    // Idempotent repeats.
+    if let Some(key) = &body.idempotency_key {
+        let same = |m: &str, p: &str, ks: Option<Uuid>, n: i32, prio: i16| {
+            m == model.name
+                && p == packing.packing
+                && ks == Some(body.key_set_id)
+                && n == image_count
+                && prio == priority
+        };
+        let submitted: Option<Job> = sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2")
+            .bind(tenant.0)
+            .bind(key)
+            .fetch_optional(&state.pool)
+            .await?;
+        if let Some(job) = submitted {
+            if !same(&job.model, &job.packing, job.key_set_id.map(|k| k.0), job.image_count, job.priority) {
+                return Err(idempotency_conflict(key, job.id.0));
+            }
+            return Ok((StatusCode::OK, Json(JobCreated { job: job_view(&job), upload: None })));
+        }
+        let announced: Option<Pending> = sqlx::query_as(
+            "SELECT * FROM pending_uploads WHERE tenant_id = $1 AND idempotency_key = $2 AND kind = 'job'",
+        )
+        .bind(tenant.0)
+        .bind(key)
+        .fetch_optional(&state.pool)
+        .await?;
+        if let Some(row) = announced {
+            if !same(&row.model, &row.packing, row.key_set_id, row.image_count.unwrap_or(0), row.priority)
+                || row.size_bytes != size
+            {
+                return Err(idempotency_conflict(key, row.id));
+            }
+            let object =
+                ObjectKey::parse(&row.object_key).map_err(|e| ApiError::internal("reading an object key", e))?;
+            let (upload, upload_id) = uploads::presign(&state, &object, body.size_bytes).await?;
+            if let Some(old) = &row.upload_id {
+                let _ = state.store.abort_upload(&object, old).await;
+            }
+            sqlx::query("UPDATE pending_uploads SET upload_id = $2 WHERE id = $1")
+                .bind(row.id)
+                .bind(upload_id)
+                .execute(&state.pool)
+                .await?;
+            return Ok((
+                StatusCode::OK,
+                Json(JobCreated { job: pending_view(&row, "awaiting_upload"), upload: Some(upload) }),
+            ));
+        }
+    }
+
+    let id = Uuid::new_v4();
+    let object = job_key(tenant.0, id)?;
+    let (upload, upload_id) = uploads::presign(&state, &object, body.size_bytes).await?;
+    let inserted: Option<Pending> = sqlx::query_as(
+        r#"
+        INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, key_set_id,
+                                     image_count, priority, idempotency_key, object_key, size_bytes, upload_id)
+        VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(tenant.0)
+    .bind(&model.name)
+    .bind(&packing.packing)
+    .bind(&packing.params_fingerprint)
+    .bind(body.key_set_id)
+    .bind(image_count)
+    .bind(priority)
+    .bind(&body.idempotency_key)
+    .bind(object.as_str())
+    .bind(size)
+    .bind(upload_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(row) = inserted else {
+        return Err(ApiError::conflict(
+            "concurrent_request",
+            "another request with this idempotency key is being handled; retry it",
+        ));
+    };
+    tracing::info!(job = %id, model = %model.name, images = image_count, "job announced");
+    Ok((StatusCode::CREATED, Json(JobCreated { job: pending_view(&row, "awaiting_upload"), upload: Some(upload) })))
+}
+
+fn idempotency_conflict(key: &str, existing: Uuid) -> ApiError {
+    ApiError::conflict(
+        "idempotency_conflict",
+        format!("idempotency key {key:?} already names job {existing} with different parameters; use a new key"),
+    )
+}
+
+/// Verifies the uploaded batch against the job (model and version, parameter fingerprint,
+/// packing, key set, image count, exact file size) and queues the job. Submitting a queued
+/// job again answers it unchanged.
+#[utoipa::path(post, path = "/v1/jobs/{job_id}/submit", tag = "jobs", security(("tenant_token" = [])),
+    params(("job_id" = Uuid, Path, description = "The job")),
+    request_body(content = UploadDone, description = "The parts, for a multipart upload; may be empty"),
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem),
+               (status = 422, description = "The batch does not match the job", body = Problem)))]
+pub async fn submit(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<JobView>> {
+    let done = super::upload_done(body)?;
+    let Some(row) = uploads::pending(&state, tenant.0, "job", id).await? else {
+        return match state.queue.tenant_job(tenant, JobId(id)).await? {
+            Some(job) => Ok(Json(job_view(&job))),
+            None => Err(ApiError::not_found("job", id)),
+        };
+    };
+    let object = uploads::confirm(&state, &row, &done).await?;
+    verify_header(&state, &row, &object).await?;
+
+    let key_set = row.key_set_id.ok_or_else(|| ApiError::internal("submitting", "a pending job without key set"))?;
+    let mut tx = state.pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM pending_uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    if removed.rows_affected() != 1 {
+        return Err(ApiError::conflict("concurrent_update", "the job was submitted or cancelled meanwhile"));
+    }
+    let enqueued = state
+        .queue
+        .enqueue_as_in(
+            &mut tx,
+            JobId(id),
+            NewJob {
+                tenant_id: tenant,
+                idempotency_key: row.idempotency_key.clone(),
+                model: row.model.clone(),
+                packing: row.packing.clone(),
+                key_set_id: Some(KeySetId(key_set)),
+                image_count: row.image_count.unwrap_or(0),
+                priority: row.priority,
+                input_key: row.object_key.clone(),
+                max_attempts: None,
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(job = %enqueued.job.id.0, "job queued");
+    Ok(Json(job_view(&enqueued.job)))
+}
+
+async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey) -> ApiResult<()> {
+    let size = u64::try_from(row.size_bytes).unwrap_or(0);
+    let head = state.store.get_range(object, 0..size.min(HEADER_PROBE)).await?;
+    let version = state.catalogue.versions().get(row.model.as_str()).copied().unwrap_or(0);
+    let packing = blindfold_batch::Packing::from_str(&row.packing)
+        .map_err(|_| ApiError::internal("reading a job's packing", &row.packing))?;
+    let mut expect = Expect::new()
+        .model(row.model.clone(), version.to_string())
+        .packing(packing)
+        .fingerprint(uploads::fingerprint(&row.params_fingerprint)?)
+        .image_count(u64::try_from(row.image_count.unwrap_or(0)).unwrap_or(0));
+    if let Some(key_set) = row.key_set_id {
+        expect = expect.key_set(key_set);
+    }
+    let reader = RawBatchReader::open(&head[..], BatchKind::Input, &expect).map_err(|error| {
+        ApiError::unprocessable("batch_mismatch", format!("the uploaded batch does not match the job: {error}"))
+    })?;
+    let expected_len = reader.layout().file_len();
+    if expected_len != size {
+        return Err(ApiError::unprocessable(
+            "batch_mismatch",
+            format!("the uploaded batch is {size} bytes but its header describes a file of {expected_len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// A job: state, attempts, progress with stage, timestamps, time per phase, every state change
+/// with the time spent before it, error.
+#[utoipa::path(get, path = "/v1/jobs/{job_id}", tag = "jobs", security(("tenant_token" = [])),
+    params(("job_id" = Uuid, Path, description = "The job")),
+    responses((status = 200, body = JobView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_one(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<JobView>> {
+    if let Some(job) = state.queue.tenant_job(tenant, JobId(id)).await? {
+        let mut view = job_view(&job);
+        let events = state.queue.events(job.id).await?;
+        let mut previous: Option<DateTime<Utc>> = None;
+        for event in events {
+            view.history.push(JobTransition {
+                at: event.at,
+                from_state: event.from_state,
+                to_state: event.to_state,
+                attempt: event.attempt,
+                reason: event.reason,
+                seconds_since_previous: previous.map(|before| seconds(before, event.at)),
+            });
+            previous = Some(event.at);
+        }
+        return Ok(Json(view));
+    }
+    match uploads::pending(&state, tenant.0, "job", id).await? {
+        Some(row) => Ok(Json(pending_view(&row, "awaiting_upload"))),
+        None => Err(ApiError::not_found("job", id)),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Listed {
+    seq: i64,
+    #[sqlx(flatten)]
+    job: Job,
+}
+
+/// The caller's submitted jobs, newest first, in pages (keyset pagination: a page never
+/// repeats or skips a job while new jobs arrive).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("tenant_token" = [])),
+    params(ListJobs),
+    responses((status = 200, body = JobPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
+pub async fn list(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListJobs>,
+) -> ApiResult<Json<JobPage>> {
+    if let Some(wanted) = &query.state
+        && !STATES.contains(&wanted.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("unknown state {wanted:?}; one of {}", STATES.join(", ")),
+        ));
+    }
+    let max = state.config.max_page.max(1);
+    let limit = query.limit.unwrap_or(50.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("limit must be 1 to {max}")));
+    }
+    let before: Option<i64> = match &query.cursor {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .strip_prefix("s")
+                .and_then(|seq| seq.parse().ok())
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "malformed cursor"))?,
+        ),
+    };
+    let rows: Vec<Listed> = sqlx::query_as(
+        r#"
+        SELECT * FROM jobs
+        WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::bigint IS NULL OR seq < $3)
+        ORDER BY seq DESC
+        LIMIT $4
+        "#,
+    )
+    .bind(tenant.0)
+    .bind(&query.state)
+    .bind(before)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let more = rows.len() > limit as usize;
+    let page: Vec<&Listed> = rows.iter().take(limit as usize).collect();
+    let next_cursor = if more { page.last().map(|row| format!("s{}", row.seq)) } else { None };
+    Ok(Json(JobPage { jobs: page.iter().map(|row| job_view(&row.job)).collect(), next_cursor }))
+}
+
+/// Cancels a job: a queued one at once, a running one when its worker next reports; an
+/// announced, unsubmitted one is dropped with its upload. A finished job answers 409.
+#[utoipa::path(post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs", security(("tenant_token" = [])),
+    params(("job_id" = Uuid, Path, description = "The job")),
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<JobView>> {
+    match state.queue.cancel(tenant, JobId(id)).await {
+        Ok(CancelOutcome::AlreadyFinal(final_state)) => Err(ApiError::conflict(
+            "already_final",
+            format!("job {id} already {} and cannot be cancelled", final_state.as_str()),
+        )),
+        Ok(_) => {
+            let job = state.queue.tenant_job(tenant, JobId(id)).await?.ok_or_else(|| ApiError::not_found("job", id))?;
+            Ok(Json(job_view(&job)))
+        }
+        Err(blindfold_queue::Error::JobNotFound(_)) => {
+            let Some(row) = uploads::pending(&state, tenant.0, "job", id).await? else {
+                return Err(ApiError::not_found("job", id));
+            };
+            sqlx::query("DELETE FROM pending_uploads WHERE id = $1").bind(id).execute(&state.pool).await?;
+            let object =
+                ObjectKey::parse(&row.object_key).map_err(|e| ApiError::internal("reading an object key", e))?;
+            if let Some(upload_id) = &row.upload_id {
+                let _ = state.store.abort_upload(&object, upload_id).await;
+            }
+            let prefix = Prefix::job(
+                &uploads::store_tenant(tenant.0)?,
+                &StoreJob::new(id.to_string()).map_err(|e| ApiError::internal("building an object key", e))?,
+            );
+            state.store.delete_prefix(&prefix).await?;
+            Ok(Json(pending_view(&row, "cancelled")))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// A presigned `GET` of the encrypted result, once the job succeeded (409 before).
+#[utoipa::path(get, path = "/v1/jobs/{job_id}/result", tag = "jobs", security(("tenant_token" = [])),
+    params(("job_id" = Uuid, Path, description = "The job")),
+    responses((status = 200, body = JobResult), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn result(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<JobResult>> {
+    let Some(job) = state.queue.tenant_job(tenant, JobId(id)).await? else {
+        return match uploads::pending(&state, tenant.0, "job", id).await? {
+            Some(_) => Err(ApiError::conflict("result_not_ready", format!("job {id} has not been submitted"))),
+            None => Err(ApiError::not_found("job", id)),
+        };
+    };
+    let Some(result_key) = job.result_key.as_deref().filter(|_| job.state == blindfold_queue::JobState::Succeeded)
+    else {
+        return Err(ApiError::conflict(
+            "result_not_ready",
+            format!("job {id} is {}; a result exists once it has succeeded", job.state.as_str()),
+        ));
+    };
+    let key = ObjectKey::parse(result_key).map_err(|e| ApiError::internal("reading a result key", e))?;
+    // Defence in depth: the worker must have written inside the tenant's prefix.
+    if key.tenant().as_str() != tenant.0.to_string() {
+        return Err(ApiError::internal("reading a result key", "result outside the tenant's prefix"));
+    }
+    let download = state.store.presign_get(&key, state.config.presign_expiry()).await?;
+    Ok(Json(JobResult { job_id: id, download: download.into() }))
+}

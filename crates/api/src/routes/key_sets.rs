@@ -1,0 +1,239 @@
+//! Key sets: a tenant's evaluation keys (relinearization and Galois keys; never a secret key).
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use blindfold_batch::{KeyBundle, KeyBundleExpect};
+use blindfold_store::{KeysetId, ObjectKey, ObjectName, Prefix};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::uploads::{self, Pending};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
+use crate::wire::{CreateKeySet, KeySetCreated, KeySetView, UploadDone};
+
+/// A registered key set, as the API reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Registered {
+    id: Uuid,
+    params_fingerprint: String,
+    size_bytes: i64,
+    model: Option<String>,
+    packing: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<Registered> for KeySetView {
+    fn from(row: Registered) -> Self {
+        KeySetView {
+            id: row.id,
+            status: "ready".to_owned(),
+            model: row.model,
+            packing: row.packing,
+            params_fingerprint: row.params_fingerprint,
+            size_bytes: row.size_bytes,
+            created_at: row.created_at,
+        }
+    }
+}
+
+fn pending_view(row: &Pending) -> KeySetView {
+    KeySetView {
+        id: row.id,
+        status: "awaiting_upload".to_owned(),
+        model: Some(row.model.clone()),
+        packing: Some(row.packing.clone()),
+        params_fingerprint: row.params_fingerprint.clone(),
+        size_bytes: row.size_bytes,
+        created_at: row.created_at,
+    }
+}
+
+async fn registered(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Registered>> {
+    Ok(sqlx::query_as(
+        "SELECT id, params_fingerprint, size_bytes, model, packing, created_at \
+         FROM key_sets WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&state.pool)
+    .await?)
+}
+
+/// A tenant's ready key set, for job creation (`None` if unknown, another tenant's or not
+/// completed).
+pub(crate) async fn ready(
+    state: &AppState,
+    tenant: Uuid,
+    id: Uuid,
+) -> ApiResult<Option<(String, Option<String>, Option<String>)>> {
+    Ok(registered(state, tenant, id).await?.map(|row| (row.params_fingerprint, row.model, row.packing)))
+}
+
+/// Announces a key set: answers its id (to write into the bundle) and a presigned upload.
+#[utoipa::path(post, path = "/v1/key-sets", tag = "key-sets", security(("tenant_token" = [])),
+    request_body = CreateKeySet,
+    responses((status = 201, body = KeySetCreated), (status = 400, body = Problem), (status = 401, body = Problem),
+               (status = 413, body = Problem), (status = 422, body = Problem)))]
+pub async fn create(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateKeySet>,
+) -> ApiResult<(StatusCode, Json<KeySetCreated>)> {
+    let (model, packing) = super::model_packing(&state, &body.model, body.packing.as_deref())?;
+    let size = uploads::check_size(&state, body.size_bytes)?;
+    let id = Uuid::new_v4();
+    let key = ObjectKey::keyset(
+        &uploads::store_tenant(tenant.0)?,
+        &KeysetId::new(id.to_string()).map_err(|e| ApiError::internal("building an object key", e))?,
+        &ObjectName::new("keys.bfkb").map_err(|e| ApiError::internal("building an object key", e))?,
+    );
+    let (upload, upload_id) = uploads::presign(&state, &key, body.size_bytes).await?;
+    let row: Pending = sqlx::query_as(
+        r#"
+        INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, object_key, size_bytes, upload_id)
+        VALUES ($1, $2, 'key_set', $3, $4, $5, $6, $7, $8)
+        RETURNING *
+        "#,
+    )
+    .bind(id)
+    .bind(tenant.0)
+    .bind(&model.name)
+    .bind(&packing.packing)
+    .bind(&packing.params_fingerprint)
+    .bind(key.as_str())
+    .bind(size)
+    .bind(upload_id)
+    .fetch_one(&state.pool)
+    .await?;
+    tracing::info!(key_set = %id, model = %model.name, size, "key set announced");
+    Ok((StatusCode::CREATED, Json(KeySetCreated { key_set: pending_view(&row), upload })))
+}
+
+/// Verifies the uploaded bundle (its key-set id, the model's parameter fingerprint, every
+/// checksum, and that it holds no secret key) and registers the key set. A refused bundle is
+/// deleted from storage.
+#[utoipa::path(post, path = "/v1/key-sets/{key_set_id}/complete", tag = "key-sets", security(("tenant_token" = [])),
+    params(("key_set_id" = Uuid, Path, description = "The key set")),
+    request_body(content = UploadDone, description = "The parts, for a multipart upload; may be empty"),
+    responses((status = 200, body = KeySetView), (status = 404, body = Problem), (status = 409, body = Problem),
+               (status = 422, description = "The bundle was refused", body = Problem)))]
+pub async fn complete(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<KeySetView>> {
+    let done = super::upload_done(body)?;
+    let Some(pending) = uploads::pending(&state, tenant.0, "key_set", id).await? else {
+        return match registered(&state, tenant.0, id).await? {
+            Some(row) => Ok(Json(row.into())),
+            None => Err(ApiError::not_found("key set", id)),
+        };
+    };
+    let key = uploads::confirm(&state, &pending, &done).await?;
+    let expected = uploads::fingerprint(&pending.params_fingerprint)?;
+    let file = tempfile::tempfile().map_err(|e| ApiError::internal("creating a temporary file", e))?;
+    let file = tokio::fs::File::from_std(file);
+    let mut file = file;
+    state.store.download(&key, &mut file, None).await?;
+    let std_file = file.into_std().await;
+    let verdict = tokio::task::spawn_blocking(move || {
+        use std::io::Seek;
+        let mut std_file = std_file;
+        std_file.rewind().map_err(|e| e.to_string())?;
+        let expect = KeyBundleExpect::new().fingerprint(expected).key_set(id);
+        KeyBundle::read(std::io::BufReader::new(std_file), &expect).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::internal("verifying a key bundle", e))?;
+    if let Err(reason) = verdict {
+        // Whatever it was (a secret key included), it does not stay in storage.
+        state.store.delete(&key).await?;
+        tracing::warn!(key_set = %id, "key bundle refused");
+        return Err(ApiError::unprocessable("invalid_key_bundle", format!("the key bundle was refused: {reason}")));
+    }
+    let mut tx = state.pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM pending_uploads WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    if removed.rows_affected() != 1 {
+        return Err(ApiError::conflict("concurrent_update", "the key set was completed or deleted meanwhile"));
+    }
+    let row: Registered = sqlx::query_as(
+        r#"
+        INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes, model, packing)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING id, params_fingerprint, size_bytes, model, packing, created_at
+        "#,
+    )
+    .bind(id)
+    .bind(tenant.0)
+    .bind(&pending.params_fingerprint)
+    .bind(&pending.object_key)
+    .bind(pending.size_bytes)
+    .bind(&pending.model)
+    .bind(&pending.packing)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(key_set = %id, "key set ready");
+    Ok(Json(row.into()))
+}
+
+/// A key set (announced or ready).
+#[utoipa::path(get, path = "/v1/key-sets/{key_set_id}", tag = "key-sets", security(("tenant_token" = [])),
+    params(("key_set_id" = Uuid, Path, description = "The key set")),
+    responses((status = 200, body = KeySetView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_one(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<KeySetView>> {
+    if let Some(row) = registered(&state, tenant.0, id).await? {
+        return Ok(Json(row.into()));
+    }
+    match uploads::pending(&state, tenant.0, "key_set", id).await? {
+        Some(row) => Ok(Json(pending_view(&row))),
+        None => Err(ApiError::not_found("key set", id)),
+    }
+}
+
+/// Deletes a key set and its stored keys. Jobs already submitted with it fail as bad input.
+#[utoipa::path(delete, path = "/v1/key-sets/{key_set_id}", tag = "key-sets", security(("tenant_token" = [])),
+    params(("key_set_id" = Uuid, Path, description = "The key set")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = Problem)))]
+pub async fn delete(
+    Caller(tenant): Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let registered =
+        blindfold_queue::tenants::delete_key_set(&state.pool, tenant, blindfold_queue::KeySetId(id)).await?;
+    let pending: Option<Pending> =
+        sqlx::query_as("DELETE FROM pending_uploads WHERE id = $1 AND tenant_id = $2 AND kind = 'key_set' RETURNING *")
+            .bind(id)
+            .bind(tenant.0)
+            .fetch_optional(&state.pool)
+            .await?;
+    if let Some(Pending { upload_id: Some(upload_id), object_key, .. }) = &pending
+        && let Ok(key) = ObjectKey::parse(object_key)
+    {
+        // Unfinished parts would otherwise stay in the store (and on the bill).
+        let _ = state.store.abort_upload(&key, upload_id).await;
+    }
+    let pending = pending.is_some();
+    if !registered && !pending {
+        return Err(ApiError::not_found("key set", id));
+    }
+    let prefix = Prefix::keyset(
+        &uploads::store_tenant(tenant.0)?,
+        &KeysetId::new(id.to_string()).map_err(|e| ApiError::internal("building an object key", e))?,
+    );
+    state.store.delete_prefix(&prefix).await?;
+    tracing::info!(key_set = %id, "key set deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,166 @@
+//! The router: every route is registered together with its OpenAPI operation, so the document
+//! and the routes cannot drift apart.
+
+mod admin;
+mod jobs;
+mod key_sets;
+mod ops;
+mod uploads;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+use crate::telemetry;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Blindfold API", description = "Private medical-image inference under CKKS: key sets, jobs, presigned transfers."),
+    modifiers(&BearerAuth),
+    tags((name = "key-sets"), (name = "jobs"), (name = "models"), (name = "admin"), (name = "ops"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("tenant_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme("admin_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(key_sets::create))
+        .routes(routes!(key_sets::get_one, key_sets::delete))
+        .routes(routes!(key_sets::complete))
+        .routes(routes!(jobs::create, jobs::list))
+        .routes(routes!(jobs::get_one))
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::result))
+        .routes(routes!(ops::models))
+        .routes(routes!(admin::create_tenant))
+        .routes(routes!(admin::issue_token))
+        .routes(routes!(admin::revoke_token))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
+/// The OpenAPI document of every route (`GET /openapi.json` serves it).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api_router().split_for_parts();
+    add_openapi_path(&mut doc);
+    doc
+}
+
+fn add_openapi_path(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::response::ResponseBuilder;
+    let operation = OperationBuilder::new()
+        .operation_id(Some("openapi"))
+        .tag("ops")
+        .summary(Some("This OpenAPI document"))
+        .response("200", ResponseBuilder::new().description("The OpenAPI 3.1 document").build())
+        .build();
+    doc.paths.paths.insert("/openapi.json".to_owned(), PathItem::new(HttpMethod::Get, operation));
+}
+
+/// The application with its middleware.
+pub fn router(state: AppState) -> Router {
+    let (router, mut doc) = api_router().split_for_parts();
+    add_openapi_path(&mut doc);
+    let doc = std::sync::Arc::new(doc);
+    let max_body = state.config.max_body_bytes;
+    router
+        .route("/openapi.json", get(move || async move { axum::Json((*doc).clone()) }))
+        .fallback(|| async {
+            crate::error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "no_route",
+                "no such route; see /openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            crate::error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see /openapi.json",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), telemetry::track))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(300)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    // The path only: ids, never query strings or headers (tokens live there).
+                    tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        tenant = tracing::field::Empty,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The model and packing a request names, from the catalogue (`throughput` by default).
+fn model_packing<'a>(
+    state: &'a AppState,
+    model: &str,
+    packing: Option<&str>,
+) -> crate::error::ApiResult<(&'a crate::catalogue::ModelInfo, &'a crate::catalogue::PackingInfo)> {
+    use crate::error::ApiError;
+    let Some(info) = state.catalogue.model(model) else {
+        return Err(ApiError::unprocessable(
+            "unknown_model",
+            format!("unknown model {model:?}; known models: {}", state.catalogue.names().join(", ")),
+        ));
+    };
+    let packing = packing.unwrap_or("throughput");
+    let Some(packing_info) = info.packing(packing) else {
+        let known: Vec<&str> = info.packings.iter().map(|p| p.packing.as_str()).collect();
+        return Err(ApiError::unprocessable(
+            "unknown_packing",
+            format!("model {model} has no packing {packing:?}; it supports: {}", known.join(", ")),
+        ));
+    };
+    Ok((info, packing_info))
+}
+
+/// The optional body of `complete`/`submit`: empty, or `{"parts": [...]}`.
+fn upload_done(
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> crate::error::ApiResult<crate::wire::UploadDone> {
+    use crate::error::ApiError;
+    let body = body.map_err(|rejection| ApiError::new(rejection.status(), "body_too_large", rejection.body_text()))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(crate::wire::UploadDone::default());
+    }
+    serde_json::from_slice(&body).map_err(|error| {
+        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON body: {error}"))
+    })
+}

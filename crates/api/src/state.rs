@@ -1,0 +1,61 @@
+//! What every handler shares: the database pool, the queue, the store, the settings, metrics.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use blindfold_queue::{Queue, QueueConfig};
+use blindfold_store::Store;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::Config;
+use crate::catalogue::Catalogue;
+use crate::telemetry::Metrics;
+
+/// The shared state of the API.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) pool: PgPool,
+    pub(crate) queue: Queue,
+    pub(crate) store: Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// SHA-256 of the admin token, compared in constant time.
+    pub(crate) admin_token_sha256: Option<[u8; 32]>,
+    pub(crate) catalogue: &'static Catalogue,
+}
+
+impl AppState {
+    /// Connects to PostgreSQL (and applies the migrations) and to the store (creating the
+    /// bucket if missing), and compiles the catalogue.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_max_connections.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(config.database_url.expose_secret())
+            .await
+            .context("connecting to the database")?;
+        let store = Store::connect(&config.store).await.context("connecting to object storage")?;
+        store.ensure_bucket().await.context("creating the bucket")?;
+        Self::new(pool, store, config).await
+    }
+
+    /// A state over an existing pool and store (migrations are applied here).
+    pub async fn new(pool: PgPool, store: Store, config: Config) -> anyhow::Result<Self> {
+        blindfold_queue::MIGRATOR.run(&pool).await.context("applying database migrations")?;
+        let catalogue = tokio::task::spawn_blocking(Catalogue::get).await.context("compiling the catalogue")?;
+        let admin_token_sha256 =
+            config.admin_token.as_ref().map(|token| Sha256::digest(token.expose_secret().as_bytes()).into());
+        Ok(Self {
+            queue: Queue::new(pool.clone(), QueueConfig::default()),
+            pool,
+            store,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()?),
+            admin_token_sha256,
+            catalogue,
+        })
+    }
+}

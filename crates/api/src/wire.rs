@@ -1,0 +1,354 @@
+//! The HTTP wire types (JSON bodies). Only this crate and the CLI know them.
+
+use blindfold_store::{PresignedRequest, PresignedUpload, UploadedPart};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// A signed HTTP request the client sends to object storage, without credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Transfer {
+    /// `PUT` or `GET`.
+    pub method: String,
+    /// The URL, signature included.
+    pub url: String,
+    /// Headers that were signed and must be sent as they are.
+    pub headers: Vec<TransferHeader>,
+    /// When the signature stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One header of a [`Transfer`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransferHeader {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+impl From<PresignedRequest> for Transfer {
+    fn from(request: PresignedRequest) -> Self {
+        Self {
+            method: request.method,
+            url: request.url,
+            headers: request.headers.into_iter().map(|(name, value)| TransferHeader { name, value }).collect(),
+            expires_at: DateTime::<Utc>::from(request.expires_at),
+        }
+    }
+}
+
+/// Where to upload: one `PUT`, or (large objects) one `PUT` per part whose `ETag`s are sent
+/// back with `complete`/`submit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Upload {
+    /// One `PUT` of the whole object.
+    Single {
+        /// The request.
+        request: Transfer,
+    },
+    /// A multipart upload: part `i` is bytes `[(i-1)·part_size, i·part_size)`.
+    Multipart {
+        /// Bytes per part (the last may be shorter).
+        part_size: u64,
+        /// One request per part.
+        parts: Vec<UploadPart>,
+    },
+}
+
+/// One part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadPart {
+    /// Part number, from 1.
+    pub part_number: i32,
+    /// The signed `PUT`.
+    pub request: Transfer,
+}
+
+impl From<PresignedUpload> for Upload {
+    fn from(upload: PresignedUpload) -> Self {
+        Upload::Multipart {
+            part_size: upload.part_size,
+            parts: upload
+                .parts
+                .into_iter()
+                .map(|part| UploadPart { part_number: part.part_number, request: part.request.into() })
+                .collect(),
+        }
+    }
+}
+
+/// A part the client uploaded (multipart uploads only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CompletedPart {
+    /// Part number, from 1.
+    pub part_number: i32,
+    /// The `ETag` response header of the part's `PUT`.
+    pub e_tag: String,
+}
+
+impl From<CompletedPart> for UploadedPart {
+    fn from(part: CompletedPart) -> Self {
+        UploadedPart { part_number: part.part_number, e_tag: part.e_tag }
+    }
+}
+
+/// Body of `complete`/`submit`: the parts of a multipart upload (omit for a single `PUT`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadDone {
+    /// The uploaded parts, for a multipart upload.
+    #[serde(default)]
+    pub parts: Vec<CompletedPart>,
+}
+
+/// `POST /v1/key-sets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeySet {
+    /// The model the keys are for (`GET /v1/models`).
+    pub model: String,
+    /// `throughput` (default) or `latency`.
+    #[serde(default)]
+    pub packing: Option<String>,
+    /// Exact size of the key bundle in bytes.
+    pub size_bytes: u64,
+}
+
+/// A key set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeySetView {
+    /// Its id (written into the key bundle).
+    pub id: Uuid,
+    /// `awaiting_upload` until `complete` verified the bundle, then `ready`.
+    pub status: String,
+    /// The model.
+    pub model: Option<String>,
+    /// The packing.
+    pub packing: Option<String>,
+    /// The parameter fingerprint the bundle must carry (hex).
+    pub params_fingerprint: String,
+    /// Bundle size in bytes.
+    pub size_bytes: i64,
+    /// When it was announced or registered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/key-sets` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeySetCreated {
+    /// The key set.
+    pub key_set: KeySetView,
+    /// Where to upload the bundle.
+    pub upload: Upload,
+}
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// The model.
+    pub model: String,
+    /// A ready key set of the caller's for this model and packing.
+    pub key_set_id: Uuid,
+    /// Images in the batch.
+    pub image_count: u32,
+    /// Exact size of the batch file in bytes.
+    pub size_bytes: u64,
+    /// `throughput` (default) or `latency`.
+    #[serde(default)]
+    pub packing: Option<String>,
+    /// Makes creation idempotent per tenant: the same key answers the same job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// 0 (default) to 100; orders only the caller's own jobs.
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+/// `POST /v1/jobs` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobCreated {
+    /// The job.
+    pub job: JobView,
+    /// Where to upload the batch; absent when an idempotent repeat names a submitted job.
+    pub upload: Option<Upload>,
+}
+
+/// A job's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobProgress {
+    /// 0 to 1.
+    pub fraction: f32,
+    /// The stage the worker reported last.
+    pub stage: Option<String>,
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    /// Stable code.
+    pub code: String,
+    /// Message.
+    pub message: Option<String>,
+}
+
+/// How long a job spent in each phase so far, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobDurations {
+    /// Submitted to first started (or now).
+    pub queued_seconds: Option<f64>,
+    /// Started to finished (or now).
+    pub running_seconds: Option<f64>,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    /// Its id.
+    pub id: Uuid,
+    /// `awaiting_upload` (created, not submitted), `queued`, `running`, `succeeded`, `failed`,
+    /// `cancelled`.
+    pub state: String,
+    /// Model.
+    pub model: String,
+    /// Packing.
+    pub packing: String,
+    /// Key set.
+    pub key_set_id: Option<Uuid>,
+    /// Images.
+    pub image_count: i32,
+    /// Priority.
+    pub priority: i16,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The attempt running or last run (0 before the first).
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: Option<i32>,
+    /// Progress.
+    pub progress: JobProgress,
+    /// A cancel was requested and the worker has not stopped yet.
+    pub cancel_requested: bool,
+    /// Why it failed.
+    pub error: Option<JobError>,
+    /// Created (for submitted jobs: submitted).
+    pub created_at: DateTime<Utc>,
+    /// First started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Time per phase.
+    pub durations: JobDurations,
+    /// Every state change so far, oldest first (from the audit trail; `GET /v1/jobs/{id}`
+    /// only): with the time spent in the state before, this gives the duration of each phase
+    /// of each attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<JobTransition>,
+}
+
+/// One state change of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobTransition {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The state before (absent for the submission).
+    pub from_state: Option<String>,
+    /// The state after.
+    pub to_state: String,
+    /// The attempt after the change.
+    pub attempt: i32,
+    /// Why: `enqueued`, `claimed`, `lease_expired`, `retry`, `succeeded`, `failed_permanent`, …
+    pub reason: String,
+    /// Seconds spent since the previous change (absent for the first).
+    pub seconds_since_previous: Option<f64>,
+}
+
+/// `GET /v1/jobs` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobs {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// Page size (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    /// The jobs.
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/result` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobResult {
+    /// The job.
+    pub job_id: Uuid,
+    /// A signed `GET` of the encrypted result batch.
+    pub download: Transfer,
+}
+
+/// `POST /v1/admin/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Unique name, 1–200 characters.
+    pub name: String,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/admin/tenants/{id}/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A label for the operator (never secret).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A freshly issued token: `token` is shown this once and stored only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenIssued {
+    /// The token's id (for revocation).
+    pub id: Uuid,
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The secret bearer token.
+    pub token: String,
+}
+
+/// `GET /healthz`, `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// Per dependency: `ok` or what failed.
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthCheck {
+    /// `database` or `object_storage`.
+    pub name: String,
+    /// `ok` or the failure.
+    pub status: String,
+}
