@@ -668,7 +668,8 @@ fn plan_scales(
                         level_in: level,
                         level_out: level - 1,
                         scale_out: scale,
-                        cost: squares as f64 * key_switch_cost(level, slots as usize * 2),
+                        // Stage costs are per coefficient (estimated_cost multiplies by N).
+                        cost: squares as f64 * key_switch_cost(level, 1),
                         op: StageOp::Settle { relinearize: true, rescales: 1 },
                     });
                     level -= 1;
