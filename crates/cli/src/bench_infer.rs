@@ -61,6 +61,9 @@ struct InferReport {
     keygen_seconds: f64,
     encrypt_seconds: f64,
     decrypt_seconds: f64,
+    /// Throughput: expanding the seeded uploads (part of batch_seconds, the worker's work).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expand_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +154,7 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
     let started = Instant::now();
     let ciphertexts = seeded.par_iter().map(|s| s.expand(&context)).collect();
     drop(seeded);
+    let expand_seconds = started.elapsed().as_secs_f64();
     let outputs = engine.evaluate(ciphertexts, &relin, &control)?;
     let batch_seconds = started.elapsed().as_secs_f64();
     let finished = Instant::now();
@@ -194,6 +198,7 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
         keygen_seconds,
         encrypt_seconds,
         decrypt_seconds,
+        expand_seconds: Some(expand_seconds),
         latency_seconds: None,
         eval_key_bytes: None,
         layers,
@@ -289,6 +294,7 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
         keygen_seconds,
         encrypt_seconds,
         decrypt_seconds,
+        expand_seconds: None,
         latency_seconds: Some(latency_seconds),
         eval_key_bytes: Some(eval_key_bytes),
         layers,
