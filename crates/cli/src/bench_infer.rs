@@ -170,16 +170,7 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
     let reference = model.network.forward_batch(&inputs)?;
     let (agreement, max_logit_error) = compare(&logits, &reference);
     let params = engine.plan().params();
-    let marks = marks.into_inner().unwrap_or_default();
-    let layers = marks
-        .iter()
-        .enumerate()
-        .filter(|(_, (name, _))| name != "done")
-        .map(|(i, (name, at))| {
-            let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
-            LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
-        })
-        .collect();
+    let layers = stage_times(marks.into_inner().unwrap_or_default(), finished);
     Ok(InferReport {
         model: options.model.clone(),
         packing: Packing::Throughput.name(),
@@ -266,16 +257,7 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let reference = model.network.forward_batch(&inputs)?;
     let (agreement, max_logit_error) = compare(&logits, &reference);
     let params = engine.plan().params();
-    let marks = marks.into_inner().unwrap_or_default();
-    let layers = marks
-        .iter()
-        .enumerate()
-        .filter(|(_, (name, _))| name != "done")
-        .map(|(i, (name, at))| {
-            let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
-            LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
-        })
-        .collect();
+    let layers = stage_times(marks.into_inner().unwrap_or_default(), finished);
     Ok(InferReport {
         model: options.model.clone(),
         packing: Packing::Latency.name(),
@@ -299,6 +281,19 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
         eval_key_bytes: Some(eval_key_bytes),
         layers,
     })
+}
+
+/// Seconds per stage from the progress marks (each stage ends where the next begins).
+fn stage_times(marks: Vec<(String, Instant)>, finished: Instant) -> Vec<LayerTime> {
+    marks
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, _))| name != "done")
+        .map(|(i, (name, at))| {
+            let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
+            LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
+        })
+        .collect()
 }
 
 /// `count` preprocessed test images of the model's dataset, reused cyclically.
