@@ -221,10 +221,6 @@ fn keys_directories_that_eval_must_refuse() {
     std::fs::copy(keys.join("secret.key"), swapped.join("evaluation.keys")).unwrap();
     let err = refused(&["eval", "--keys", s(&swapped), "--in", s(&batch), "--out", s(&dir.join("x.bfrb"))]);
     assert!(err.contains("is a secret key (magic \"BFSK\")"), "{err}");
-
-    // Latency is not built yet.
-    let err = refused(&["keygen", "--model", MODEL, "--out", s(&dir.join("lat")), "--packing", "latency"]);
-    assert!(err.contains("latency packing not available yet"), "{err}");
 }
 
 #[test]
