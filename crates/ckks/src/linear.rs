@@ -17,7 +17,7 @@ use crate::poly::RnsPoly;
 use crate::{Error, Result};
 
 /// Coefficients per tile: one tile of a few hundred inputs fits in a core's L2 cache.
-const TILE: usize = 128;
+const TILE: usize = 1024;
 
 /// A sparse real matrix (rows = outputs) with a bias per output, prepared for ciphertexts at
 /// one level: each weight is rounded to an integer at `weight_scale` and reduced per prime.
