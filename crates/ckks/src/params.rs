@@ -236,17 +236,26 @@ pub enum Preset {
     N13Depth2,
     /// N = 2^14, q = [60, 40 × 7], P = 60, Δ = 2^40: depth 7 (the common SEAL benchmark shape).
     N14Depth7,
+    /// N = 2^13, q = [29 × 6], P = 40, Δ = 2^28: depth 5 with 29-bit primes, the shape the
+    /// model compiler picks for mnist-cryptonets (29-bit residues allow 64 lazy
+    /// multiply-adds per 64-bit word in the linear layers).
+    N13Depth5Small,
+    /// N = 2^14, q = [29 × 8], P = 40, Δ = 2^28: depth 7 with 29-bit primes, the shape of the
+    /// LeNet-5 models.
+    N14Depth7Small,
 }
 
 impl Preset {
     /// Every preset.
-    pub const ALL: [Preset; 2] = [Preset::N13Depth2, Preset::N14Depth7];
+    pub const ALL: [Preset; 4] = [Preset::N13Depth2, Preset::N14Depth7, Preset::N13Depth5Small, Preset::N14Depth7Small];
 
     /// A stable name (`n13-d2`, `n14-d7`).
     pub fn name(self) -> &'static str {
         match self {
             Preset::N13Depth2 => "n13-d2",
             Preset::N14Depth7 => "n14-d7",
+            Preset::N13Depth5Small => "n13-d5-29",
+            Preset::N14Depth7Small => "n14-d7-29",
         }
     }
 
@@ -265,6 +274,12 @@ impl Preset {
                 .ciphertext_bits(&[60, 40, 40, 40, 40, 40, 40, 40])
                 .special_bits(&[60])
                 .log_scale(40),
+            Preset::N13Depth5Small => {
+                ParametersBuilder::new(13).ciphertext_bits(&[29; 6]).special_bits(&[40]).log_scale(28)
+            }
+            Preset::N14Depth7Small => {
+                ParametersBuilder::new(14).ciphertext_bits(&[29; 8]).special_bits(&[40]).log_scale(28)
+            }
         }
     }
 

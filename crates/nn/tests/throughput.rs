@@ -73,6 +73,13 @@ fn every_model_compiles_to_a_128_bit_plan_with_relinearization_only() {
         assert!(plan.rotation_steps().is_empty());
         assert_eq!(plan.depth(), model.network.depth(), "{name}");
         assert_eq!(plan.input_count(), model.network.input().len());
+        // The compiler's choice is one of the named presets.
+        let preset = if name == "mnist-cryptonets" {
+            blindfold_ckks::Preset::N13Depth5Small
+        } else {
+            blindfold_ckks::Preset::N14Depth7Small
+        };
+        assert_eq!(plan.params(), &preset.parameters().unwrap(), "{name}");
     }
 }
 
