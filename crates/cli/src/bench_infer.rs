@@ -60,6 +60,7 @@ struct InferReport {
     max_logit_error: f64,
     keygen_seconds: f64,
     encrypt_seconds: f64,
+    /// Decryption and decoding: the whole batch (throughput) or one image (latency).
     decrypt_seconds: f64,
     /// Throughput: expanding the seeded uploads (part of batch_seconds, the worker's work).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,12 +146,8 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
     let encrypt_seconds = started.elapsed().as_secs_f64();
 
     let engine = ThroughputEngine::new(plan, &context)?;
-    let marks: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
-    let control = Control::with_progress(|progress| {
-        if let Ok(mut marks) = marks.lock() {
-            marks.push((progress.name.to_owned(), Instant::now()));
-        }
-    });
+    let clock = StageClock::default();
+    let control = clock.control();
     let started = Instant::now();
     let ciphertexts = seeded.par_iter().map(|s| s.expand(&context)).collect();
     drop(seeded);
@@ -170,7 +167,7 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
     let reference = model.network.forward_batch(&inputs)?;
     let (agreement, max_logit_error) = compare(&logits, &reference);
     let params = engine.plan().params();
-    let layers = stage_times(marks.into_inner().unwrap_or_default(), finished);
+    let layers = clock.stage_times(finished);
     Ok(InferReport {
         model: options.model.clone(),
         packing: Packing::Throughput.name(),
@@ -220,19 +217,13 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let encrypt_seconds = started.elapsed().as_secs_f64();
     let upload_bytes = first.to_bytes(&context).len();
 
-    let marks: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
-    let control = Control::with_progress(|progress| {
-        if let Ok(mut marks) = marks.lock() {
-            marks.push((progress.name.to_owned(), Instant::now()));
-        }
-    });
+    let clock = StageClock::default();
+    let control = clock.control();
     let mut times = Vec::with_capacity(options.runs.max(1));
     let mut result_bytes = 0;
     let mut finished = Instant::now();
     for _ in 0..options.runs.max(1) {
-        if let Ok(mut marks) = marks.lock() {
-            marks.clear();
-        }
+        clock.reset();
         let ciphertext = first.expand(&context);
         let started = Instant::now();
         let output = engine.evaluate(ciphertext, &relin, &galois, &control)?;
@@ -257,7 +248,7 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let reference = model.network.forward_batch(&inputs)?;
     let (agreement, max_logit_error) = compare(&logits, &reference);
     let params = engine.plan().params();
-    let layers = stage_times(marks.into_inner().unwrap_or_default(), finished);
+    let layers = clock.stage_times(finished);
     Ok(InferReport {
         model: options.model.clone(),
         packing: Packing::Latency.name(),
@@ -283,17 +274,42 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     })
 }
 
-/// Seconds per stage from the progress marks (each stage ends where the next begins).
-fn stage_times(marks: Vec<(String, Instant)>, finished: Instant) -> Vec<LayerTime> {
-    marks
-        .iter()
-        .enumerate()
-        .filter(|(_, (name, _))| name != "done")
-        .map(|(i, (name, at))| {
-            let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
-            LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
+/// When each stage started, recorded from the engine's progress reports.
+#[derive(Debug, Default)]
+struct StageClock {
+    marks: Mutex<Vec<(String, Instant)>>,
+}
+
+impl StageClock {
+    /// A `Control` that records the start of every stage here.
+    fn control(&self) -> Control<'_> {
+        Control::with_progress(|progress| {
+            if let Ok(mut marks) = self.marks.lock() {
+                marks.push((progress.name.to_owned(), Instant::now()));
+            }
         })
-        .collect()
+    }
+
+    /// Forgets the marks (before another timed run).
+    fn reset(&self) {
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.clear();
+        }
+    }
+
+    /// Seconds per stage (each stage ends where the next begins, the last at `finished`).
+    fn stage_times(self, finished: Instant) -> Vec<LayerTime> {
+        let marks = self.marks.into_inner().unwrap_or_default();
+        marks
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| name != "done")
+            .map(|(i, (name, at))| {
+                let end = marks.get(i + 1).map_or(finished, |(_, next)| *next);
+                LayerTime { stage: name.clone(), seconds: end.duration_since(*at).as_secs_f64() }
+            })
+            .collect()
+    }
 }
 
 /// `count` preprocessed test images of the model's dataset, reused cyclically.

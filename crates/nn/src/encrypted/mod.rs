@@ -60,6 +60,21 @@ pub fn choose_packing(images: usize, throughput: &ThroughputPlan, latency: &Late
     if latency_cost < throughput_cost { Packing::Latency } else { Packing::Throughput }
 }
 
+/// One line of a plan summary: stage, layer, levels in and out, scale after, what it does.
+pub(crate) fn stage_line(
+    index: usize,
+    layer: usize,
+    name: &str,
+    (level_in, level_out): (usize, usize),
+    scale: f64,
+    what: &str,
+) -> String {
+    format!(
+        "{index:>3}  layer {layer:>2} {name:<36} level {level_in} -> {level_out}  scale 2^{:<6.1} {what}\n",
+        scale.log2()
+    )
+}
+
 /// Why a model cannot be planned or evaluated encrypted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

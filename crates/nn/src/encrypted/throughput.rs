@@ -269,13 +269,13 @@ impl ThroughputPlan {
                     format!("settle: relinearize {relinearize}, rescale ×{rescales}")
                 }
             };
-            out.push_str(&format!(
-                "{i:>3}  layer {:>2} {:<36} level {} -> {}  scale 2^{:<6.1} {what}\n",
+            out.push_str(&super::stage_line(
+                i,
                 stage.layer,
-                stage.name,
-                stage.level_in,
-                stage.level_out,
-                stage.scale_out.log2()
+                &stage.name,
+                (stage.level_in, stage.level_out),
+                stage.scale_out,
+                &what,
             ));
         }
         out
