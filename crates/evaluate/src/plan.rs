@@ -107,8 +107,9 @@ impl Plan {
     }
 }
 
-/// A registered model and its plan for one packing.
-#[derive(Debug)]
+/// A registered model and its plan for one packing. Cloning copies the weights (a worker caches
+/// one per model and packing and clones it into each evaluator it builds).
+#[derive(Debug, Clone)]
 pub struct CompiledModel {
     model: Model,
     plan: Plan,

@@ -1,0 +1,119 @@
+//! The worker's settings: every flag also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use blindfold_store::StoreConfig;
+use secrecy::SecretString;
+
+/// How a worker process runs. Defaults suit one worker per machine or pod: one job at a time on
+/// every core.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL URL of the service database (migrated by `blindfold admin migrate` or the API).
+    #[arg(long, env = "BLINDFOLD_DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
+    pub database_url: SecretString,
+
+    /// Jobs evaluated at once. They share the thread pool; more than one helps only when
+    /// downloads and uploads are slow next to the computation.
+    #[arg(long, env = "BLINDFOLD_WORKER_JOBS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+
+    /// Threads evaluating ciphertexts (default: every core the process may use).
+    #[arg(long, env = "BLINDFOLD_WORKER_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Seconds a claim or heartbeat holds a job. Heartbeats go out every third of it; a worker
+    /// that stops heartbeating loses its job to another after this long.
+    #[arg(long, env = "BLINDFOLD_WORKER_LEASE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(3..=86_400))]
+    pub lease_secs: u64,
+
+    /// Evaluation-key sets kept in memory, in MiB (least recently used go first). A LeNet-5
+    /// latency key set takes up to 0.8 GB, a CryptoNets throughput one a few MB.
+    #[arg(long, env = "BLINDFOLD_WORKER_KEY_CACHE_MIB", default_value_t = 2048)]
+    pub key_cache_mib: u64,
+
+    /// Compiled models kept in memory (one per model and packing).
+    #[arg(long, env = "BLINDFOLD_WORKER_MODEL_CACHE", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub model_cache: u64,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics` (port 0 picks a free port).
+    #[arg(long, env = "BLINDFOLD_WORKER_METRICS_BIND", default_value = "127.0.0.1:9464")]
+    pub metrics_bind: SocketAddr,
+
+    /// After SIGTERM/SIGINT, seconds a running job may take to finish before it is cancelled
+    /// and given back to the queue. Keep it below the pod's termination grace period.
+    #[arg(long, env = "BLINDFOLD_WORKER_SHUTDOWN_SECS", default_value_t = 25)]
+    pub shutdown_secs: u64,
+
+    /// Milliseconds between queue polls when no notification arrives (LISTEN/NOTIFY wakes the
+    /// worker at once; polling covers lost notifications and retry backoffs coming due).
+    #[arg(long, env = "BLINDFOLD_WORKER_POLL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub poll_ms: u64,
+
+    /// Tries of each storage or database operation before the attempt fails as transient; the
+    /// waits between them double from half a second up to 8 s.
+    #[arg(long, env = "BLINDFOLD_WORKER_RETRIES", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=30))]
+    pub retries: u32,
+
+    /// This worker's name in the queue (default: host name and process id). A random suffix is
+    /// always added, so a restarted process never inherits an old lease.
+    #[arg(long, env = "BLINDFOLD_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Object storage.
+    #[command(flatten)]
+    pub store: StoreConfig,
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    if value.is_empty() {
+        return Err("empty".to_owned());
+    }
+    Ok(SecretString::from(value))
+}
+
+impl Config {
+    /// The defaults for a database and a store, metrics on a free loopback port.
+    pub fn new(database_url: impl Into<String>, store: StoreConfig) -> Self {
+        Self {
+            database_url: SecretString::from(database_url.into()),
+            jobs: 1,
+            threads: None,
+            lease_secs: 60,
+            key_cache_mib: 2048,
+            model_cache: 4,
+            metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_secs: 25,
+            poll_ms: 2000,
+            retries: 6,
+            worker_id: None,
+            store,
+        }
+    }
+
+    /// How long a lease lasts.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// How often heartbeats go out: a third of the lease.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease() / 3
+    }
+
+    /// How long a running job may go on after a shutdown signal.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_secs(self.shutdown_secs)
+    }
+
+    /// The thread count in use.
+    pub fn thread_count(&self) -> usize {
+        self.threads.filter(|&n| n > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}

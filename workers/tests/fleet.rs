@@ -1,0 +1,170 @@
+//! The worker as a fleet of real processes against a real PostgreSQL and the embedded S3
+//! endpoint: exactly-once results, crashes, shutdowns, bad input, storage outages, cancels.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use blindfold_queue::{CancelOutcome, JobState};
+use common::{Stack, batches, event_reasons, expected_result};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_run_thirty_jobs_exactly_once_with_the_reference_results() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let inputs = batches(30, 1);
+    let expected: Vec<Vec<u8>> = inputs.iter().map(expected_result).collect();
+    let _workers: Vec<_> = (0..3).map(|i| stack.worker(&format!("fleet-{i}"), &[])).collect();
+    let mut ids = Vec::new();
+    for batch in &inputs {
+        ids.push(stack.submit(batch, 1).await);
+    }
+    for (id, expected) in ids.iter().zip(&expected) {
+        let job = stack.wait_final(*id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+        assert_eq!(job.attempt, 1, "an undisturbed job runs once: {job:?}");
+        let reasons = event_reasons(&stack.queue, *id).await;
+        assert_eq!(reasons.iter().filter(|r| *r == "succeeded").count(), 1, "{reasons:?}");
+        assert_eq!(reasons.iter().filter(|r| *r == "claimed").count(), 1, "{reasons:?}");
+        assert_eq!(&stack.result_bytes(&job).await, expected, "job {id}: result differs from the reference");
+        assert_eq!(stack.result_objects(*id).await.len(), 1);
+    }
+    // All three workers took part (each claims at most one job at a time).
+    let workers: std::collections::HashSet<String> = {
+        let mut names = std::collections::HashSet::new();
+        for id in &ids {
+            let job = stack.job(*id).await;
+            names.insert(job.worker_id.unwrap().0.split('/').next().unwrap().to_owned());
+        }
+        names
+    };
+    assert!(workers.len() >= 2, "jobs were spread over {workers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_is_killed_is_finished_by_another_once() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let input = batches(1, 16).remove(0);
+    let expected = expected_result(&input);
+    let mut first = stack.worker("doomed", &[]);
+    let id = stack.submit(&input, 16).await;
+    let running = stack.wait_computing(id).await;
+    assert!(running.worker_id.as_ref().unwrap().0.starts_with("doomed/"));
+    first.kill();
+    let _second = stack.worker("survivor", &[]);
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+    assert!(job.worker_id.as_ref().unwrap().0.starts_with("survivor/"), "{job:?}");
+    assert_eq!(job.attempt, 2, "the killed attempt counts; the survivor's is the second");
+    let reasons = event_reasons(&stack.queue, id).await;
+    assert_eq!(reasons.iter().filter(|r| *r == "succeeded").count(), 1, "{reasons:?}");
+    assert_eq!(stack.result_bytes(&job).await, expected);
+    assert_eq!(
+        stack.result_objects(id).await,
+        vec![job.result_key.clone().unwrap()],
+        "the killed attempt uploaded nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_job_releases_it_without_spending_an_attempt() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let input = batches(1, 16).remove(0);
+    let expected = expected_result(&input);
+    // A deadline of zero: the running job is cancelled at once and given back.
+    let mut leaving = stack.worker("leaving", &[("BLINDFOLD_WORKER_SHUTDOWN_SECS", "0")]);
+    let id = stack.submit(&input, 16).await;
+    stack.wait_computing(id).await;
+    let status = leaving.terminate();
+    assert!(status.success(), "the worker exits 0 after SIGTERM: {status:?}\n{}", stack.log_tail());
+    let released = stack.job(id).await;
+    assert_eq!(released.state, JobState::Queued, "{released:?}");
+    assert_eq!(released.attempt, 0, "releasing gives the attempt back");
+    assert!(event_reasons(&stack.queue, id).await.contains(&"released".to_owned()));
+    assert!(stack.result_objects(id).await.is_empty(), "a released attempt uploads nothing");
+
+    let _staying = stack.worker("staying", &[]);
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+    assert_eq!(job.attempt, 1);
+    assert_eq!(stack.result_bytes(&job).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_input_fails_precisely_and_the_worker_carries_on() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let mut inputs = batches(2, 1);
+    let good = inputs.pop().unwrap();
+    let mut bad = inputs.pop().unwrap().to_vec();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x40;
+    let _worker = stack.worker("careful", &[]);
+    let bad_id = stack.submit(&bytes::Bytes::from(bad), 1).await;
+    let good_id = stack.submit(&good, 1).await;
+
+    let failed = stack.wait_final(bad_id).await;
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+    assert_eq!(failed.attempt, 1, "bad input is not retried");
+    assert_eq!(failed.error_code.as_deref(), Some("bad_input"));
+    let message = failed.error_message.unwrap();
+    assert!(message.contains("checksum") || message.contains("CRC"), "precise message: {message}");
+
+    let done = stack.wait_final(good_id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}\n{}", stack.log_tail());
+    assert_eq!(stack.result_bytes(&done).await, expected_result(&good));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_rides_out_a_storage_outage() {
+    let _serial = common::SERIAL.lock().await;
+    let mut stack = Stack::start().await;
+    let input = batches(1, 1).remove(0);
+    let id = stack.submit(&input, 1).await;
+    stack.stop_storage().await;
+    let _worker = stack.worker("patient", &[]);
+    // The worker claims the job and fails to fetch the keys while storage is down.
+    stack.wait_for(id, Duration::from_secs(60), |job| job.state == JobState::Running).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.restart_storage().await;
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+    assert_eq!(job.attempt, 1, "retried in place, not through the queue");
+    assert_eq!(stack.result_bytes(&job).await, expected_result(&input));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_running_stops_within_a_heartbeat() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let input = batches(1, 60).remove(0);
+    // A 3 s lease: heartbeats every second.
+    let worker = stack.worker("obedient", &[("BLINDFOLD_WORKER_LEASE_SECS", "3")]);
+    let metrics = format!("http://{}/metrics", worker.metrics_addr());
+    let id = stack.submit(&input, 60).await;
+    stack.wait_computing(id).await;
+    let asked = Instant::now();
+    assert_eq!(stack.queue.cancel(stack.tenant, id).await.unwrap(), CancelOutcome::Requested);
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    // The worker's own account: the attempt ended as cancelled and nothing is running.
+    let client = reqwest::Client::new();
+    loop {
+        let page = client.get(&metrics).send().await.unwrap().text().await.unwrap();
+        if page.contains("blindfold_worker_jobs_total{outcome=\"cancelled\"} 1") {
+            assert!(page.contains("blindfold_worker_running_jobs 0"), "{page}");
+            break;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(60), "the worker never stopped:\n{page}\n{}", stack.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_after = asked.elapsed();
+    eprintln!("cancel observed and computation stopped {stopped_after:?} after the request");
+    assert!(stack.result_objects(id).await.is_empty(), "a cancelled job uploads nothing");
+    let health = client.get(format!("http://{}/healthz", worker.metrics_addr())).send().await.unwrap();
+    assert!(health.status().is_success());
+}
