@@ -10,6 +10,8 @@
 - What must stay consistent with the binaries: targetQueryValue = BLINDFOLD_WORKER_JOBS, CPU
   request = BLINDFOLD_WORKER_THREADS, grace period > BLINDFOLD_WORKER_SHUTDOWN_SECS, bind
   addresses = container ports = scrape annotations, each image runs the right binary.
+- Every environment variable the manifests set (and every ConfigMap key) is read by the code: it
+  appears as a string literal in the sources of crates/ or workers/ (with --source-root).
 - Pod security (non-root, read-only root, no capabilities, RuntimeDefault seccomp, /tmp).
 - The autoscaling query: one line in base/worker-scaledobject.yaml, unchanged by overlays;
   written to --query-out/OVERLAY.sql for the database test.
@@ -350,6 +352,20 @@ def check_security(report: Report, overlay: str, docs: list[dict]) -> None:
                          f"{container['name']}: /tmp must be an emptyDir (the root filesystem is read-only)")
 
 
+def check_env_names(report: Report, overlay: str, docs: list[dict], root: Path) -> None:
+    known = {"RUST_LOG"}  # read by tracing-subscriber's EnvFilter
+    for source in list(root.glob("crates/*/src/**/*.rs")) + list(root.glob("workers/src/**/*.rs")):
+        known |= set(re.findall(r'"([A-Z][A-Z0-9_]+)"', source.read_text()))
+    for doc in docs:
+        names = []
+        if doc["kind"] == "ConfigMap":
+            names = [(k, "ConfigMap key") for k in doc.get("data", {})]
+        elif pod_spec(doc) is not None:
+            names = [(e["name"], "env") for c in pod_spec(doc)["containers"] for e in c.get("env", [])]
+        for name, what in names:
+            report.check(name in known, f"{overlay}: {name_of(doc)}", f"{what} {name} is not read anywhere in crates/*/src or workers/src")
+
+
 # --- the autoscaling query ---------------------------------------------------------------------
 
 def check_query(report: Report, overlays: dict[str, list[dict]], base_file: Path, out: Path | None) -> None:
@@ -407,6 +423,7 @@ def main() -> int:
     parser.add_argument("--secret-template", type=Path, required=True, help="infra/k8s/secret.example.yaml")
     parser.add_argument("--base-scaledobject", type=Path, required=True, help="infra/k8s/base/worker-scaledobject.yaml")
     parser.add_argument("--k8s-version", action="append", default=[], help="Kubernetes version(s) to validate against")
+    parser.add_argument("--source-root", type=Path, help="repository root: check env names against the Rust sources")
     parser.add_argument("--query-out", type=Path, help="directory for OVERLAY.sql, the rendered autoscaling query")
     args = parser.parse_args()
 
@@ -425,6 +442,8 @@ def main() -> int:
         check_references(report, overlay, docs, secret)
         check_components(report, overlay, docs)
         check_security(report, overlay, docs)
+        if args.source_root is not None:
+            check_env_names(report, overlay, docs, args.source_root)
         report.check(secret["metadata"].get("namespace") in {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
                      or overlay != "prod", overlay, "the Secret template's namespace should be prod's")
     check_query(report, overlays, args.base_scaledobject, args.query_out)
