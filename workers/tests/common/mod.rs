@@ -304,6 +304,20 @@ impl WorkerProcess {
         }
     }
 
+    /// Sends SIGTERM without waiting (see [`WorkerProcess::exited`]).
+    pub fn signal_terminate(&mut self) {
+        let child = self.child.as_ref().unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// The worker's log lines parsed as JSON.
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
