@@ -8,7 +8,10 @@ mod bench;
 mod bench_infer;
 mod dev;
 mod hospital;
+mod logs;
 mod model;
+mod stack;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +61,9 @@ enum Command {
     /// Operator commands: database migrations.
     #[command(subcommand)]
     Admin(admin::Admin),
+    /// Run a worker node: claim jobs from the queue and evaluate them (the same as the
+    /// `blindfold-worker` binary; every flag also reads its BLINDFOLD_* variable).
+    Worker(blindfold_worker::Config),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +74,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(command) => bench::run(command),
         Command::Dev(command) => dev::run(command),
         Command::Admin(command) => admin::run(command),
+        Command::Worker(config) => worker::run(config),
     }
 }

@@ -1,0 +1,342 @@
+//! The whole service on this machine: PostgreSQL (a throwaway cluster or `DATABASE_URL`), the
+//! embedded S3 endpoint, the API and workers. `blindfold dev up`, `blindfold demo` and
+//! `blindfold bench fleet` start it; nothing here is a stand-in: the API, the queue, the store
+//! client and the workers are the production code, only PostgreSQL and S3 are local.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use blindfold_queue::{TenantId, tenants};
+use blindfold_store::{EmbeddedS3, StoreConfig};
+use blindfold_testkit::ThrowawayCluster;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How the stack runs its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// `n` `blindfold worker` processes (what `dev up` and `bench fleet` start).
+    Processes(usize),
+    /// `n` workers inside this process (the demo: one process, nothing to clean up).
+    InProcess(usize),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// An existing database to use (migrated at start); `None` starts a throwaway cluster.
+    pub database_url: Option<String>,
+    /// The API's address (port 0 picks a free one).
+    pub api_bind: SocketAddr,
+    /// The S3 endpoint's port on 127.0.0.1 (0 picks a free one).
+    pub s3_port: u16,
+    /// Where the S3 endpoint keeps its objects (`None`: a temporary directory).
+    pub s3_dir: Option<PathBuf>,
+    /// The workers.
+    pub workers: Workers,
+    /// Threads per worker (`None`: every core).
+    pub worker_threads: Option<usize>,
+    /// Jobs in parallel per worker.
+    pub worker_jobs: u32,
+    /// Where worker processes log (`None`: this process's stderr).
+    pub worker_logs: Option<PathBuf>,
+    /// The tenant created for the hospital.
+    pub tenant: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            api_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            s3_port: 0,
+            s3_dir: None,
+            workers: Workers::Processes(1),
+            worker_threads: None,
+            worker_jobs: 1,
+            worker_logs: None,
+            tenant: "dev-hospital".to_owned(),
+        }
+    }
+}
+
+/// How to reach the running stack: what `dev up` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoints {
+    /// The API's base URL.
+    pub api_url: String,
+    /// A token of the created tenant.
+    pub token: String,
+    /// The operator token of `/v1/admin/*`.
+    pub admin_token: String,
+    /// The service database.
+    pub database_url: String,
+    /// The S3 endpoint.
+    pub s3_endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The S3 access key.
+    pub s3_access_key: String,
+    /// The S3 secret key (a throwaway of this run).
+    pub s3_secret_key: String,
+    /// The created tenant.
+    pub tenant_id: TenantId,
+}
+
+/// The running stack. [`LocalStack::stop`] stops it; dropping it kills what is left.
+#[derive(Debug)]
+pub struct LocalStack {
+    /// How to reach it.
+    pub endpoints: Endpoints,
+    store_config: StoreConfig,
+    cluster: Option<ThrowawayCluster>,
+    s3: Option<EmbeddedS3>,
+    _s3_dir: Option<tempfile::TempDir>,
+    api: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+    workers: Vec<WorkerHandle>,
+}
+
+#[derive(Debug)]
+enum WorkerHandle {
+    Process(Child),
+    InProcess(oneshot::Sender<()>, JoinHandle<Result<(), blindfold_worker::Error>>),
+}
+
+const BUCKET: &str = "blindfold";
+
+impl LocalStack {
+    /// Starts everything and creates the tenant and its token.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let (cluster, database_url) = match &options.database_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let cluster = tokio::task::spawn_blocking(ThrowawayCluster::start)
+                    .await?
+                    .context("starting a throwaway PostgreSQL (set DATABASE_URL to use a running server)")?;
+                let admin = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&cluster.url("postgres"))
+                    .await
+                    .context("connecting to the throwaway PostgreSQL")?;
+                sqlx::query("CREATE DATABASE blindfold").execute(&admin).await.context("creating the database")?;
+                admin.close().await;
+                let url = cluster.url("blindfold");
+                (Some(cluster), url)
+            }
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database_url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(&database_url)))?;
+        blindfold_queue::MIGRATOR.run(&pool).await.context("applying the migrations")?;
+
+        let (s3_dir, owned_dir) = match &options.s3_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("blindfold-s3-")
+                    .tempdir()
+                    .context("creating the S3 data directory")?;
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        let access_key = format!("dev{}", &random_hex()[..12]);
+        let secret_key = SecretString::from(random_hex());
+        let s3 = EmbeddedS3::start(&s3_dir, options.s3_port, &access_key, &secret_key)
+            .await
+            .context("starting the embedded S3 endpoint")?;
+        let store_config = StoreConfig::for_endpoint(s3.endpoint(), BUCKET, &access_key, secret_key.clone());
+
+        let admin_token = random_hex();
+        let api_config = blindfold_api::Config {
+            database_url: SecretString::from(database_url.clone()),
+            db_max_connections: 8,
+            bind: options.api_bind,
+            admin_token: Some(SecretString::from(admin_token.clone())),
+            max_body_bytes: 64 * 1024,
+            max_images: 100_000,
+            max_upload_bytes: 64 << 30,
+            presign_secs: 3600,
+            max_page: 200,
+            store: store_config.clone(),
+        };
+        let state = blindfold_api::AppState::connect(api_config).await.context("starting the API")?;
+        let (stop_api, api_stopped) = oneshot::channel::<()>();
+        let (api_addr, server) = blindfold_api::Application::serve(state, options.api_bind, async {
+            let _ = api_stopped.await;
+        })
+        .await?;
+        let api = tokio::spawn(server);
+
+        let tenant = match tenants::tenant_by_name(&pool, &options.tenant).await? {
+            Some(tenant) => tenant,
+            None => tenants::create_tenant(&pool, &options.tenant).await.context("creating the tenant")?,
+        };
+        let token = tenants::issue_token(&pool, tenant.id, "dev").await.context("issuing a token")?;
+        pool.close().await;
+
+        let endpoints = Endpoints {
+            api_url: format!("http://{api_addr}"),
+            token: token.secret.clone(),
+            admin_token,
+            database_url,
+            s3_endpoint: s3.endpoint(),
+            bucket: BUCKET.to_owned(),
+            s3_access_key: access_key,
+            s3_secret_key: secret_key.expose_secret().to_owned(),
+            tenant_id: tenant.id,
+        };
+        let mut stack = Self {
+            endpoints,
+            store_config,
+            cluster,
+            s3: Some(s3),
+            _s3_dir: owned_dir,
+            api: Some((stop_api, api)),
+            workers: Vec::new(),
+        };
+        match options.workers {
+            Workers::Processes(count) => {
+                for index in 0..count {
+                    stack.spawn_worker_process(index, &options)?;
+                }
+            }
+            Workers::InProcess(count) => {
+                for index in 0..count {
+                    stack.start_worker_in_process(index, &options).await?;
+                }
+            }
+        }
+        Ok(stack)
+    }
+
+    /// The worker settings for this stack.
+    fn worker_config(&self, index: usize, options: &StackOptions) -> blindfold_worker::Config {
+        let mut config = blindfold_worker::Config::new(&self.endpoints.database_url, self.store_config.clone());
+        config.threads = options.worker_threads;
+        config.jobs = options.worker_jobs;
+        config.poll_ms = 500;
+        config.worker_id = Some(format!("local-{index}"));
+        config
+    }
+
+    async fn start_worker_in_process(&mut self, index: usize, options: &StackOptions) -> anyhow::Result<()> {
+        let worker =
+            blindfold_worker::Worker::start(self.worker_config(index, options)).await.context("starting a worker")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.serve(async {
+            let _ = stopped.await;
+        }));
+        self.workers.push(WorkerHandle::InProcess(stop, task));
+        Ok(())
+    }
+
+    fn spawn_worker_process(&mut self, index: usize, options: &StackOptions) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the blindfold executable")?;
+        let endpoints = &self.endpoints;
+        let mut command = Command::new(exe);
+        command
+            .arg("worker")
+            .env("BLINDFOLD_DATABASE_URL", &endpoints.database_url)
+            .env("BLINDFOLD_S3_ENDPOINT", &endpoints.s3_endpoint)
+            .env("BLINDFOLD_S3_BUCKET", &endpoints.bucket)
+            .env("BLINDFOLD_S3_ACCESS_KEY", &endpoints.s3_access_key)
+            .env("BLINDFOLD_S3_SECRET_KEY", &endpoints.s3_secret_key)
+            .env("BLINDFOLD_S3_PATH_STYLE", "true")
+            .env("BLINDFOLD_WORKER_JOBS", options.worker_jobs.to_string())
+            .env("BLINDFOLD_WORKER_METRICS_BIND", "127.0.0.1:0")
+            .env("BLINDFOLD_WORKER_POLL_MS", "500")
+            .env("BLINDFOLD_WORKER_ID", format!("local-{index}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(threads) = options.worker_threads {
+            command.env("BLINDFOLD_WORKER_THREADS", threads.to_string());
+        }
+        if let Some(dir) = &options.worker_logs {
+            let path = dir.join(format!("worker-{index}.log"));
+            let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            command.stderr(file);
+        }
+        let child = command.spawn().context("starting a worker process (`blindfold worker`)")?;
+        self.workers.push(WorkerHandle::Process(child));
+        Ok(())
+    }
+
+    /// Stops the workers (SIGTERM, as an orchestrator would), the API, the S3 endpoint and the
+    /// throwaway cluster.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for worker in self.workers.drain(..) {
+            match worker {
+                WorkerHandle::InProcess(stop, task) => {
+                    let _ = stop.send(());
+                    task.await.context("joining a worker")?.context("a worker failed")?;
+                }
+                WorkerHandle::Process(mut child) => {
+                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                    let waited = tokio::task::spawn_blocking(move || {
+                        let started = std::time::Instant::now();
+                        loop {
+                            if let Ok(Some(status)) = child.try_wait() {
+                                return Some(status);
+                            }
+                            if started.elapsed() > Duration::from_secs(60) {
+                                let _ = child.kill();
+                                let _ = child.wait();
+                                return None;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    })
+                    .await?;
+                    if waited.is_none() {
+                        tracing::warn!("a worker process ignored SIGTERM for 60 s and was killed");
+                    }
+                }
+            }
+        }
+        if let Some((stop, task)) = self.api.take() {
+            let _ = stop.send(());
+            task.await.context("joining the API")??;
+        }
+        if let Some(s3) = self.s3.take() {
+            s3.shutdown().await;
+        }
+        if let Some(cluster) = self.cluster.take() {
+            tokio::task::spawn_blocking(move || cluster.stop()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            if let WorkerHandle::Process(child) = worker {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// 64 hex digits from the operating system's random source (via UUID v4).
+fn random_hex() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
