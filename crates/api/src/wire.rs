@@ -107,6 +107,10 @@ pub struct UploadDone {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeySet {
+    /// The key-set id the client already wrote into its bundle and batches (`blindfold keygen`
+    /// picks a random one); without it the service picks one, to be written into the bundle.
+    #[serde(default)]
+    pub id: Option<Uuid>,
     /// The model the keys are for (`GET /v1/models`).
     pub model: String,
     /// `throughput` (default) or `latency`.
@@ -142,6 +146,13 @@ pub struct KeySetCreated {
     pub key_set: KeySetView,
     /// Where to upload the bundle.
     pub upload: Upload,
+}
+
+/// `GET /v1/key-sets` answer: the caller's key sets, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeySetList {
+    /// Ready and announced key sets.
+    pub key_sets: Vec<KeySetView>,
 }
 
 /// `POST /v1/jobs`.
@@ -312,6 +323,13 @@ pub struct TenantView {
     pub name: String,
     /// Created.
     pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/admin/tenants` answer, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    /// The tenants.
+    pub tenants: Vec<TenantView>,
 }
 
 /// `POST /v1/admin/tenants/{id}/tokens`.

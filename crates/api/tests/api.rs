@@ -422,6 +422,7 @@ async fn openapi_lists_every_route() {
     }
     let routes: BTreeSet<String> = [
         "POST /v1/key-sets",
+        "GET /v1/key-sets",
         "GET /v1/key-sets/{key_set_id}",
         "DELETE /v1/key-sets/{key_set_id}",
         "POST /v1/key-sets/{key_set_id}/complete",
@@ -433,8 +434,10 @@ async fn openapi_lists_every_route() {
         "GET /v1/jobs/{job_id}/result",
         "GET /v1/models",
         "POST /v1/admin/tenants",
+        "GET /v1/admin/tenants",
         "POST /v1/admin/tenants/{tenant_id}/tokens",
         "DELETE /v1/admin/tenants/{tenant_id}/tokens/{token_id}",
+        "DELETE /v1/admin/tokens/{token_id}",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
@@ -538,4 +541,66 @@ async fn large_batches_upload_in_presigned_parts() {
         api.call(Method::POST, &format!("/v1/jobs/{id}/submit"), Some(&token), Some(json!({"parts": parts}))).await;
     assert_eq!(submitted.status, StatusCode::OK, "{:?}", submitted.body);
     assert_eq!(submitted.body["state"], "queued");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_chosen_key_set_ids_listings_and_revocation_by_id() {
+    let api = start().await;
+    let (_, a, _) = api.tenant("hospital-a").await;
+    let (_, b, b_token_id) = api.tenant("hospital-b").await;
+    let bundle_len = crypto().bundle(Uuid::nil()).len();
+
+    // The client's own id (already inside its bundle) is the key set's id.
+    let mine = Uuid::new_v4();
+    let announce = |token: String, id: Uuid| {
+        let api = &api;
+        async move {
+            api.call(
+                Method::POST,
+                "/v1/key-sets",
+                Some(&token),
+                Some(json!({"id": id, "model": MODEL, "size_bytes": bundle_len})),
+            )
+            .await
+        }
+    };
+    let created = announce(a.clone(), mine).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["key_set"]["id"], mine.to_string());
+    let parts = api.upload(&created.body["upload"], &crypto().bundle(mine)).await;
+    let done =
+        api.call(Method::POST, &format!("/v1/key-sets/{mine}/complete"), Some(&a), Some(json!({"parts": parts}))).await;
+    assert_eq!((done.status, done.body["status"].clone()), (StatusCode::OK, json!("ready")), "{:?}", done.body);
+    // The same id again, by its owner or anyone else: taken.
+    for token in [&a, &b] {
+        let again = announce(token.clone(), mine).await;
+        assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "key_set_exists"));
+    }
+    // An announced-only id is taken as well.
+    let pending = Uuid::new_v4();
+    assert_eq!(announce(a.clone(), pending).await.status, StatusCode::CREATED);
+    assert_eq!(announce(a.clone(), pending).await.code(), "key_set_exists");
+
+    let listed = api.call(Method::GET, "/v1/key-sets", Some(&a), None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let states: Vec<(Value, Value)> =
+        listed.body["key_sets"].as_array().unwrap().iter().map(|k| (k["id"].clone(), k["status"].clone())).collect();
+    assert_eq!(
+        states,
+        vec![(json!(pending.to_string()), json!("awaiting_upload")), (json!(mine.to_string()), json!("ready"))]
+    );
+    let theirs = api.call(Method::GET, "/v1/key-sets", Some(&b), None).await;
+    assert_eq!(theirs.body["key_sets"], json!([]));
+
+    let tenants = api.call(Method::GET, "/v1/admin/tenants", Some(ADMIN), None).await;
+    let names: Vec<&str> =
+        tenants.body["tenants"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hospital-a", "hospital-b"]);
+    assert_eq!(api.call(Method::GET, "/v1/admin/tenants", Some(&a), None).await.status, StatusCode::UNAUTHORIZED);
+
+    let revoked = api.call(Method::DELETE, &format!("/v1/admin/tokens/{b_token_id}"), Some(ADMIN), None).await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_eq!(api.call(Method::GET, "/v1/key-sets", Some(&b), None).await.status, StatusCode::UNAUTHORIZED);
+    let twice = api.call(Method::DELETE, &format!("/v1/admin/tokens/{b_token_id}"), Some(ADMIN), None).await;
+    assert_eq!(twice.status, StatusCode::NOT_FOUND);
 }

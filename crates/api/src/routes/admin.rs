@@ -11,7 +11,7 @@ use crate::auth::Operator;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
-use crate::wire::{CreateTenant, CreateToken, TenantView, TokenIssued};
+use crate::wire::{CreateTenant, CreateToken, TenantList, TenantView, TokenIssued};
 
 /// Creates a tenant (a hospital).
 #[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("admin_token" = [])),
@@ -81,5 +81,33 @@ pub async fn revoke_token(
         return Err(ApiError::not_found("active token", token_id));
     }
     tracing::info!(tenant = %tenant_id, token_id = %token_id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every tenant, oldest first (operators look tenants up by name).
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = TenantList), (status = 401, body = Problem)))]
+pub async fn list_tenants(_: Operator, State(state): State<AppState>) -> ApiResult<Json<TenantList>> {
+    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT id, name, created_at FROM tenants ORDER BY created_at, name")
+            .fetch_all(&state.pool)
+            .await?;
+    let tenants = rows.into_iter().map(|(id, name, created_at)| TenantView { id, name, created_at }).collect();
+    Ok(Json(TenantList { tenants }))
+}
+
+/// Revokes a token by its id alone (whichever tenant it belongs to).
+#[utoipa::path(delete, path = "/v1/admin/tokens/{token_id}", tag = "admin", security(("admin_token" = [])),
+    params(("token_id" = Uuid, Path, description = "The token")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn revoke_token_by_id(
+    _: Operator,
+    State(state): State<AppState>,
+    ApiPath(token_id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    if !tenants::revoke_token(&state.pool, TokenId(token_id)).await? {
+        return Err(ApiError::not_found("active token", token_id));
+    }
+    tracing::info!(token_id = %token_id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

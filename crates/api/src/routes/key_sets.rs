@@ -15,7 +15,10 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
-use crate::wire::{CreateKeySet, KeySetCreated, KeySetView, UploadDone};
+use crate::wire::{CreateKeySet, KeySetCreated, KeySetList, KeySetView, UploadDone};
+
+/// Most key sets `GET /v1/key-sets` answers (a tenant keeps a handful).
+const MAX_LISTED: i64 = 1000;
 
 /// A registered key set, as the API reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -75,10 +78,12 @@ pub(crate) async fn ready(
     Ok(registered(state, tenant, id).await?.map(|row| (row.params_fingerprint, row.model, row.packing)))
 }
 
-/// Announces a key set: answers its id (to write into the bundle) and a presigned upload.
+/// Announces a key set: answers its id (the client's own, or a new one to write into the
+/// bundle) and a presigned upload. An id that is already announced or registered answers 409.
 #[utoipa::path(post, path = "/v1/key-sets", tag = "key-sets", security(("tenant_token" = [])),
     request_body = CreateKeySet,
     responses((status = 201, body = KeySetCreated), (status = 400, body = Problem), (status = 401, body = Problem),
+               (status = 409, description = "The id is taken", body = Problem),
                (status = 413, body = Problem), (status = 422, body = Problem)))]
 pub async fn create(
     Caller(tenant): Caller,
@@ -87,17 +92,30 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<KeySetCreated>)> {
     let (model, packing) = super::model_packing(&state, &body.model, body.packing.as_deref())?;
     let size = uploads::check_size(&state, body.size_bytes)?;
-    let id = Uuid::new_v4();
+    let id = body.id.unwrap_or_else(Uuid::new_v4);
+    let taken = || {
+        ApiError::conflict(
+            "key_set_exists",
+            format!("key set {id} is already announced or registered: GET it, or DELETE an unfinished one first"),
+        )
+    };
+    // Any tenant's: ids are random UUIDs, so a clash is a repeat, never a probe that succeeds.
+    let registered: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM key_sets WHERE id = $1").bind(id).fetch_optional(&state.pool).await?;
+    if registered.is_some() {
+        return Err(taken());
+    }
     let key = ObjectKey::keyset(
         &uploads::store_tenant(tenant.0)?,
         &KeysetId::new(id.to_string()).map_err(|e| ApiError::internal("building an object key", e))?,
         &ObjectName::new("keys.bfkb").map_err(|e| ApiError::internal("building an object key", e))?,
     );
     let (upload, upload_id) = uploads::presign(&state, &key, body.size_bytes).await?;
-    let row: Pending = sqlx::query_as(
+    let row: Option<Pending> = sqlx::query_as(
         r#"
         INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, object_key, size_bytes, upload_id)
         VALUES ($1, $2, 'key_set', $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (id) DO NOTHING
         RETURNING *
         "#,
     )
@@ -108,9 +126,15 @@ pub async fn create(
     .bind(&packing.params_fingerprint)
     .bind(key.as_str())
     .bind(size)
-    .bind(upload_id)
-    .fetch_one(&state.pool)
+    .bind(&upload_id)
+    .fetch_optional(&state.pool)
     .await?;
+    let Some(row) = row else {
+        if let Some(upload_id) = &upload_id {
+            let _ = state.store.abort_upload(&key, upload_id).await;
+        }
+        return Err(taken());
+    };
     tracing::info!(key_set = %id, model = %model.name, size, "key set announced");
     Ok((StatusCode::CREATED, Json(KeySetCreated { key_set: pending_view(&row), upload })))
 }
@@ -236,4 +260,29 @@ pub async fn delete(
     state.store.delete_prefix(&prefix).await?;
     tracing::info!(key_set = %id, "key set deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's key sets (ready and announced), newest first.
+#[utoipa::path(get, path = "/v1/key-sets", tag = "key-sets", security(("tenant_token" = [])),
+    responses((status = 200, body = KeySetList), (status = 401, body = Problem)))]
+pub async fn list(Caller(tenant): Caller, State(state): State<AppState>) -> ApiResult<Json<KeySetList>> {
+    let ready: Vec<Registered> = sqlx::query_as(
+        "SELECT id, params_fingerprint, size_bytes, model, packing, created_at \
+         FROM key_sets WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(tenant.0)
+    .bind(MAX_LISTED)
+    .fetch_all(&state.pool)
+    .await?;
+    let pending: Vec<Pending> = sqlx::query_as(
+        "SELECT * FROM pending_uploads WHERE tenant_id = $1 AND kind = 'key_set' ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(tenant.0)
+    .bind(MAX_LISTED)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut key_sets: Vec<KeySetView> =
+        ready.into_iter().map(KeySetView::from).chain(pending.iter().map(pending_view)).collect();
+    key_sets.sort_by_key(|k| std::cmp::Reverse(k.created_at));
+    Ok(Json(KeySetList { key_sets }))
 }

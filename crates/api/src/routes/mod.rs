@@ -46,7 +46,7 @@ impl Modify for BearerAuth {
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(key_sets::create))
+        .routes(routes!(key_sets::create, key_sets::list))
         .routes(routes!(key_sets::get_one, key_sets::delete))
         .routes(routes!(key_sets::complete))
         .routes(routes!(jobs::create, jobs::list))
@@ -55,9 +55,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::result))
         .routes(routes!(ops::models))
-        .routes(routes!(admin::create_tenant))
+        .routes(routes!(admin::create_tenant, admin::list_tenants))
         .routes(routes!(admin::issue_token))
         .routes(routes!(admin::revoke_token))
+        .routes(routes!(admin::revoke_token_by_id))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
