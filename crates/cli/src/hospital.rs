@@ -92,7 +92,7 @@ pub enum Hospital {
 pub struct PackingArg {
     /// auto (the key set's packing), throughput or latency.
     #[arg(long, default_value = "auto")]
-    packing: PackingChoice,
+    pub packing: PackingChoice,
 }
 
 /// `--quiet` and `--json`.
@@ -100,13 +100,13 @@ pub struct PackingArg {
 pub struct Output {
     /// No progress bars and no summary.
     #[arg(long, short)]
-    quiet: bool,
+    pub quiet: bool,
     /// Print one JSON object describing what was done.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
-fn parse_split(s: &str) -> Result<Split, String> {
+pub(crate) fn parse_split(s: &str) -> Result<Split, String> {
     match s {
         "train" => Ok(Split::Train),
         "val" => Ok(Split::Val),
@@ -278,7 +278,7 @@ fn decrypt(keys_dir: &Path, input: &Path, out: &Path, names: Option<&Path>, outp
 }
 
 /// Prints the JSON object with `--json`, the text without, nothing with `--quiet`.
-fn report(output: Output, object: serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn report(output: Output, object: serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     if output.json {
         println!("{}", serde_json::to_string(&object)?);
     } else if !output.quiet {
@@ -287,11 +287,11 @@ fn report(output: Output, object: serde_json::Value, text: impl FnOnce() -> Stri
     Ok(())
 }
 
-fn visible(output: Output) -> bool {
+pub(crate) fn visible(output: Output) -> bool {
     !output.quiet && std::io::stderr().is_terminal()
 }
 
-fn bar(output: Output, len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(output: Output, len: u64, what: &str) -> ProgressBar {
     if !visible(output) {
         return ProgressBar::hidden();
     }
@@ -303,7 +303,7 @@ fn bar(output: Output, len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn spinner(output: Output, message: String) -> ProgressBar {
+pub(crate) fn spinner(output: Output, message: String) -> ProgressBar {
     if !visible(output) {
         return ProgressBar::hidden();
     }

@@ -10,8 +10,11 @@ mod dev;
 mod hospital;
 mod logs;
 mod model;
+mod service;
 mod stack;
 mod worker;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -36,10 +39,27 @@ fn keep_freed_memory() {
     }
 }
 
+/// Exit codes, shown under `blindfold --help` and in the README.
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  local error: a file, a keys directory, an image, encryption or decryption
+  2  usage error: unknown command or option, a missing or malformed argument
+  3  service error: the API is unreachable, the token was refused, a request was refused (4xx) or
+     failed (5xx), an upload or download failed
+  4  the job failed or was cancelled";
+
+/// Exit code of a local error.
+const EXIT_LOCAL: u8 = 1;
+/// Exit code of a service error.
+const EXIT_SERVICE: u8 = 3;
+/// Exit code of a failed or cancelled job.
+const EXIT_JOB: u8 = 4;
+
 /// Private medical-image diagnosis: images are encrypted on the hospital's machine and the
 /// neural network runs on the ciphertexts.
 #[derive(Debug, Parser)]
-#[command(name = "blindfold", version, about, long_about = None, arg_required_else_help = true)]
+#[command(name = "blindfold", version, about, long_about = None, arg_required_else_help = true,
+          after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +69,8 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Hospital(hospital::Hospital),
+    #[command(flatten)]
+    Service(service::commands::Service),
     /// HE-friendly models: list, show, evaluate in plaintext, import ONNX.
     #[command(subcommand)]
     Model(model::Model),
@@ -58,7 +80,7 @@ enum Command {
     /// Local stand-ins for production infrastructure (an S3 endpoint, …).
     #[command(subcommand)]
     Dev(dev::Dev),
-    /// Operator commands: database migrations.
+    /// Operator commands: database migrations, tenants, tokens.
     #[command(subcommand)]
     Admin(admin::Admin),
     /// Run a worker node: claim jobs from the queue and evaluate them (the same as the
@@ -66,14 +88,43 @@ enum Command {
     Worker(blindfold_worker::Config),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     keep_freed_memory();
-    match Cli::parse().command {
+    let outcome = match Cli::parse().command {
         Command::Hospital(command) => hospital::run(command),
+        Command::Service(command) => service::commands::run(command),
         Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Dev(command) => dev::run(command),
         Command::Admin(command) => admin::run(command),
         Command::Worker(config) => worker::run(config),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let (code, kind, problem) = classify(&error);
+            if std::env::args().any(|arg| arg == "--json") {
+                let object = serde_json::json!({
+                    "error": format!("{error:#}"), "kind": kind, "code": problem, "exit_code": code,
+                });
+                eprintln!("{object}");
+            } else {
+                eprintln!("Error: {error:?}");
+            }
+            ExitCode::from(code)
+        }
     }
+}
+
+/// The exit code, its kind and the API's problem code of an error.
+fn classify(error: &anyhow::Error) -> (u8, &'static str, Option<String>) {
+    for cause in error.chain() {
+        if cause.downcast_ref::<service::JobEnded>().is_some() {
+            return (EXIT_JOB, "job", None);
+        }
+        if let Some(service) = cause.downcast_ref::<service::ServiceError>() {
+            return (EXIT_SERVICE, "service", service.code().map(str::to_owned));
+        }
+    }
+    (EXIT_LOCAL, "local", None)
 }

@@ -1,0 +1,822 @@
+//! The hospital's commands against a running service: `login`, `keys`, `submit`, `status`,
+//! `jobs`, `wait`, `cancel`, `fetch`, `run`. Parsing, progress bars, tables and JSON here; the
+//! work is in [`super::flows`] and [`super::client`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use blindfold_api::{JobView, KeySetView};
+use blindfold_client::{EncryptedBatch, IntakeOptions, KeySet, Predictions, Split};
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::SecretString;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::client::{ApiClient, OnBytes, ServiceError};
+use super::config::{ServiceConfig, config_path};
+use super::flows;
+use crate::hospital::{Output, PackingArg, bar, parse_split, report, spinner, visible};
+
+/// Which API and which token: flags, then environment, then the `blindfold login` config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The API's base URL, e.g. http://127.0.0.1:8080 [default: the one `blindfold login` saved].
+    #[arg(long, env = "BLINDFOLD_API")]
+    pub api: Option<String>,
+    /// The tenant's API token [default: the one `blindfold login` saved for this API]. Prefer the
+    /// environment variable: other users can see command lines.
+    #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Connection {
+    /// The client these settings name. The saved token is used only with the saved API, so a
+    /// token is never sent to another server by accident.
+    pub fn client(&self) -> Result<ApiClient, ServiceError> {
+        let path = config_path()?;
+        let saved = ServiceConfig::load(&path)?;
+        let api = match (&self.api, &saved) {
+            (Some(api), _) => api.clone(),
+            (None, Some(saved)) => saved.api.clone(),
+            (None, None) => {
+                return Err(ServiceError::NotConfigured(format!(
+                    "no API configured: run `blindfold login --api URL --token TOKEN` (saved in {}), or set \
+                     BLINDFOLD_API and BLINDFOLD_TOKEN",
+                    path.display()
+                )));
+            }
+        };
+        let token = match (&self.token, &saved) {
+            (Some(token), _) => SecretString::from(token.clone()),
+            (None, Some(saved)) if same_api(&saved.api, &api) => saved.token.clone(),
+            (None, _) => {
+                return Err(ServiceError::NotConfigured(format!(
+                    "no token for {api}: run `blindfold login --api {api} --token TOKEN`, or set BLINDFOLD_TOKEN"
+                )));
+            }
+        };
+        ApiClient::new(&api, Some(token))
+    }
+
+    /// The API URL alone (operator commands bring their own token).
+    pub fn api(&self) -> Result<String, ServiceError> {
+        if let Some(api) = &self.api {
+            return Ok(api.clone());
+        }
+        let path = config_path()?;
+        match ServiceConfig::load(&path)? {
+            Some(saved) => Ok(saved.api),
+            None => Err(ServiceError::NotConfigured(
+                "no API configured: pass --api URL (or BLINDFOLD_API), or run `blindfold login`".to_owned(),
+            )),
+        }
+    }
+}
+
+fn same_api(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// How often to ask the service about a job.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Poll {
+    /// Seconds between two status requests while waiting.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds between 0.05 and 3600")),
+    }
+}
+
+/// Images to encrypt and how.
+#[derive(Debug, clap::Args)]
+pub struct Inputs {
+    /// PNG/JPEG files of any size, directories of them, an MNIST IDX images file
+    /// (`*-ubyte.gz`) or a DermaMNIST `.npz`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The model to run; the service must serve it and the key set must be for it [default: the
+    /// key set's model].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The keys directory from `blindfold keygen` (registered with the service on first use).
+    #[arg(long)]
+    pub keys: PathBuf,
+    #[command(flatten)]
+    pub packing: PackingArg,
+    /// Split read from a `.npz` dataset: train, val or test.
+    #[arg(long, default_value = "test", value_parser = parse_split)]
+    pub split: Split,
+    /// Encrypt at most N images (in input order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Priority among this hospital's own jobs, 0 (default) to 100.
+    #[arg(long)]
+    pub priority: Option<i64>,
+}
+
+/// The commands that talk to a service, flattened into the top level.
+#[derive(Debug, clap::Subcommand)]
+pub enum Service {
+    /// Save the API address and a tenant token (checked against the API first) in the config
+    /// file ($BLINDFOLD_CONFIG, else $XDG_CONFIG_HOME/blindfold/config.toml or
+    /// ~/.config/blindfold/config.toml; mode 0600).
+    Login {
+        /// The API's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "BLINDFOLD_API")]
+        api: String,
+        /// The tenant token the operator issued (`blindfold admin token create`).
+        #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Evaluation keys on the service: register a keys directory, list what is registered.
+    #[command(subcommand)]
+    Keys(Keys),
+    /// Encrypt images, upload them as one job per batch and submit it; prints the job id.
+    Submit {
+        #[command(flatten)]
+        inputs: Inputs,
+        /// Wait for the job to end (as `blindfold wait`).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        poll: Poll,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// A job's state, progress, timings and history; without JOB, the service's health and the
+    /// latest jobs.
+    Status {
+        /// The job id.
+        job: Option<Uuid>,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Jobs of this hospital.
+    #[command(subcommand)]
+    Jobs(Jobs),
+    /// Wait until a job ends, showing its progress and stage; exit code 4 if it failed or was
+    /// cancelled.
+    Wait {
+        /// The job id.
+        job: Uuid,
+        #[command(flatten)]
+        poll: Poll,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Cancel a job (a running one stops at the worker's next heartbeat).
+    Cancel {
+        /// The job id.
+        job: Uuid,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Download a job's encrypted result and decrypt it here into predictions.
+    Fetch {
+        /// The job id.
+        job: Uuid,
+        /// The keys directory the job was encrypted with.
+        #[arg(long)]
+        keys: PathBuf,
+        /// predictions.csv or predictions.json.
+        #[arg(long, default_value = "predictions.csv")]
+        out: PathBuf,
+        /// Also keep the encrypted result batch in this file.
+        #[arg(long)]
+        raw: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Submit, wait and fetch in one go: images in, predictions out.
+    Run {
+        #[command(flatten)]
+        inputs: Inputs,
+        /// predictions.csv or predictions.json.
+        #[arg(long, default_value = "predictions.csv")]
+        out: PathBuf,
+        #[command(flatten)]
+        poll: Poll,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `blindfold keys …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Keys {
+    /// Upload a keys directory's evaluation keys (never the secret key) and record the
+    /// registration in it (registration.json). Does nothing if the service already has them.
+    Register {
+        /// The keys directory from `blindfold keygen`.
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The key sets registered (or being registered) with the service.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `blindfold jobs …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Jobs {
+    /// Submitted jobs, newest first.
+    List {
+        /// Only jobs in this state: queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// Runs a service command.
+pub fn run(command: Service) -> anyhow::Result<()> {
+    match command {
+        Service::Login { api, token, output } => login(&api, token, output),
+        Service::Keys(Keys::Register { keys, connection, output }) => keys_register(&keys, &connection, output),
+        Service::Keys(Keys::List { connection, output }) => keys_list(&connection, output),
+        Service::Submit { inputs, wait, poll, connection, output } => {
+            let client = connection.client()?;
+            let runtime = runtime()?;
+            let mut submitted = submit(&runtime, &client, &inputs, output)?;
+            if !wait {
+                return print_submitted(&submitted, output);
+            }
+            if !output.json {
+                print_submitted(&submitted, output)?;
+            }
+            for job in &mut submitted.jobs {
+                *job = runtime.block_on(wait_with_bar(&client, job.id, poll, output))?;
+                if !output.json {
+                    print_job_done(job, output)?;
+                }
+            }
+            if output.json {
+                print_submitted(&submitted, output)?;
+            }
+            Ok(())
+        }
+        Service::Status { job, connection, output } => status(job, &connection, output),
+        Service::Jobs(Jobs::List { state, limit, connection, output }) => {
+            jobs_list(state.as_deref(), limit, &connection, output)
+        }
+        Service::Wait { job, poll, connection, output } => {
+            let client = connection.client()?;
+            let done = runtime()?.block_on(wait_with_bar(&client, job, poll, output))?;
+            print_job_done(&done, output)
+        }
+        Service::Cancel { job, connection, output } => {
+            let client = connection.client()?;
+            let view = runtime()?.block_on(client.cancel_job(job))?;
+            report(output, json!({"command": "cancel", "job": view}), || {
+                if view.state == "cancelled" {
+                    format!("job {job} cancelled")
+                } else {
+                    format!("job {job} is {}: cancel requested, it stops at the worker's next heartbeat", view.state)
+                }
+            })
+        }
+        Service::Fetch { job, keys, out, raw, connection, output } => {
+            let client = connection.client()?;
+            let keys = KeySet::open(&keys)?;
+            let runtime = runtime()?;
+            let fetched = fetch(&runtime, &client, &keys, job, raw.as_deref(), output)?;
+            write_predictions(&fetched.predictions, &out)?;
+            report(
+                output,
+                json!({
+                    "command": "fetch", "job": job, "images": fetched.predictions.images.len(),
+                    "predictions": out, "raw": raw, "bytes": fetched.bytes,
+                }),
+                || {
+                    format!(
+                        "{} predictions of job {job} written to {}",
+                        fetched.predictions.images.len(),
+                        out.display()
+                    )
+                },
+            )
+        }
+        Service::Run { inputs, out, poll, connection, output } => run_all(&inputs, &out, poll, &connection, output),
+    }
+}
+
+fn login(api: &str, token: String, output: Output) -> anyhow::Result<()> {
+    let token = SecretString::from(token);
+    let client = ApiClient::new(api, Some(token.clone()))?;
+    runtime()?.block_on(client.check_token())?;
+    let path = config_path()?;
+    ServiceConfig { api: client.base().to_owned(), token }.save(&path)?;
+    report(output, json!({"command": "login", "api": client.base(), "config": path}), || {
+        format!("logged in to {}; saved in {} (mode 0600)", client.base(), path.display())
+    })
+}
+
+fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let keys = KeySet::open(dir)?;
+    let size = std::fs::metadata(dir.join(blindfold_client::EVALUATION_KEYS_FILE)).map(|m| m.len()).unwrap_or(0);
+    let bar = bytes_bar(output, size, "uploading evaluation keys");
+    let registered = runtime()?.block_on(flows::register_keys(&client, &keys, bar_progress(&bar)));
+    bar.finish_and_clear();
+    let registered = registered?;
+    let view = &registered.key_set;
+    report(
+        output,
+        json!({
+            "command": "keys register", "api": client.base(), "key_set": view,
+            "uploaded": registered.uploaded, "bytes": registered.bytes,
+        }),
+        || {
+            if registered.uploaded {
+                format!(
+                    "key set {} ({} {}) registered with {}: {:.1} MB of evaluation keys uploaded and verified",
+                    view.id,
+                    view.model.as_deref().unwrap_or("?"),
+                    view.packing.as_deref().unwrap_or("?"),
+                    client.base(),
+                    registered.bytes as f64 / 1e6
+                )
+            } else {
+                format!("key set {} is already registered with {}", view.id, client.base())
+            }
+        },
+    )
+}
+
+fn keys_list(connection: &Connection, output: Output) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let key_sets = runtime()?.block_on(client.key_sets())?;
+    report(output, json!({"command": "keys list", "key_sets": key_sets}), || key_set_table(&key_sets))
+}
+
+fn key_set_table(key_sets: &[KeySetView]) -> String {
+    if key_sets.is_empty() {
+        return "no key sets: register one with `blindfold keys register --keys DIR`".to_owned();
+    }
+    table(
+        &["KEY SET", "STATUS", "MODEL", "PACKING", "SIZE", "CREATED"],
+        key_sets
+            .iter()
+            .map(|k| {
+                vec![
+                    k.id.to_string(),
+                    k.status.clone(),
+                    k.model.clone().unwrap_or_default(),
+                    k.packing.clone().unwrap_or_default(),
+                    format!("{:.1} MB", k.size_bytes as f64 / 1e6),
+                    k.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// What `submit` did.
+#[derive(Debug)]
+struct Submitted {
+    key_set: Uuid,
+    registered: bool,
+    jobs: Vec<JobView>,
+    images: usize,
+    bytes: u64,
+}
+
+/// Checks the model with the service, registers the keys if needed, encrypts and submits one
+/// job per batch.
+fn submit(
+    runtime: &tokio::runtime::Runtime,
+    client: &ApiClient,
+    inputs: &Inputs,
+    output: Output,
+) -> anyhow::Result<Submitted> {
+    let keys = KeySet::open(&inputs.keys)?;
+    let model = inputs.model.clone().unwrap_or_else(|| keys.descriptor().model.clone());
+    let served = runtime.block_on(client.model_names())?;
+    if !served.contains(&model) {
+        return Err(ServiceError::Api {
+            status: 422,
+            code: "unknown_model".into(),
+            detail: format!(
+                "the service at {} has no model {model:?}; it serves: {}",
+                client.base(),
+                served.join(", ")
+            ),
+            hint: "; see `blindfold model list` for what each is".into(),
+        }
+        .into());
+    }
+    if model != keys.descriptor().model {
+        anyhow::bail!(
+            "the key set in {} is for {}, not {model}; make one with `blindfold keygen --model {model} --out DIR`",
+            inputs.keys.display(),
+            keys.descriptor().model
+        );
+    }
+    inputs.packing.packing.resolve(&keys)?;
+
+    let key_size =
+        std::fs::metadata(keys.dir().join(blindfold_client::EVALUATION_KEYS_FILE)).map(|m| m.len()).unwrap_or(0);
+    let registering = bytes_bar(output, key_size, "registering evaluation keys");
+    let registered = runtime.block_on(flows::ensure_registered(client, &keys, bar_progress(&registering)));
+    registering.finish_and_clear();
+    let registered = registered?.is_some();
+
+    let compiled = keys.compiled_model()?;
+    let spinner = spinner(output, "reading and preprocessing images".into());
+    let intake = blindfold_client::read_inputs(
+        compiled.manifest(),
+        &inputs.inputs,
+        IntakeOptions { split: inputs.split, limit: inputs.limit },
+    );
+    spinner.finish_and_clear();
+    let intake = intake?;
+    let work = flows::work_dir(&keys)?;
+    let encrypting = bar(output, 0, "encrypting");
+    let batches =
+        blindfold_client::encrypt(&keys, &compiled, &intake, &work.path().join("job.bfib"), &|done, total| {
+            encrypting.set_length(total);
+            encrypting.set_position(done);
+        });
+    encrypting.finish_and_clear();
+    let batches: Vec<EncryptedBatch> = batches?;
+
+    let total: u64 = batches.iter().map(|b| b.bytes).sum();
+    let uploading = bytes_bar(output, total, "uploading");
+    let progress = bar_progress(&uploading);
+    let mut jobs = Vec::with_capacity(batches.len());
+    let mut before = 0u64;
+    for batch in &batches {
+        let offset = before;
+        let inner = progress.clone();
+        let shifted: OnBytes = Arc::new(move |sent| inner(offset + sent));
+        jobs.push(runtime.block_on(flows::submit_batch(client, &keys, batch, inputs.priority, shifted))?);
+        before += batch.bytes;
+    }
+    uploading.finish_and_clear();
+    drop(work);
+    Ok(Submitted { key_set: keys.id(), registered, jobs, images: intake.len(), bytes: total })
+}
+
+fn print_submitted(submitted: &Submitted, output: Output) -> anyhow::Result<()> {
+    if output.quiet && !output.json {
+        // `JOB=$(blindfold submit -q …)`.
+        for job in &submitted.jobs {
+            println!("{}", job.id);
+        }
+        return Ok(());
+    }
+    report(
+        output,
+        json!({
+            "command": "submit", "key_set": submitted.key_set, "registered_keys": submitted.registered,
+            "images": submitted.images, "bytes": submitted.bytes, "jobs": submitted.jobs,
+        }),
+        || {
+            let mut text = String::new();
+            for job in &submitted.jobs {
+                text.push_str(&format!(
+                    "job {} {}: {} images of {} ({} packing)\n",
+                    job.id, job.state, job.image_count, job.model, job.packing
+                ));
+            }
+            text.push_str(&format!(
+                "{:.1} MB uploaded; follow with `blindfold wait {}`",
+                submitted.bytes as f64 / 1e6,
+                submitted.jobs.first().map(|j| j.id.to_string()).unwrap_or_default()
+            ));
+            text
+        },
+    )
+}
+
+async fn wait_with_bar(client: &ApiClient, job: Uuid, poll: Poll, output: Output) -> anyhow::Result<JobView> {
+    let waiting = bar(output, 1000, "waiting");
+    let mut on_update = |view: &JobView| {
+        waiting.set_position((f64::from(view.progress.fraction.clamp(0.0, 1.0)) * 1000.0) as u64);
+        let stage = view.progress.stage.as_deref().unwrap_or("");
+        waiting.set_message(format!("{} {stage}", view.state));
+    };
+    let done = flows::wait_job(client, job, Duration::from_secs_f64(poll.interval), &mut on_update).await;
+    waiting.finish_and_clear();
+    done
+}
+
+fn print_job_done(job: &JobView, output: Output) -> anyhow::Result<()> {
+    report(output, json!({"command": "wait", "job": job}), || {
+        format!(
+            "job {} succeeded: {} images, queued {}, ran {}; fetch it with `blindfold fetch {} --keys DIR`",
+            job.id,
+            job.image_count,
+            seconds(job.durations.queued_seconds),
+            seconds(job.durations.running_seconds),
+            job.id
+        )
+    })
+}
+
+fn status(job: Option<Uuid>, connection: &Connection, output: Output) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let runtime = runtime()?;
+    match job {
+        Some(id) => {
+            let view = runtime.block_on(client.job(id))?;
+            report(output, json!({"command": "status", "job": view}), || job_details(&view))
+        }
+        None => {
+            let health = runtime.block_on(client.ready())?;
+            let page = runtime.block_on(client.jobs(None, 10, None))?;
+            report(
+                output,
+                json!({"command": "status", "api": client.base(), "health": health, "jobs": page.jobs}),
+                || {
+                    let checks: Vec<String> =
+                        health.checks.iter().map(|c| format!("{} {}", c.name, c.status)).collect();
+                    let mut text = format!("API {}: {}", client.base(), health.status);
+                    if !checks.is_empty() {
+                        text.push_str(&format!(" ({})", checks.join(", ")));
+                    }
+                    text.push('\n');
+                    text.push_str(&jobs_table(&page.jobs));
+                    text
+                },
+            )
+        }
+    }
+}
+
+fn job_details(job: &JobView) -> String {
+    let mut rows = vec![
+        ("job", job.id.to_string()),
+        (
+            "state",
+            match job.max_attempts {
+                Some(max) if job.attempt > 0 => format!("{} (attempt {} of {max})", job.state, job.attempt),
+                _ => job.state.clone(),
+            },
+        ),
+        ("model", format!("{} ({} packing), {} images", job.model, job.packing, job.image_count)),
+        ("progress", progress_cell(job)),
+        ("created", job.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        (
+            "time",
+            format!(
+                "queued {}, running {}",
+                seconds(job.durations.queued_seconds),
+                seconds(job.durations.running_seconds)
+            ),
+        ),
+    ];
+    if job.cancel_requested {
+        rows.push(("cancel", "requested".to_owned()));
+    }
+    if let Some(error) = &job.error {
+        rows.push(("error", format!("{} {}", error.code, error.message.as_deref().unwrap_or(""))));
+    }
+    let mut text: String = rows.iter().map(|(k, v)| format!("{k:<10} {v}\n")).collect();
+    if !job.history.is_empty() {
+        text.push_str("history\n");
+        text.push_str(&table(
+            &["  AT", "STATE", "ATTEMPT", "REASON", "AFTER"],
+            job.history
+                .iter()
+                .map(|t| {
+                    vec![
+                        format!("  {}", t.at.format("%H:%M:%S%.3f")),
+                        t.to_state.clone(),
+                        t.attempt.to_string(),
+                        t.reason.clone(),
+                        seconds(t.seconds_since_previous),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    text.trim_end().to_owned()
+}
+
+fn jobs_list(state: Option<&str>, limit: u32, connection: &Connection, output: Output) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let runtime = runtime()?;
+    let mut jobs = Vec::new();
+    let mut cursor: Option<String> = None;
+    while jobs.len() < limit as usize {
+        let want = (limit as usize - jobs.len()).min(100) as u32;
+        let page = runtime.block_on(client.jobs(state, want, cursor.as_deref()))?;
+        jobs.extend(page.jobs);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    report(output, json!({"command": "jobs list", "jobs": jobs}), || jobs_table(&jobs))
+}
+
+fn jobs_table(jobs: &[JobView]) -> String {
+    if jobs.is_empty() {
+        return "no jobs".to_owned();
+    }
+    table(
+        &["JOB", "STATE", "MODEL", "PACKING", "IMAGES", "PROGRESS", "CREATED"],
+        jobs.iter()
+            .map(|j| {
+                vec![
+                    j.id.to_string(),
+                    j.state.clone(),
+                    j.model.clone(),
+                    j.packing.clone(),
+                    j.image_count.to_string(),
+                    progress_cell(j),
+                    j.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn progress_cell(job: &JobView) -> String {
+    let mut cell = format!("{:.0}%", f64::from(job.progress.fraction) * 100.0);
+    if let Some(stage) = &job.progress.stage {
+        cell.push(' ');
+        cell.push_str(stage);
+    }
+    cell
+}
+
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"))
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.trim_end().to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| (*h).to_owned()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+/// What `fetch` brought back.
+struct Fetched {
+    predictions: Predictions,
+    bytes: u64,
+}
+
+fn fetch(
+    runtime: &tokio::runtime::Runtime,
+    client: &ApiClient,
+    keys: &KeySet,
+    job: Uuid,
+    raw: Option<&Path>,
+    output: Output,
+) -> anyhow::Result<Fetched> {
+    let work;
+    let raw_path = match raw {
+        Some(path) => path.to_path_buf(),
+        None => {
+            work = flows::work_dir(keys)?;
+            work.path().join("result.bfrb")
+        }
+    };
+    let bar = bytes_bar(output, 0, "downloading");
+    let progress = {
+        let bar = bar.clone();
+        Arc::new(move |n: u64| {
+            if bar.length().unwrap_or(0) < n {
+                bar.set_length(n);
+            }
+            bar.set_position(n);
+        }) as OnBytes
+    };
+    let bytes = runtime.block_on(flows::download_result(client, job, &raw_path, progress));
+    bar.finish_and_clear();
+    let bytes = bytes?;
+    let spinner = spinner(output, "decrypting".into());
+    let predictions = flows::decrypt_result(keys, job, &raw_path);
+    spinner.finish_and_clear();
+    Ok(Fetched { predictions: predictions?, bytes })
+}
+
+fn write_predictions(predictions: &Predictions, out: &Path) -> anyhow::Result<()> {
+    predictions.write(out).with_context(|| format!("writing {}", out.display()))
+}
+
+fn run_all(inputs: &Inputs, out: &Path, poll: Poll, connection: &Connection, output: Output) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = connection.client()?;
+    let runtime = runtime()?;
+    let keys = KeySet::open(&inputs.keys)?;
+    let submitted = submit(&runtime, &client, inputs, output)?;
+    if !output.quiet && !output.json && !visible(output) {
+        eprintln!("submitted {} job(s); waiting", submitted.jobs.len());
+    }
+    let mut merged: Option<Predictions> = None;
+    let mut finished = Vec::new();
+    let mut downloaded = 0;
+    for job in &submitted.jobs {
+        let done = runtime.block_on(wait_with_bar(&client, job.id, poll, output))?;
+        let fetched = fetch(&runtime, &client, &keys, job.id, None, output)?;
+        downloaded += fetched.bytes;
+        merged = Some(match merged {
+            None => fetched.predictions,
+            Some(mut all) => {
+                let offset = all.images.len();
+                all.images.extend(fetched.predictions.images.into_iter().map(|mut p| {
+                    p.position += offset;
+                    p
+                }));
+                all
+            }
+        });
+        finished.push(done);
+    }
+    let predictions = merged.context("no job was submitted")?;
+    write_predictions(&predictions, out)?;
+    report(
+        output,
+        json!({
+            "command": "run", "key_set": submitted.key_set, "images": predictions.images.len(),
+            "uploaded_bytes": submitted.bytes, "downloaded_bytes": downloaded, "jobs": finished,
+            "predictions": out, "seconds": started.elapsed().as_secs_f64(),
+        }),
+        || {
+            format!(
+                "{} predictions of {} written to {} in {:.1} s ({} job(s): {})",
+                predictions.images.len(),
+                predictions.model,
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                finished.len(),
+                finished.iter().map(|j| j.id.to_string()).collect::<Vec<_>>().join(", ")
+            )
+        },
+    )
+}
+
+fn bytes_bar(output: Output, len: u64, what: &str) -> ProgressBar {
+    let progress = bar(output, len, what);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})")
+    {
+        progress.set_style(style.progress_chars("=> "));
+    }
+    progress
+}
+
+fn bar_progress(bar: &ProgressBar) -> OnBytes {
+    let bar = bar.clone();
+    Arc::new(move |n| bar.set_position(n))
+}

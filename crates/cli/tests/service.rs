@@ -1,0 +1,274 @@
+//! The hospital and operator commands against a real service started in this process: a real
+//! PostgreSQL (blindfold-testkit), the embedded S3 endpoint and the API on a free port. The
+//! `blindfold` binary is run as a hospital would run it, with its own config file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use blindfold_api::{Application, Config};
+use blindfold_store::{EmbeddedS3, StoreConfig};
+use blindfold_testkit::TestDatabase;
+use secrecy::SecretString;
+use serde_json::Value;
+
+const ADMIN: &str = "admin-token-for-cli-tests-0123456789abcdef";
+const MODEL: &str = "mnist-cryptonets";
+
+/// The service, running on its own runtime while the test thread runs the binary.
+struct Stack {
+    api: String,
+    home: tempfile::TempDir,
+    _s3: EmbeddedS3,
+    _db: TestDatabase,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let (api, s3, db) = runtime.block_on(async {
+            let db = TestDatabase::new().await.unwrap();
+            let secret = SecretString::from("cli-test-secret-key-0123456789");
+            let s3 = EmbeddedS3::start(home.path().join("s3"), 0, "cli-test-ak", &secret).await.unwrap();
+            let mut store = StoreConfig::for_endpoint(s3.endpoint(), "blindfold-cli-test", "cli-test-ak", secret);
+            // Small parts, so a batch of a few images goes up in several presigned parts.
+            store.part_size_mib = 5;
+            let config = Config {
+                database_url: SecretString::from(db.url().to_owned()),
+                db_max_connections: 4,
+                bind: "127.0.0.1:0".parse().unwrap(),
+                admin_token: Some(SecretString::from(ADMIN)),
+                max_body_bytes: 64 * 1024,
+                max_images: 1000,
+                max_upload_bytes: 1 << 30,
+                presign_secs: 600,
+                max_page: 100,
+                store,
+            };
+            let (addr, server) = Application::build(config).await.unwrap();
+            tokio::spawn(server);
+            (format!("http://{addr}"), s3, db)
+        });
+        Stack { api, home, _s3: s3, _db: db, _runtime: runtime }
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.home.path().join("config").join("blindfold.toml")
+    }
+
+    /// The binary with a clean environment: its own HOME and config file, no inherited API
+    /// settings.
+    fn blindfold(&self) -> Command {
+        let mut command = Command::cargo_bin("blindfold").unwrap();
+        command
+            .env("RUST_BACKTRACE", "0")
+            .env("HOME", self.home.path())
+            .env("BLINDFOLD_CONFIG", self.config_file())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("BLINDFOLD_API")
+            .env_remove("BLINDFOLD_TOKEN")
+            .env_remove("BLINDFOLD_ADMIN_TOKEN");
+        command
+    }
+
+    /// Runs an operator command against this API.
+    fn admin(&self, args: &[&str]) -> Outcome {
+        outcome(self.blindfold().env("BLINDFOLD_API", &self.api).env("BLINDFOLD_ADMIN_TOKEN", ADMIN).args(args))
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        outcome(self.blindfold().args(args))
+    }
+
+    /// A tenant with a token, as an operator makes them.
+    fn tenant(&self, name: &str) -> (String, String) {
+        let created = self.admin(&["admin", "tenant", "create", name, "--json"]).ok().json();
+        assert_eq!(created["tenant"]["name"], name);
+        let issued =
+            self.admin(&["admin", "token", "create", "--tenant", name, "--label", "tests", "--json"]).ok().json();
+        assert_eq!(issued["tenant"]["id"], created["tenant"]["id"]);
+        (issued["token"].as_str().unwrap().to_owned(), issued["token_id"].as_str().unwrap().to_owned())
+    }
+}
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn outcome(command: &mut Command) -> Outcome {
+    let out = command.output().unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Outcome {
+    fn ok(self) -> Outcome {
+        assert_eq!(self.code, 0, "failed: {}\n{}", self.stderr, self.stdout);
+        self
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+    /// Asserts the exit code and that stderr says `needle`.
+    fn refused(self, code: i32, needle: &str) -> Outcome {
+        assert_eq!(self.code, code, "expected exit code {code}: {}\n{}", self.stderr, self.stdout);
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}: {}", self.stderr);
+        self
+    }
+}
+
+fn mnist_images() -> PathBuf {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist/t10k-images-idx3-ubyte.gz");
+    assert!(file.exists(), "MNIST test images not found at {}", file.display());
+    file
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn login_register_submit_status_list_cancel() {
+    let stack = Stack::start();
+    let (token, token_id) = stack.tenant("st-mary");
+
+    // Login checks the token and saves it privately.
+    let login = stack.run(&["login", "--api", &stack.api, "--token", &token, "--json"]).ok();
+    assert_eq!(login.json()["api"], stack.api.as_str());
+    assert!(!login.stdout.contains(&token), "the token is not printed");
+    let saved = std::fs::read_to_string(stack.config_file()).unwrap();
+    assert!(saved.contains(&stack.api) && saved.contains(&token), "{saved}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(stack.config_file()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let keys = stack.home.path().join("keys");
+    stack.run(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]).ok();
+    let descriptor: Value = serde_json::from_slice(&std::fs::read(keys.join("keyset.json")).unwrap()).unwrap();
+    let key_set = descriptor["key_set"].as_str().unwrap().to_owned();
+
+    let registered = stack.run(&["keys", "register", "--keys", s(&keys), "--json"]).ok().json();
+    assert_eq!(registered["uploaded"], true);
+    assert_eq!(registered["key_set"]["id"], key_set.as_str());
+    assert_eq!(registered["key_set"]["status"], "ready");
+    let record: Value = serde_json::from_slice(&std::fs::read(keys.join("registration.json")).unwrap()).unwrap();
+    assert_eq!(
+        (record["key_set"].as_str(), record["api"].as_str()),
+        (Some(key_set.as_str()), Some(stack.api.as_str()))
+    );
+    // Registering again uploads nothing.
+    let again = stack.run(&["keys", "register", "--keys", s(&keys), "--json"]).ok().json();
+    assert_eq!(again["uploaded"], false);
+
+    let listed = stack.run(&["keys", "list", "--json"]).ok().json();
+    let ids: Vec<&str> = listed["key_sets"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [key_set.as_str()]);
+    let table = stack.run(&["keys", "list"]).ok().stdout;
+    assert!(table.starts_with("KEY SET") && table.contains(&key_set) && table.contains("ready"), "{table}");
+
+    // Three MNIST digits, encrypted here and uploaded in presigned parts.
+    let submitted = stack
+        .run(&["submit", s(&mnist_images()), "--limit", "3", "--model", MODEL, "--keys", s(&keys), "--json"])
+        .ok()
+        .json();
+    let job = submitted["jobs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(submitted["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!((submitted["jobs"][0]["state"].as_str(), submitted["images"].as_u64()), (Some("queued"), Some(3)));
+    assert!(submitted["bytes"].as_u64().unwrap() > 5 << 20, "a multipart upload: {submitted}");
+    // The image names stay with the keys; the encrypted batch does not stay at all.
+    assert!(keys.join("jobs").join(format!("{job}.names.json")).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(keys.join("jobs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    let status = stack.run(&["status", &job, "--json"]).ok().json();
+    assert_eq!((status["job"]["state"].as_str(), status["job"]["image_count"].as_u64()), (Some("queued"), Some(3)));
+    let text = stack.run(&["status", &job]).ok().stdout;
+    assert!(text.contains("queued") && text.contains("3 images") && text.contains("enqueued"), "{text}");
+    let overview = stack.run(&["status"]).ok().stdout;
+    assert!(overview.contains(&stack.api) && overview.contains(&job), "{overview}");
+
+    let queued = stack.run(&["jobs", "list", "--state", "queued", "--json"]).ok().json();
+    assert_eq!(queued["jobs"][0]["id"], job.as_str());
+    let table = stack.run(&["jobs", "list"]).ok().stdout;
+    assert!(table.starts_with("JOB") && table.contains(&job) && table.contains(MODEL), "{table}");
+    assert_eq!(stack.run(&["jobs", "list", "--state", "succeeded"]).ok().stdout.trim(), "no jobs");
+
+    let cancelled = stack.run(&["cancel", &job, "--json"]).ok().json();
+    assert_eq!(cancelled["job"]["state"], "cancelled");
+    // Waiting on or fetching a cancelled job: exit code 4.
+    stack.run(&["wait", &job]).refused(4, "cancelled");
+    stack
+        .run(&["fetch", &job, "--keys", s(&keys), "--out", s(&stack.home.path().join("p.csv"))])
+        .refused(4, "cancelled");
+    // Cancelling it again is refused by the service: exit code 3.
+    stack.run(&["cancel", &job]).refused(3, "already_final");
+
+    // A revoked token: exit code 3, and the way out.
+    stack.admin(&["admin", "token", "revoke", &token_id]).ok();
+    stack.run(&["jobs", "list"]).refused(3, "blindfold login");
+}
+
+#[test]
+fn failures_say_what_to_do_next() {
+    let stack = Stack::start();
+    let (token, _) = stack.tenant("st-anne");
+
+    // Nothing configured.
+    stack.run(&["jobs", "list"]).refused(3, "blindfold login --api URL --token TOKEN");
+    // The service is down (nothing listens on port 1).
+    let down = stack.run(&["jobs", "list", "--api", "http://127.0.0.1:1", "--token", &token]);
+    let down = down.refused(3, "cannot reach the API at http://127.0.0.1:1");
+    assert!(down.stderr.contains("blindfold dev up"), "{}", down.stderr);
+    stack.run(&["login", "--api", "http://127.0.0.1:1", "--token", &token]).refused(3, "cannot reach the API");
+    // A wrong token is refused at login, and nothing is saved.
+    let wrong = format!("bf_{}", "0".repeat(64));
+    stack.run(&["login", "--api", &stack.api, "--token", &wrong]).refused(3, "the token was refused");
+    assert!(!stack.config_file().exists());
+    // A wrong admin token.
+    outcome(
+        stack
+            .blindfold()
+            .env("BLINDFOLD_ADMIN_TOKEN", "not-the-admin-token-0123456789abcdef")
+            .args(["admin", "tenant", "create", "x", "--api", &stack.api]),
+    )
+    .refused(3, "admin token was refused");
+    stack.admin(&["admin", "token", "create", "--tenant", "nobody"]).refused(3, "blindfold admin tenant create nobody");
+    // Usage errors are clap's: exit code 2.
+    stack.run(&["submit"]).refused(2, "--keys");
+    stack.run(&["wait", "not-a-uuid"]).refused(2, "invalid");
+
+    stack.run(&["login", "--api", &stack.api, "--token", &token]).ok();
+    // An unknown job, with a JSON error for scripts.
+    let missing = stack.run(&["status", "00000000-0000-4000-8000-000000000000", "--json"]).refused(3, "not_found");
+    let error: Value = serde_json::from_str(missing.stderr.trim()).unwrap();
+    assert_eq!((error["code"].as_str(), error["exit_code"].as_u64()), (Some("not_found"), Some(3)));
+
+    // A model the service does not serve: refused before anything is encrypted or uploaded.
+    let keys = stack.home.path().join("keys");
+    stack.run(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]).ok();
+    let unknown = stack
+        .run(&["submit", s(&mnist_images()), "--limit", "2", "--model", "no-such-model", "--keys", s(&keys), "--json"])
+        .refused(3, "no-such-model");
+    let error: Value = serde_json::from_str(unknown.stderr.trim()).unwrap();
+    assert_eq!(error["code"], "unknown_model");
+    assert!(error["error"].as_str().unwrap().contains(MODEL), "lists the models served: {error}");
+    assert!(!keys.join("registration.json").exists(), "nothing was registered");
+
+    // A config file other users can read is refused (it holds the token).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(stack.config_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        stack.run(&["jobs", "list"]).refused(3, "chmod 600");
+    }
+}
