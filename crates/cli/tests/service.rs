@@ -19,16 +19,17 @@ const MODEL: &str = "mnist-cryptonets";
 struct Stack {
     api: String,
     home: tempfile::TempDir,
+    store: StoreConfig,
+    db: TestDatabase,
     _s3: EmbeddedS3,
-    _db: TestDatabase,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Stack {
     fn start() -> Stack {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let home = tempfile::tempdir().unwrap();
-        let (api, s3, db) = runtime.block_on(async {
+        let (api, s3, db, store) = runtime.block_on(async {
             let db = TestDatabase::new().await.unwrap();
             let secret = SecretString::from("cli-test-secret-key-0123456789");
             let s3 = EmbeddedS3::start(home.path().join("s3"), 0, "cli-test-ak", &secret).await.unwrap();
@@ -45,13 +46,42 @@ impl Stack {
                 max_upload_bytes: 1 << 30,
                 presign_secs: 600,
                 max_page: 100,
-                store,
+                store: store.clone(),
             };
             let (addr, server) = Application::build(config).await.unwrap();
             tokio::spawn(server);
-            (format!("http://{addr}"), s3, db)
+            (format!("http://{addr}"), s3, db, store)
         });
-        Stack { api, home, _s3: s3, _db: db, _runtime: runtime }
+        Stack { api, home, store, db, _s3: s3, runtime }
+    }
+
+    /// Starts a worker (the real one, in this process); it stops when the stack is dropped.
+    fn start_worker(&self) {
+        let mut config = blindfold_worker::Config::new(self.db.url(), self.store.clone());
+        config.threads = Some(2);
+        config.poll_ms = 200;
+        self.runtime.spawn(async move {
+            if let Err(error) = blindfold_worker::run(config, std::future::pending()).await {
+                panic!("the worker stopped: {error}");
+            }
+        });
+    }
+
+    /// Flips one byte in the middle of a submitted job's input batch in storage.
+    fn corrupt_input(&self, tenant: &str, job: &str) {
+        use blindfold_store::{JobId, ObjectKey, ObjectName, Store, TenantId};
+        self.runtime.block_on(async {
+            let store = Store::connect(&self.store).await.unwrap();
+            let key = ObjectKey::job_input(
+                &TenantId::new(tenant.to_owned()).unwrap(),
+                &JobId::new(job.to_owned()).unwrap(),
+                &ObjectName::new("batch.bfib").unwrap(),
+            );
+            let mut bytes = store.get_bytes(&key).await.unwrap().to_vec();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            store.put_bytes(&key, bytes.into()).await.unwrap();
+        });
     }
 
     fn config_file(&self) -> PathBuf {
@@ -82,14 +112,15 @@ impl Stack {
         outcome(self.blindfold().args(args))
     }
 
-    /// A tenant with a token, as an operator makes them.
-    fn tenant(&self, name: &str) -> (String, String) {
+    /// A tenant with a token, as an operator makes them: (token, token id, tenant id).
+    fn tenant(&self, name: &str) -> (String, String, String) {
         let created = self.admin(&["admin", "tenant", "create", name, "--json"]).ok().json();
         assert_eq!(created["tenant"]["name"], name);
         let issued =
             self.admin(&["admin", "token", "create", "--tenant", name, "--label", "tests", "--json"]).ok().json();
         assert_eq!(issued["tenant"]["id"], created["tenant"]["id"]);
-        (issued["token"].as_str().unwrap().to_owned(), issued["token_id"].as_str().unwrap().to_owned())
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        (text(&issued["token"]), text(&issued["token_id"]), text(&created["tenant"]["id"]))
     }
 }
 
@@ -137,7 +168,7 @@ fn s(path: &Path) -> &str {
 #[test]
 fn login_register_submit_status_list_cancel() {
     let stack = Stack::start();
-    let (token, token_id) = stack.tenant("st-mary");
+    let (token, token_id, _) = stack.tenant("st-mary");
 
     // Login checks the token and saves it privately.
     let login = stack.run(&["login", "--api", &stack.api, "--token", &token, "--json"]).ok();
@@ -221,7 +252,7 @@ fn login_register_submit_status_list_cancel() {
 #[test]
 fn failures_say_what_to_do_next() {
     let stack = Stack::start();
-    let (token, _) = stack.tenant("st-anne");
+    let (token, _, _) = stack.tenant("st-anne");
 
     // Nothing configured.
     stack.run(&["jobs", "list"]).refused(3, "blindfold login --api URL --token TOKEN");
@@ -270,5 +301,69 @@ fn failures_say_what_to_do_next() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(stack.config_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
         stack.run(&["jobs", "list"]).refused(3, "chmod 600");
+    }
+}
+
+fn argmax(values: &[f64]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+#[test]
+fn a_worker_answers_submit_wait_fetch_and_run_and_a_corrupted_batch_fails() {
+    let stack = Stack::start();
+    let (token, _, tenant) = stack.tenant("st-luke");
+    stack.run(&["login", "--api", &stack.api, "--token", &token, "--quiet"]).ok();
+    let keys = stack.home.path().join("keys");
+    stack.run(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]).ok();
+    let images = mnist_images();
+
+    // A batch damaged in storage after it was verified: the job fails, exit code 4.
+    let submitted = stack.run(&["submit", s(&images), "--limit", "2", "--keys", s(&keys), "--json"]).ok().json();
+    let broken = submitted["jobs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(submitted["registered_keys"], true, "submit registers the keys on first use");
+    stack.corrupt_input(&tenant, &broken);
+    stack.start_worker();
+    stack.run(&["wait", &broken, "--interval", "0.2"]).refused(4, "bad_input");
+    let status = stack.run(&["status", &broken, "--json"]).ok().json();
+    assert_eq!(
+        (status["job"]["state"].as_str(), status["job"]["error"]["code"].as_str()),
+        (Some("failed"), Some("bad_input"))
+    );
+    stack.run(&["fetch", &broken, "--keys", s(&keys)]).refused(4, "failed");
+
+    // submit → wait → fetch, keeping the encrypted result.
+    let job = stack.run(&["submit", s(&images), "--limit", "2", "--keys", s(&keys), "--quiet"]).ok().stdout;
+    let job = job.trim().to_owned();
+    assert_eq!(job.len(), 36, "--quiet prints the job id: {job}");
+    let done = stack.run(&["wait", &job, "--interval", "0.2", "--json"]).ok().json();
+    assert_eq!(
+        (done["job"]["state"].as_str(), done["job"]["progress"]["fraction"].as_f64()),
+        (Some("succeeded"), Some(1.0))
+    );
+    let csv = stack.home.path().join("predictions.csv");
+    let raw = stack.home.path().join("result.bfrb");
+    let fetched =
+        stack.run(&["fetch", &job, "--keys", s(&keys), "--out", s(&csv), "--raw", s(&raw), "--json"]).ok().json();
+    assert_eq!(fetched["images"], 2);
+    assert_eq!(fetched["bytes"].as_u64(), Some(std::fs::metadata(&raw).unwrap().len()));
+    let rows: Vec<String> = std::fs::read_to_string(&csv).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(rows.len(), 3, "a header and two predictions: {rows:?}");
+    assert!(rows[1].contains("t10k-images-idx3-ubyte.gz#0"), "names come back from the keys directory: {rows:?}");
+
+    // run: the same in one command, checked against the plaintext model.
+    let out = stack.home.path().join("predictions.json");
+    let ran = stack
+        .run(&["run", s(&images), "--limit", "3", "--model", MODEL, "--keys", s(&keys), "--out", s(&out), "--json"])
+        .ok()
+        .json();
+    assert_eq!((ran["images"].as_u64(), ran["jobs"][0]["state"].as_str()), (Some(3), Some("succeeded")));
+    let model = blindfold_nn::registry::load(MODEL).unwrap();
+    let idx = blindfold_nn::data::mnist(images.parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
+    let reference = model.network.forward_batch(&model.manifest.inputs(&idx.take(3)).unwrap()).unwrap();
+    let predictions: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let predicted = predictions["images"].as_array().unwrap();
+    assert_eq!(predicted.len(), 3);
+    for (i, (image, expected)) in predicted.iter().zip(&reference).enumerate() {
+        assert_eq!(image["class_index"], argmax(expected), "image {i}: {image} vs plaintext {expected:?}");
     }
 }
