@@ -35,6 +35,9 @@ impl Connection {
     /// The client these settings name. The saved token is used only with the saved API, so a
     /// token is never sent to another server by accident.
     pub fn client(&self) -> Result<ApiClient, ServiceError> {
+        if let (Some(api), Some(token)) = (&self.api, &self.token) {
+            return ApiClient::new(api, Some(SecretString::from(token.clone())));
+        }
         let path = config_path()?;
         let saved = ServiceConfig::load(&path)?;
         let api = match (&self.api, &saved) {
@@ -140,7 +143,8 @@ pub enum Service {
     /// Evaluation keys on the service: register a keys directory, list what is registered.
     #[command(subcommand)]
     Keys(Keys),
-    /// Encrypt images, upload them as one job per batch and submit it; prints the job id.
+    /// Encrypt images, upload them as one job per batch and submit it; prints the job id (with
+    /// --quiet, only the job id).
     Submit {
         #[command(flatten)]
         inputs: Inputs,
