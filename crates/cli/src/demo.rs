@@ -1,0 +1,426 @@
+//! `blindfold demo`: the whole product on this machine with nothing to configure. Brings up the
+//! stack in-process (a throwaway PostgreSQL, the embedded S3 endpoint, the API, a worker), then
+//! plays a hospital end to end for each model and packing: keygen, key registration, encrypt,
+//! upload, queue, worker, download, decrypt; and checks the predictions against the labels and
+//! against the plaintext model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use blindfold_client::{IntakeOptions, KeySet, PackingChoice, read_inputs};
+use blindfold_nn::data::{self, Split};
+use secrecy::SecretString;
+
+use crate::service::client::{ApiClient, OnBytes};
+use crate::service::flows;
+use crate::stack::{LocalStack, StackOptions, Workers};
+
+/// The images embedded from `samples/` at build time: (data set, file name, bytes).
+const SAMPLES: &[(&str, &str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/samples.rs"));
+
+/// The agreement with the plaintext model below which the demo fails.
+const MIN_AGREEMENT: f64 = 0.999;
+
+/// Options of `blindfold demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Models to run, comma-separated (default: every registered model).
+    #[arg(long = "model", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Packings to run, comma-separated (default: throughput,latency).
+    #[arg(long = "packing", value_delimiter = ',', value_parser = ["throughput", "latency"])]
+    pub packings: Vec<String>,
+    /// Images per run (default: the 32 embedded samples; 8 for the LeNet-5 models in the
+    /// latency packing, which take about 1.5 s an image on 2 cores).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Read the full test sets from this directory (`../shared/data`: `mnist/`,
+    /// `dermamnist/`) instead of the embedded samples; use with --images.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Also run the LeNet-5 models in the throughput packing (one 8,192-image batch: about a
+    /// minute and 14–20 GB of memory each), skipped by default.
+    #[arg(long)]
+    pub all: bool,
+    /// Threads of the worker (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use this PostgreSQL database instead of a throwaway cluster (it is migrated).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Print one JSON object per model and packing instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One model and packing, end to end.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RunReport {
+    model: String,
+    packing: String,
+    images: usize,
+    /// Fraction of images whose prediction matches the label.
+    accuracy: f64,
+    /// Fraction of images whose encrypted prediction matches the plaintext model's.
+    agreement: f64,
+    keygen_seconds: f64,
+    register_seconds: f64,
+    encrypt_seconds: f64,
+    upload_seconds: f64,
+    queued_seconds: f64,
+    compute_seconds: f64,
+    download_seconds: f64,
+    decrypt_seconds: f64,
+    total_seconds: f64,
+    /// Encrypted input uploaded per image.
+    bytes_up_per_image: f64,
+    /// Encrypted result downloaded per image.
+    bytes_down_per_image: f64,
+    /// Evaluation keys registered once per key set.
+    evaluation_key_bytes: u64,
+    /// Security level of the CKKS parameters (HomomorphicEncryption.org bound).
+    security_bits: u32,
+    /// CKKS ring degree.
+    ring_degree: usize,
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let reports = runtime.block_on(demo(&args))?;
+    if args.json {
+        for report in &reports {
+            println!("{}", serde_json::to_string(report)?);
+        }
+    } else {
+        print_table(&reports);
+    }
+    let failing: Vec<_> = reports.iter().filter(|r| r.agreement < MIN_AGREEMENT).collect();
+    if !failing.is_empty() {
+        for report in failing {
+            eprintln!(
+                "FAIL {} / {}: agreement with the plaintext model {:.2}% < {:.1}%",
+                report.model,
+                report.packing,
+                100.0 * report.agreement,
+                100.0 * MIN_AGREEMENT
+            );
+        }
+        bail!("the encrypted predictions disagree with the plaintext model");
+    }
+    Ok(())
+}
+
+async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
+    let plan = plan_runs(args)?;
+    let work = tempfile::Builder::new().prefix("blindfold-demo-").tempdir().context("creating a work directory")?;
+    let samples = write_samples(work.path())?;
+    let started = Instant::now();
+    eprintln!("starting the stack: PostgreSQL, S3 endpoint, API, worker …");
+    let stack = LocalStack::start(StackOptions {
+        database_url: args.database_url.clone(),
+        workers: Workers::InProcess(1),
+        worker_threads: args.threads,
+        tenant: "demo-hospital".to_owned(),
+        ..Default::default()
+    })
+    .await
+    .context("starting the local stack")?;
+    eprintln!("stack up in {:.1} s at {}", started.elapsed().as_secs_f64(), stack.endpoints.api_url);
+    let client = ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())))?;
+    let mut reports = Vec::new();
+    let mut outcome = Ok(());
+    for (model, packing, images) in &plan {
+        eprintln!("── {model} / {packing}: {images} images");
+        match one_run(&client, work.path(), &samples, args.data.as_deref(), model, packing, *images).await {
+            Ok(report) => reports.push(report),
+            Err(error) => {
+                outcome = Err(error.context(format!("{model} / {packing}")));
+                break;
+            }
+        }
+    }
+    stack.stop().await?;
+    outcome?;
+    eprintln!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(reports)
+}
+
+/// (model, packing, images) to run, in order.
+fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
+    let registered = blindfold_nn::registry::names();
+    let models: Vec<String> = if args.models.is_empty() {
+        registered.iter().map(|name| (*name).to_owned()).collect()
+    } else {
+        for model in &args.models {
+            if !registered.contains(&model.as_str()) {
+                bail!("unknown model {model:?}; `blindfold model list` shows the registered models: {registered:?}");
+            }
+        }
+        args.models.clone()
+    };
+    let packings = if args.packings.is_empty() {
+        vec!["throughput".to_owned(), "latency".to_owned()]
+    } else {
+        args.packings.clone()
+    };
+    let mut plan = Vec::new();
+    for model in &models {
+        let heavy = !model.contains("cryptonets");
+        for packing in &packings {
+            let explicit = !args.models.is_empty() && !args.packings.is_empty();
+            if heavy && packing == "throughput" && !args.all && !explicit {
+                eprintln!(
+                    "skipping {model} / throughput: one 8,192-image batch needs 14–20 GB and about a minute; \
+                     --all (or --model {model} --packing throughput) runs it"
+                );
+                continue;
+            }
+            let default = if heavy && packing == "latency" { 8 } else { 32 };
+            plan.push((model.clone(), packing.clone(), args.images.unwrap_or(default).max(1)));
+        }
+    }
+    if plan.is_empty() {
+        bail!("nothing to run: pick models and packings (or --all)");
+    }
+    Ok(plan)
+}
+
+/// Writes the embedded samples into `dir/samples/{mnist,dermamnist}`.
+fn write_samples(dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("samples");
+    for (set, name, bytes) in SAMPLES {
+        let folder = root.join(set);
+        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        std::fs::write(folder.join(name), bytes).with_context(|| format!("writing {name}"))?;
+    }
+    Ok(root)
+}
+
+/// The images for `model` and their labels: `count` embedded samples (cycled), or the first
+/// `count` test images of the full set in `data`.
+fn inputs_for(
+    model: &blindfold_evaluate::CompiledModel,
+    samples: &Path,
+    data: Option<&Path>,
+    count: usize,
+) -> anyhow::Result<(blindfold_client::Intake, Vec<usize>)> {
+    let derma = model.name().starts_with("derma");
+    if let Some(dir) = data {
+        let images = if derma {
+            data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
+        } else {
+            data::mnist(&dir.join("mnist"), Split::Test)?
+        };
+        let count = count.min(images.len());
+        let images = images.take(count);
+        let inputs = model.manifest().inputs(&images)?;
+        let names = (0..inputs.len()).map(|i| format!("test#{i}")).collect();
+        let labels = images.labels.iter().map(|&l| usize::from(l)).collect();
+        return Ok((blindfold_client::Intake { names, inputs }, labels));
+    }
+    let folder = samples.join(if derma { "dermamnist" } else { "mnist" });
+    let labels_csv = std::fs::read_to_string(folder.join("labels.csv")).context("reading the sample labels")?;
+    let mut labels = HashMap::new();
+    let mut files = Vec::new();
+    for line in labels_csv.lines().skip(1) {
+        let Some((file, label)) = line.split_once(',') else { continue };
+        labels.insert(file.to_owned(), label.trim().parse::<usize>().context("a sample label")?);
+        files.push(folder.join(file));
+    }
+    let paths: Vec<PathBuf> = files.iter().cycle().take(count).cloned().collect();
+    let intake = read_inputs(model.manifest(), &paths, IntakeOptions::default())?;
+    let labels = paths
+        .iter()
+        .map(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| labels.get(n).copied()).unwrap_or(usize::MAX))
+        .collect();
+    Ok((intake, labels))
+}
+
+async fn one_run(
+    client: &ApiClient,
+    work: &Path,
+    samples: &Path,
+    data: Option<&Path>,
+    model_name: &str,
+    packing: &str,
+    count: usize,
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let quiet: OnBytes = Arc::new(|_| {});
+    let dir = work.join(format!("keys-{model_name}-{packing}"));
+    let choice = if packing == "latency" { PackingChoice::Latency } else { PackingChoice::Throughput };
+
+    let clock = Instant::now();
+    let name = model_name.to_owned();
+    let keys_dir = dir.clone();
+    let keys = tokio::task::spawn_blocking(move || KeySet::generate(&keys_dir, &name, choice)).await??;
+    let keygen_seconds = clock.elapsed().as_secs_f64();
+    let model = keys.compiled_model()?;
+    let params = model.plan().params().clone();
+    step("keygen", keygen_seconds);
+
+    let clock = Instant::now();
+    let registered = flows::register_keys(client, &keys, quiet.clone()).await?;
+    let register_seconds = clock.elapsed().as_secs_f64();
+    step(&format!("register {:.1} MB of evaluation keys", registered.bytes as f64 / 1e6), register_seconds);
+
+    let (intake, labels) = inputs_for(&model, samples, data, count)?;
+    let clock = Instant::now();
+    let out = dir.join("jobs-out");
+    std::fs::create_dir_all(&out)?;
+    let (batches, model, intake) = tokio::task::spawn_blocking({
+        let keys = keys.clone();
+        let path = out.join("demo.bfib");
+        move || -> anyhow::Result<_> {
+            let batches = blindfold_client::encrypt(&keys, &model, &intake, &path, &|_, _| {})?;
+            Ok((batches, model, intake))
+        }
+    })
+    .await??;
+    let encrypt_seconds = clock.elapsed().as_secs_f64();
+    step("encrypt", encrypt_seconds);
+
+    let clock = Instant::now();
+    let mut jobs = Vec::new();
+    for batch in &batches {
+        jobs.push(flows::submit_batch(client, &keys, batch, None, quiet.clone()).await?.id);
+    }
+    let upload_seconds = clock.elapsed().as_secs_f64();
+    let bytes_up: u64 = batches.iter().map(|b| b.bytes).sum();
+    step(&format!("upload {:.1} MB and submit {} job(s)", bytes_up as f64 / 1e6, jobs.len()), upload_seconds);
+
+    let (mut queued_seconds, mut compute_seconds) = (0.0, 0.0);
+    for id in &jobs {
+        let done = flows::wait_job(client, *id, Duration::from_millis(50), &mut |_| {}).await?;
+        queued_seconds += done.durations.queued_seconds.unwrap_or(0.0);
+        compute_seconds += done.durations.running_seconds.unwrap_or(0.0);
+    }
+    step("queued", queued_seconds);
+    step("compute (worker: keys, download, evaluate, upload)", compute_seconds);
+
+    let clock = Instant::now();
+    let mut raws = Vec::new();
+    let mut bytes_down = 0;
+    for id in &jobs {
+        let raw = out.join(format!("{id}.bfrb"));
+        bytes_down += flows::download_result(client, *id, &raw, quiet.clone()).await?;
+        raws.push((*id, raw));
+    }
+    let download_seconds = clock.elapsed().as_secs_f64();
+    step("download", download_seconds);
+
+    let clock = Instant::now();
+    let (predicted, keys) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut predicted = Vec::new();
+        for (id, raw) in &raws {
+            let predictions = flows::decrypt_result(&keys, *id, raw)?;
+            predicted.extend(predictions.images.iter().map(|p| p.class_index));
+        }
+        Ok((predicted, keys))
+    })
+    .await??;
+    let decrypt_seconds = clock.elapsed().as_secs_f64();
+    step("decrypt", decrypt_seconds);
+    drop(keys);
+
+    let reference = model.network().forward_batch(&intake.inputs)?;
+    let plain: Vec<usize> = reference.iter().map(|logits| argmax(logits)).collect();
+    if predicted.len() != plain.len() {
+        bail!("{} predictions for {} images", predicted.len(), plain.len());
+    }
+    let images = plain.len();
+    let agree = predicted.iter().zip(&plain).filter(|(a, b)| a == b).count();
+    let correct = predicted.iter().zip(&labels).filter(|(a, b)| a == b).count();
+    Ok(RunReport {
+        model: model_name.to_owned(),
+        packing: packing.to_owned(),
+        images,
+        accuracy: correct as f64 / images as f64,
+        agreement: agree as f64 / images as f64,
+        keygen_seconds,
+        register_seconds,
+        encrypt_seconds,
+        upload_seconds,
+        queued_seconds,
+        compute_seconds,
+        download_seconds,
+        decrypt_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        bytes_up_per_image: bytes_up as f64 / images as f64,
+        bytes_down_per_image: bytes_down as f64 / images as f64,
+        evaluation_key_bytes: registered.bytes,
+        security_bits: params.security_bits(),
+        ring_degree: params.n(),
+    })
+}
+
+fn step(what: &str, seconds: f64) {
+    eprintln!("   {what}: {seconds:.2} s");
+}
+
+fn argmax(values: &[f64]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+fn print_table(reports: &[RunReport]) {
+    println!(
+        "{:<17} {:<10} {:>6} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
+        "model",
+        "packing",
+        "images",
+        "accuracy",
+        "agreement",
+        "keygen",
+        "encrypt",
+        "upload",
+        "queued",
+        "compute",
+        "download",
+        "decrypt",
+        "up/image",
+        "down/image",
+        "security"
+    );
+    for r in reports {
+        println!(
+            "{:<17} {:<10} {:>6} {:>7.1}% {:>8.1}% {:>6.2}s {:>7.2}s {:>6.2}s {:>6.2}s {:>7.2}s {:>7.2}s {:>7.2}s {:>10} {:>10} {:>4} bit",
+            r.model,
+            r.packing,
+            r.images,
+            100.0 * r.accuracy,
+            100.0 * r.agreement,
+            r.keygen_seconds,
+            r.encrypt_seconds,
+            r.upload_seconds,
+            r.queued_seconds,
+            r.compute_seconds,
+            r.download_seconds,
+            r.decrypt_seconds,
+            human_bytes(r.bytes_up_per_image),
+            human_bytes(r.bytes_down_per_image),
+            r.security_bits
+        );
+    }
+    println!(
+        "agreement: encrypted vs plaintext predictions of the same model (must be ≥ {:.1}%); compute: the worker's \
+         running time (keys, download, evaluation, upload); up/down: encrypted bytes per image",
+        100.0 * MIN_AGREEMENT
+    );
+}
+
+fn human_bytes(bytes: f64) -> String {
+    if bytes >= 1e6 {
+        format!("{:.2} MB", bytes / 1e6)
+    } else if bytes >= 1e3 {
+        format!("{:.1} KB", bytes / 1e3)
+    } else {
+        format!("{bytes:.0} B")
+    }
+}
