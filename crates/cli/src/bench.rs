@@ -17,6 +17,10 @@ pub enum Bench {
     /// Encrypted inference: one batch through a model, timed and checked against the
     /// plaintext model.
     Infer(crate::bench_infer::InferBench),
+    /// The whole service path on this machine (upload, queue, worker processes, download) next
+    /// to the pure computation of the same batch: end-to-end images per second and the
+    /// service's overhead.
+    Fleet(crate::bench_fleet::FleetBench),
 }
 
 /// Options of `bench queue`.
@@ -55,6 +59,7 @@ struct QueueReport {
 pub fn run(command: Bench) -> anyhow::Result<()> {
     match command {
         Bench::Infer(options) => crate::bench_infer::run(&options),
+        Bench::Fleet(options) => crate::bench_fleet::run(&options),
         Bench::Queue(options) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = runtime.block_on(bench_queue(&options))?;

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod bench_fleet;
 mod bench_infer;
 mod demo;
 mod dev;
