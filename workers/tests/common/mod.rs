@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use blindfold_batch::{InputBatchReader, Packing};
@@ -277,10 +277,6 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -357,6 +353,3 @@ pub async fn event_reasons(queue: &Queue, id: JobId) -> Vec<String> {
     queue.events(id).await.unwrap().into_iter().map(|e| e.reason).collect()
 }
 
-pub fn arc<T>(value: T) -> Arc<T> {
-    Arc::new(value)
-}
