@@ -18,7 +18,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let store = Store::connect(&config).await?;
         store.ensure_bucket().await?;
         let body: Vec<u8> = (0..megabytes << 20).map(|i| (i * 31 % 251) as u8).collect();
-        let key = ObjectKey::parse("tenants/00000000-0000-0000-0000-000000000001/jobs/00000000-0000-0000-0000-000000000002/input/batch.bfib")?;
+        let key = ObjectKey::parse(
+            "tenants/00000000-0000-0000-0000-000000000001/jobs/00000000-0000-0000-0000-000000000002/input/batch.bfib",
+        )?;
         let clock = Instant::now();
         store.upload(&key, std::io::Cursor::new(body)).await?;
         let up = clock.elapsed().as_secs_f64();

@@ -352,4 +352,3 @@ impl Drop for WorkerProcess {
 pub async fn event_reasons(queue: &Queue, id: JobId) -> Vec<String> {
     queue.events(id).await.unwrap().into_iter().map(|e| e.reason).collect()
 }
-
