@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -400,11 +400,23 @@ async fn compute(
 ) -> Result<Bytes, JobError> {
     let pool = shared.pool.clone();
     let watch = watch.clone();
+    // The latency packing evaluates one image after another and reports each from 0 to 1
+    // ("done" at its end); the job's progress is then over all of them.
+    let passes = if evaluator.model().packing() == Packing::Latency { image_count.max(1) as f64 } else { 1.0 };
+    let passes_done = AtomicU64::new(0);
     let joined = tokio::task::spawn_blocking(move || {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             pool.install(|| {
-                let control = Control::with_progress(|p| watch.report(0.05 + 0.9 * p.fraction, p.name))
-                    .cancelled_by(&watch.cancel);
+                let control = Control::with_progress(|p| {
+                    let done = if p.name == "done" {
+                        passes_done.fetch_add(1, Ordering::Relaxed) + 1
+                    } else {
+                        passes_done.load(Ordering::Relaxed)
+                    };
+                    let fraction = if p.name == "done" { done as f64 } else { done as f64 + p.fraction };
+                    watch.report(0.05 + 0.9 * (fraction / passes).min(1.0), p.name);
+                })
+                .cancelled_by(&watch.cancel);
                 let expect = evaluator.model().expect_input(key_set).image_count(image_count);
                 let input = InputBatchReader::open(&batch[..], evaluator.keys().context(), &expect)?;
                 evaluator.evaluate(input, Vec::new(), &control)
