@@ -13,6 +13,7 @@ use blindfold_queue::{Claimed, Completion, FailOutcome, Heartbeat, JobState, Lea
 use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, StoreError, TenantId as StoreTenant};
 use bytes::Bytes;
 use tokio::sync::watch;
+use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
 
 use crate::error::JobError;
@@ -226,20 +227,34 @@ async fn process(shared: &Shared, claimed: &Claimed, watch: &Arc<Watch>) -> Resu
     timings.keys = stage(shared, "keys", clock);
     watch.check()?;
 
+    // The batch streams from storage into the reader, which checks the header against the job
+    // before any ciphertext is read and every chunk as it arrives; it is never held whole.
     watch.report(0.02, "downloading");
     let clock = Instant::now();
     let input = parse_key(&job.input_key, "input")?;
-    let batch = retry(shared, "downloading the input batch", || shared.store.get_bytes(&input), store_gives_up)
-        .await
-        .map_err(|e| store_failure("input", &e))?;
-    timings.download = stage(shared, "download", clock);
-    watch.check()?;
-
-    watch.report(0.05, "computing");
-    let clock = Instant::now();
     let image_count = u64::try_from(job.image_count).unwrap_or(0);
-    let result = compute(shared, evaluator, batch, key_set.0, image_count, watch).await?;
-    timings.compute = stage(shared, "compute", clock);
+    let mut tries = 1;
+    let mut wait = Duration::from_millis(500);
+    let (result, download) = loop {
+        match compute(shared, &evaluator, &input, key_set.0, image_count, watch).await {
+            Ok(done) => break done,
+            Err(Streamed::Failed(error)) => return Err(error),
+            Err(Streamed::Storage(error)) => {
+                if store_gives_up(&error) || tries >= shared.config.retries {
+                    return Err(store_failure("input", &error));
+                }
+                tracing::warn!(%error, tries, wait_ms = wait.as_millis() as u64, "streaming the input batch failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+                tries += 1;
+                watch.check()?;
+            }
+        }
+    };
+    timings.download = download;
+    timings.compute = clock.elapsed().as_secs_f64();
+    shared.metrics.stage_seconds.with_label_values(&["download"]).observe(download);
+    stage(shared, "compute", clock);
     watch.check()?;
 
     // Named by attempt: an attempt that lost its lease unnoticed can never overwrite the result
@@ -388,23 +403,41 @@ async fn model(shared: &Shared, name: &str, packing: Packing) -> Result<Compiled
     Ok(model)
 }
 
-/// Evaluates the batch on the worker's thread pool; a panic in the engine becomes a transient
-/// failure and the worker carries on.
+/// Why a streamed evaluation failed: the storage stream (worth retrying from the start) or
+/// anything else (classified already).
+enum Streamed {
+    Storage(StoreError),
+    Failed(JobError),
+}
+
+/// Streams the input batch from storage into the evaluator on the worker's thread pool. Returns
+/// the result batch and the seconds the download took (it overlaps the reading). A panic in the
+/// engine becomes a transient failure and the worker carries on.
 async fn compute(
     shared: &Shared,
-    evaluator: Arc<BatchEvaluator>,
-    batch: Bytes,
+    evaluator: &Arc<BatchEvaluator>,
+    input: &ObjectKey,
     key_set: blindfold_batch::Uuid,
     image_count: u64,
     watch: &Arc<Watch>,
-) -> Result<Bytes, JobError> {
+) -> Result<(Bytes, f64), Streamed> {
+    let (writer, reader) = tokio::io::duplex(4 << 20);
+    let store = shared.store.clone();
+    let key = input.clone();
+    let download = tokio::spawn(async move {
+        let clock = Instant::now();
+        let received = store.download(&key, writer, None).await;
+        (received, clock.elapsed().as_secs_f64())
+    });
     let pool = shared.pool.clone();
     let watch = watch.clone();
+    let evaluator = evaluator.clone();
     // The latency packing evaluates one image after another and reports each from 0 to 1
     // ("done" at its end); the job's progress is then over all of them.
     let passes = if evaluator.model().packing() == Packing::Latency { image_count.max(1) as f64 } else { 1.0 };
     let passes_done = AtomicU64::new(0);
     let joined = tokio::task::spawn_blocking(move || {
+        let source = std::io::BufReader::with_capacity(1 << 20, SyncIoBridge::new(reader));
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             pool.install(|| {
                 let control = Control::with_progress(|p| {
@@ -418,13 +451,19 @@ async fn compute(
                 })
                 .cancelled_by(&watch.cancel);
                 let expect = evaluator.model().expect_input(key_set).image_count(image_count);
-                let input = InputBatchReader::open(&batch[..], evaluator.keys().context(), &expect)?;
+                let input = InputBatchReader::open(source, evaluator.keys().context(), &expect)?;
                 evaluator.evaluate(input, Vec::new(), &control)
             })
         }))
     })
     .await;
-    match joined {
+    // A reader that stopped early (bad header, cancel) drops its end: the download then fails
+    // with a broken pipe, which says nothing about storage; so the evaluation's error decides,
+    // unless the evaluation only failed because the stream broke.
+    let (received, download_seconds) = download.await.unwrap_or_else(|e| {
+        (Err(StoreError::Io { context: "the download task".into(), source: std::io::Error::other(e.to_string()) }), 0.0)
+    });
+    let evaluated = match joined {
         Err(error) => Err(JobError::transient("engine", format!("the evaluation task failed: {error}"))),
         Ok(Err(panic)) => {
             let message = panic
@@ -437,7 +476,19 @@ async fn compute(
         }
         Ok(Ok(Err(error))) => Err(JobError::from_evaluate(error)),
         Ok(Ok(Ok(evaluated))) => Ok(Bytes::from(evaluated.finished.writer)),
+    };
+    match (evaluated, received) {
+        // The reader verified the whole batch up to its trailer's digest.
+        (Ok(result), _) => Ok((result, download_seconds)),
+        // The stream broke before the batch was read whole: a storage failure.
+        (Err(JobError::Permanent(_)), Err(error)) if !broken_pipe(&error) => Err(Streamed::Storage(error)),
+        (Err(error), _) => Err(Streamed::Failed(error)),
     }
+}
+
+/// The reader hung up on the download (it had read all it needed, or stopped early).
+fn broken_pipe(error: &StoreError) -> bool {
+    matches!(error, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Runs `op` until it succeeds, `gives_up` says the error is final, or the worker's retries are

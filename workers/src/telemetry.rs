@@ -24,7 +24,8 @@ pub(crate) struct Metrics {
     pub images: IntCounter,
     /// Images per second of compute in the last succeeded job.
     pub images_per_second: Gauge,
-    /// Seconds per stage of a job (`keys`, `download`, `compute`, `upload`, `complete`).
+    /// Seconds per stage of a job (`keys`, `download` (overlapping `compute`), `compute`, `upload`,
+    /// `complete`).
     pub stage_seconds: HistogramVec,
     /// Cache lookups by cache (`keys`, `model`) and result (`hit`, `miss`).
     pub cache: IntCounterVec,

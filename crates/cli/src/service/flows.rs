@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use blindfold_api::{CreateJob, CreateKeySet, JobView, KeySetView};
+use blindfold_api::{CompletedPart, CreateJob, CreateKeySet, JobView, KeySetView};
 use blindfold_client::{EncryptedBatch, KeySet, Predictions};
 use uuid::Uuid;
 
@@ -233,6 +233,29 @@ pub async fn submit_batch(
     priority: Option<i64>,
     progress: OnBytes,
 ) -> anyhow::Result<JobView> {
+    let uploaded = upload_batch(client, keys, batch, priority, progress).await?;
+    submit_uploaded(client, uploaded).await
+}
+
+/// A job whose batch is uploaded but not yet submitted (see [`upload_batch`]).
+#[derive(Debug)]
+pub struct Uploaded {
+    /// The job as created.
+    pub job: JobView,
+    /// The parts to submit; `None` when the job had already been submitted (an idempotent
+    /// repeat).
+    parts: Option<Vec<CompletedPart>>,
+}
+
+/// The first half of [`submit_batch`]: creates the job and uploads its batch, without
+/// submitting it (the benchmark times the hospital's upload apart from the service's work).
+pub async fn upload_batch(
+    client: &ApiClient,
+    keys: &KeySet,
+    batch: &EncryptedBatch,
+    priority: Option<i64>,
+    progress: OnBytes,
+) -> anyhow::Result<Uploaded> {
     let descriptor = keys.descriptor();
     let created = client
         .create_job(&CreateJob {
@@ -247,7 +270,7 @@ pub async fn submit_batch(
         .await?;
     let Some(upload) = created.upload else {
         // Already submitted (an idempotent repeat).
-        return Ok(created.job);
+        return Ok(Uploaded { job: created.job, parts: None });
     };
     let id = created.job.id;
     let parts = client.upload(&upload, &batch.path, progress).await?;
@@ -255,7 +278,16 @@ pub async fn submit_batch(
     let names = job_names(keys, id);
     std::fs::rename(&batch.names_path, &names)
         .with_context(|| format!("moving {} to {}", batch.names_path.display(), names.display()))?;
-    Ok(client.submit_job(id, parts).await?)
+    Ok(Uploaded { job: created.job, parts: Some(parts) })
+}
+
+/// The second half of [`submit_batch`]: submits an uploaded job (the service verifies the
+/// batch's header and queues it).
+pub async fn submit_uploaded(client: &ApiClient, uploaded: Uploaded) -> anyhow::Result<JobView> {
+    match uploaded.parts {
+        Some(parts) => Ok(client.submit_job(uploaded.job.id, parts).await?),
+        None => Ok(uploaded.job),
+    }
 }
 
 /// Polls the job every `interval` until it ends, calling `on_update` with each view. A
