@@ -138,6 +138,32 @@ async fn a_job_rides_out_a_storage_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_stream_breaks_is_streamed_again_in_place() {
+    let _serial = common::SERIAL.lock().await;
+    let mut stack = Stack::start().await;
+    let mut inputs = batches(2, 1);
+    let second = inputs.pop().unwrap();
+    let first = inputs.pop().unwrap();
+    let worker = stack.worker("streaming", &[]);
+    // The first job caches the key set, so the outage hits the input stream itself.
+    let warm = stack.submit(&first, 1).await;
+    assert_eq!(stack.wait_final(warm).await.state, JobState::Succeeded);
+    let (id, key) = stack.upload(&second).await;
+    stack.stop_storage().await;
+    stack.enqueue(id, &key, 1).await;
+    stack.wait_for(id, Duration::from_secs(60), |job| job.state == JobState::Running).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.restart_storage().await;
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+    assert_eq!(job.attempt, 1, "retried in place, not through the queue");
+    assert_eq!(stack.result_bytes(&job).await, expected_result(&second));
+    let retried =
+        worker.log_lines().iter().any(|line| line["fields"]["message"] == "streaming the input batch failed; retrying");
+    assert!(retried, "the outage hit the input stream:\n{}", stack.log_tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_while_running_stops_within_a_heartbeat() {
     let _serial = common::SERIAL.lock().await;
     let stack = Stack::start().await;

@@ -153,6 +153,13 @@ impl Stack {
 
     /// Uploads `batch` and enqueues a job for it.
     pub async fn submit(&self, batch: &Bytes, images: usize) -> JobId {
+        let (id, key) = self.upload(batch).await;
+        self.enqueue(id, &key, images).await;
+        id
+    }
+
+    /// Stores `batch` as the input of a new job id (not yet enqueued).
+    pub async fn upload(&self, batch: &Bytes) -> (JobId, ObjectKey) {
         let id = JobId::new_random();
         let key = ObjectKey::job_input(
             &blindfold_store::TenantId::new(self.tenant.to_string()).unwrap(),
@@ -160,6 +167,11 @@ impl Stack {
             &ObjectName::new("batch.bfib").unwrap(),
         );
         self.store.put_bytes(&key, batch.clone()).await.unwrap();
+        (id, key)
+    }
+
+    /// Enqueues the job `id` for the uploaded batch `key`.
+    pub async fn enqueue(&self, id: JobId, key: &ObjectKey, images: usize) {
         let (_, keys) = key_set();
         let job = NewJob {
             tenant_id: self.tenant,
@@ -174,7 +186,6 @@ impl Stack {
         };
         let mut conn = self.db.pool().acquire().await.unwrap();
         self.queue.enqueue_as_in(&mut conn, id, job).await.unwrap();
-        id
     }
 
     pub async fn job(&self, id: JobId) -> Job {
