@@ -4,22 +4,10 @@
 use anyhow::Context as _;
 use clap::Parser;
 
-// CKKS evaluation allocates and frees hundreds of megabytes per layer; see `keep_freed_memory`.
+// CKKS evaluation allocates and frees hundreds of megabytes per layer; see
+// `blindfold_worker::keep_freed_memory`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Tells mimalloc never to hand freed memory back to the kernel: returning it makes every new
-/// ciphertext page-fault its memory back in, which doubled the time of a CryptoNets batch on a
-/// 2-core VM (see the CLI's identical setting). `MIMALLOC_PURGE_DELAY` overrides it.
-#[allow(unsafe_code)]
-fn keep_freed_memory() {
-    /// `mi_option_purge_delay` (option 15 in mimalloc v2 and v3); -1 = never purge.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set takes plain integers and is safe to call at any time.
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
-    }
-}
 
 /// The Blindfold worker: claims jobs from the queue, evaluates their encrypted batches on every
 /// core, writes the encrypted results to object storage. Stops cleanly on SIGTERM or Ctrl-C
@@ -34,7 +22,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    keep_freed_memory();
+    blindfold_worker::keep_freed_memory();
     json_logs();
     let cli = Cli::parse();
     let worker = blindfold_worker::Worker::start(cli.config).await.context("starting the worker")?;

@@ -338,7 +338,7 @@ fn data_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         .context("no dataset directory found (looked for ../shared/data and ./shared/data); pass --data DIR")
 }
 
-fn argmax(values: &[f64]) -> usize {
+pub(crate) fn argmax(values: &[f64]) -> usize {
     values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 

@@ -331,7 +331,7 @@ async fn one_run(
     drop(keys);
 
     let reference = model.network().forward_batch(&intake.inputs)?;
-    let plain: Vec<usize> = reference.iter().map(|logits| argmax(logits)).collect();
+    let plain: Vec<usize> = reference.iter().map(|logits| crate::bench_infer::argmax(logits)).collect();
     if predicted.len() != plain.len() {
         bail!("{} predictions for {} images", predicted.len(), plain.len());
     }
@@ -363,10 +363,6 @@ async fn one_run(
 
 fn step(what: &str, seconds: f64) {
     eprintln!("   {what}: {seconds:.2} s");
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
 fn print_table(reports: &[RunReport]) {

@@ -25,22 +25,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Tells mimalloc never to hand freed memory back to the kernel. Each layer of a throughput
-/// batch frees and allocates hundreds of megabytes; returning them makes every new
-/// ciphertext page-fault its memory back in (zeroed by the kernel), which took half the time of
-/// a CryptoNets batch on a 2-core VM: 2.94 s per batch without this, 1.57 s with it
-/// (`blindfold bench infer --model mnist-cryptonets`, `MIMALLOC_PURGE_DELAY=-1`).
-#[allow(unsafe_code)]
-fn keep_freed_memory() {
-    /// `mi_option_purge_delay` (option 15 in mimalloc v2 and v3); -1 = never purge.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set takes plain integers and is safe to call at any time; the option
-        // is read on each purge decision.
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
-    }
-}
-
 /// Exit codes, shown under `blindfold --help` and in the README.
 const EXIT_CODES: &str = "Exit codes:
   0  success
@@ -96,7 +80,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    blindfold_worker::keep_freed_memory();
     let outcome = match Cli::parse().command {
         Command::Demo(args) => demo::run(args),
         Command::Hospital(command) => hospital::run(command),
