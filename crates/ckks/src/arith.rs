@@ -132,6 +132,14 @@ pub(crate) struct ShoupConst {
     quotient: u64,
 }
 
+impl ShoupConst {
+    /// floor(value · 2^32 / q): the constant of the 32-bit Shoup product, for q < 2^32.
+    #[inline(always)]
+    pub(crate) fn quotient32(&self) -> u64 {
+        self.quotient >> 32
+    }
+}
+
 /// Deterministic Miller–Rabin for 64-bit integers.
 pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {

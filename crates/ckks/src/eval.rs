@@ -221,6 +221,19 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// [`Evaluator::relinearize`] in place, without copying the first two parts.
+    pub fn relinearize_assign(&self, a: &mut Ciphertext, key: &RelinKey) -> Result<()> {
+        check_fingerprint(&self.context, key.fingerprint)?;
+        if a.size() != 3 {
+            return Err(Error::WrongSize { expected: 3, found: a.size() });
+        }
+        let (k0, k1) = self.key_switch(&a.parts[2], a.level, &key.key);
+        a.parts.truncate(2);
+        self.add_polys(&mut a.parts[0], &k0, a.level);
+        self.add_polys(&mut a.parts[1], &k1, a.level);
+        Ok(())
+    }
+
     /// a · b, relinearized.
     pub fn mul_relin(&self, a: &Ciphertext, b: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
         self.relinearize(&self.mul(a, b)?, key)
@@ -240,11 +253,29 @@ impl Evaluator {
             .iter()
             .map(|part| {
                 let mut out = part.prefix(last);
-                divide_by_last(ctx, &mut out, part.limb(last), last, &ctx.rescale_inv[last]);
+                divide_by_last(ctx, &mut out, part.limb(last).to_vec(), last, &ctx.rescale_inv[last]);
                 out
             })
             .collect();
         Ok(Ciphertext { parts, level: last - 1, scale: a.scale / q_last_value(ctx, last) })
+    }
+
+    /// [`Evaluator::rescale`] in place: no copy of the remaining primes, which is most of a
+    /// rescale's memory traffic when ciphertexts are streamed through once.
+    pub fn rescale_assign(&self, a: &mut Ciphertext) -> Result<()> {
+        if a.level == 0 {
+            return Err(Error::InvalidLevel { level: 0, min: 1, max: self.context.max_level() });
+        }
+        let ctx = &self.context;
+        let last = a.level;
+        for part in &mut a.parts {
+            let dropped = part.limb(last).to_vec();
+            part.truncate(last);
+            divide_by_last(ctx, part, dropped, last, &ctx.rescale_inv[last]);
+        }
+        a.level = last - 1;
+        a.scale /= q_last_value(ctx, last);
+        Ok(())
     }
 
     /// Drops primes down to `level` without changing the message or the scale.
@@ -373,7 +404,7 @@ impl Evaluator {
                 }
             },
         );
-        (self.mod_down(&acc0, level), self.mod_down(&acc1, level))
+        (self.mod_down(acc0, level), self.mod_down(acc1, level))
     }
 
     /// Row of a key-switching key holding prime `t` (keys span every prime, P last).
@@ -421,16 +452,17 @@ impl Evaluator {
                 }
             },
         );
-        (self.mod_down(&acc0, level), self.mod_down(&acc1, level))
+        (self.mod_down(acc0, level), self.mod_down(acc1, level))
     }
 
     /// From q_0 … q_level, P down to q_0 … q_level: (x - [x]_P) / P, rounding.
-    fn mod_down(&self, extended: &RnsPoly, level: usize) -> RnsPoly {
+    fn mod_down(&self, mut extended: RnsPoly, level: usize) -> RnsPoly {
         let ctx = &self.context;
         let special = ctx.special_index();
-        let mut out = extended.prefix(level + 1);
-        divide_by_last(ctx, &mut out, extended.limb(level + 1), special, &ctx.special_inv);
-        out
+        let dropped = extended.limb(level + 1).to_vec();
+        extended.truncate(level + 1);
+        divide_by_last(ctx, &mut extended, dropped, special, &ctx.special_inv);
+        extended
     }
 
     // ---- helpers --------------------------------------------------------------------------
@@ -503,37 +535,113 @@ fn lift_row(ctx: &Context, coefficients: &[u64], source: usize, target: usize, o
 fn divide_by_last(
     ctx: &Context,
     poly: &mut RnsPoly,
-    last_row: &[u64],
+    mut dropped: Vec<u64>,
     last: usize,
     inverses: &[crate::arith::ShoupConst],
 ) {
-    let mut dropped = last_row.to_vec();
     ctx.ntt[last].backward(&mut dropped);
     let q_last = ctx.moduli[last].value;
     let half = q_last / 2;
-    poly.data.par_chunks_mut(ctx.n).enumerate().for_each(|(i, row)| {
-        let m = &ctx.moduli[i];
-        let mut correction = vec![0u64; ctx.n];
-        // The centred remainder r ∈ (-q_last/2, q_last/2] reduced mod q_i: as x - q_last when x
-        // is above half, i.e. x + (q_i - q_last mod q_i).
-        let shift = m.neg(m.reduce(q_last));
-        if q_last <= 2 * m.value {
-            for (c, &x) in correction.iter_mut().zip(&dropped) {
-                let r = x.min(x.wrapping_sub(m.value));
-                *c = if x > half { m.add(r, shift) } else { r };
+    // One scratch row per worker rather than one allocation per prime.
+    poly.data.par_chunks_mut(ctx.n).enumerate().for_each_init(
+        || vec![0u64; ctx.n],
+        |correction, (i, row)| {
+            let m = &ctx.moduli[i];
+            // The centred remainder r ∈ (-q_last/2, q_last/2] reduced mod q_i: as x - q_last when x
+            // is above half, i.e. x + (q_i - q_last mod q_i).
+            let shift = m.neg(m.reduce(q_last));
+            if m.value < 1 << 32 {
+                // Every ciphertext prime of the compiled models: a vectorized path.
+                centre(correction, &dropped, m.value, half, shift);
+                ctx.ntt[i].forward(correction);
+                subtract_and_scale(row, correction, m.value, inverses[i].value, inverses[i].quotient32());
+                return;
             }
-        } else {
-            for (c, &x) in correction.iter_mut().zip(&dropped) {
-                let r = m.reduce(x);
-                *c = if x > half { m.add(r, shift) } else { r };
+            if q_last <= 2 * m.value {
+                for (c, &x) in correction.iter_mut().zip(&dropped) {
+                    let r = x.min(x.wrapping_sub(m.value));
+                    *c = if x > half { m.add(r, shift) } else { r };
+                }
+            } else {
+                for (c, &x) in correction.iter_mut().zip(&dropped) {
+                    let r = m.reduce(x);
+                    *c = if x > half { m.add(r, shift) } else { r };
+                }
             }
+            ctx.ntt[i].forward(correction);
+            let inv = inverses[i];
+            for (x, &c) in row.iter_mut().zip(correction.iter()) {
+                *x = m.mul_shoup(m.sub(*x, c), inv);
+            }
+        },
+    );
+}
+
+/// correction[k] = the centred residue of dropped[k] (mod q_last, half = q_last / 2) reduced
+/// mod q < 2^32: dropped[k] mod q, plus `shift` (= −q_last mod q) when above half. The
+/// quotient is estimated in f64, exact to within one for q < 2^32, so this vectorizes.
+#[allow(unsafe_code)]
+fn centre(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shift: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
+            return unsafe { centre_avx512(correction, dropped, q, half, shift) };
         }
-        ctx.ntt[i].forward(&mut correction);
-        let inv = inverses[i];
-        for (x, &c) in row.iter_mut().zip(&correction) {
-            *x = m.mul_shoup(m.sub(*x, c), inv);
+    }
+    centre_portable(correction, dropped, q, half, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn centre_avx512(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shift: u64) {
+    centre_portable(correction, dropped, q, half, shift)
+}
+
+#[inline(always)]
+fn centre_portable(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shift: u64) {
+    let inverse = 1.0 / q as f64;
+    for (c, &x) in correction.iter_mut().zip(dropped) {
+        let estimate = (x as f64 * inverse) as u64;
+        let r = x.wrapping_sub(estimate.wrapping_mul(q));
+        // r is in [-q, 2q) as a two's-complement word.
+        let r = r.min(r.wrapping_add(q));
+        let r = r.min(r.wrapping_sub(q));
+        let shifted = r + if x > half { shift } else { 0 };
+        *c = shifted.min(shifted.wrapping_sub(q));
+    }
+}
+
+/// row[k] = (row[k] − correction[k]) · w mod q < 2^32, with the 32-bit Shoup constant w32 =
+/// floor(w · 2^32 / q): every product fits 64 bits, so this vectorizes (vpmuludq).
+#[allow(unsafe_code)]
+fn subtract_and_scale(row: &mut [u64], correction: &[u64], q: u64, w: u64, w32: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { subtract_and_scale_avx512(row, correction, q, w, w32) };
         }
-    });
+    }
+    subtract_and_scale_portable(row, correction, q, w, w32)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn subtract_and_scale_avx512(row: &mut [u64], correction: &[u64], q: u64, w: u64, w32: u64) {
+    subtract_and_scale_portable(row, correction, q, w, w32)
+}
+
+#[inline(always)]
+fn subtract_and_scale_portable(row: &mut [u64], correction: &[u64], q: u64, w: u64, w32: u64) {
+    for (x, &c) in row.iter_mut().zip(correction) {
+        let d = x.wrapping_sub(c);
+        let d = d.min(d.wrapping_add(q));
+        // d, w < 2^32: both products fit; the quotient estimate is low by at most one.
+        let estimate = (d * w32) >> 32;
+        let r = (d * w).wrapping_sub(estimate * q);
+        *x = r.min(r.wrapping_sub(q));
+    }
 }
 
 fn permute(poly: &RnsPoly, perm: &[u32]) -> RnsPoly {

@@ -127,7 +127,24 @@ impl Evaluator {
     /// level, one scale S and one size (2 or 3 parts); outputs have scale S · weight_scale and
     /// the same size, at the same level (rescale them next).
     pub fn apply_linear(&self, map: &LinearMap, inputs: &[&Ciphertext]) -> Result<Vec<Ciphertext>> {
+        self.apply_linear_rows(map, inputs, 0..map.outputs())
+    }
+
+    /// [`Evaluator::apply_linear`] for the outputs in `rows` only (returned in order): lets a
+    /// caller stream a large layer in pieces so its outputs are never all held at once.
+    pub fn apply_linear_rows(
+        &self,
+        map: &LinearMap,
+        inputs: &[&Ciphertext],
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<Ciphertext>> {
         let ctx = self.context();
+        if rows.start > rows.end || rows.end > map.outputs() {
+            return Err(Error::InvalidParameter {
+                name: "rows",
+                reason: format!("{rows:?} of a map with {} outputs", map.outputs()),
+            });
+        }
         if inputs.len() != map.inputs {
             return Err(Error::InvalidParameter {
                 name: "inputs",
@@ -150,7 +167,7 @@ impl Evaluator {
                 return Err(Error::ScaleMismatch { left: x.scale.log2(), right: scale.log2() });
             }
         }
-        let (n, limbs, outputs) = (ctx.n, level + 1, map.outputs());
+        let (n, limbs, outputs) = (ctx.n, level + 1, rows.len());
         let out_scale = scale * map.weight_scale;
         let mut results: Vec<Ciphertext> = (0..outputs)
             .map(|_| Ciphertext { parts: vec![RnsPoly::zero(n, limbs); parts], level, scale: out_scale })
@@ -165,14 +182,20 @@ impl Evaluator {
             }
         }
         let bias_residues: Vec<Vec<u64>> = (0..limbs)
-            .map(|l| map.bias.iter().map(|&b| ctx.moduli[l].reduce_i128((b * out_scale).round() as i128)).collect())
+            .map(|l| {
+                map.bias[rows.clone()]
+                    .iter()
+                    .map(|&b| ctx.moduli[l].reduce_i128((b * out_scale).round() as i128))
+                    .collect()
+            })
             .collect();
-        units.into_par_iter().enumerate().for_each(|(unit, mut rows)| {
+        let range = rows;
+        units.into_par_iter().enumerate().for_each(|(unit, mut outputs)| {
             let (p, l) = (unit / limbs, unit % limbs);
             let m = &ctx.moduli[l];
             let sources: Vec<&[u64]> = inputs.iter().map(|x| x.parts[p].limb(l)).collect();
             let bias = (p == 0).then(|| &bias_residues[l][..]);
-            multiply_accumulate(map, &map.residues[l], m, &sources, &mut rows, bias, n);
+            multiply_accumulate(map, range.clone(), &map.residues[l], m, &sources, &mut outputs, bias, n);
         });
         Ok(results)
     }
@@ -181,9 +204,12 @@ impl Evaluator {
 /// Rows accumulated together while one input tile is in registers.
 const ROW_BLOCK: usize = 4;
 
-/// The kernel for one (part, prime): every output row = Σ weight · input row (+ bias).
+/// The kernel for one (part, prime): output row r − range.start = Σ weight · input row (+ bias
+/// indexed the same way) for every row r in `range`.
+#[allow(clippy::too_many_arguments)]
 fn multiply_accumulate(
     map: &LinearMap,
+    range: std::ops::Range<usize>,
     weights: &[u64],
     m: &crate::arith::Modulus,
     sources: &[&[u64]],
@@ -199,12 +225,16 @@ fn multiply_accumulate(
     for start in (0..n).step_by(TILE) {
         let end = (start + TILE).min(n);
         let width = end - start;
-        for group in &map.groups {
+        let groups = map.groups.iter().filter_map(|g| {
+            let clipped = g.start.max(range.start)..g.end.min(range.end);
+            (!clipped.is_empty()).then_some(clipped)
+        });
+        for group in groups {
             for block_start in group.clone().step_by(ROW_BLOCK) {
                 let rows = block_start..(block_start + ROW_BLOCK).min(group.end);
                 let count = rows.len();
                 for (slot, row) in rows.clone().enumerate() {
-                    acc[slot * TILE..slot * TILE + width].fill(bias.map_or(0, |b| b[row]));
+                    acc[slot * TILE..slot * TILE + width].fill(bias.map_or(0, |b| b[row - range.start]));
                 }
                 let first = map.row_start[block_start];
                 let terms = map.row_start[block_start + 1] - first;
@@ -233,7 +263,7 @@ fn multiply_accumulate(
                     reduce_block(&mut acc[..count * TILE], q);
                 }
                 for (slot, row) in rows.enumerate() {
-                    outputs[row][start..end].copy_from_slice(&acc[slot * TILE..slot * TILE + width]);
+                    outputs[row - range.start][start..end].copy_from_slice(&acc[slot * TILE..slot * TILE + width]);
                 }
             }
         }

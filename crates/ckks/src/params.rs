@@ -236,12 +236,13 @@ pub enum Preset {
     N13Depth2,
     /// N = 2^14, q = [60, 40 × 7], P = 60, Δ = 2^40: depth 7 (the common SEAL benchmark shape).
     N14Depth7,
-    /// N = 2^13, q = [29 × 6], P = 40, Δ = 2^28: depth 5 with 29-bit primes, the shape the
-    /// model compiler picks for mnist-cryptonets (29-bit residues allow 64 lazy
-    /// multiply-adds per 64-bit word in the linear layers).
+    /// N = 2^13, q = [30, 29 × 5], P = 40, Δ = 2^28: depth 5 with 29-bit rescale primes, the
+    /// shape the model compiler picks for mnist-cryptonets (29-bit residues allow 64 lazy
+    /// multiply-adds per 64-bit word in the linear layers; the 30-bit q_0 gives the logits one
+    /// more bit of precision and still allows 16).
     N13Depth5Small,
-    /// N = 2^14, q = [29 × 8], P = 40, Δ = 2^28: depth 7 with 29-bit primes, the shape of the
-    /// LeNet-5 models.
+    /// N = 2^14, q = [30, 29 × 7], P = 40, Δ = 2^28: depth 7 with 29-bit rescale primes, the
+    /// shape of the LeNet-5 models.
     N14Depth7Small,
 }
 
@@ -275,11 +276,12 @@ impl Preset {
                 .special_bits(&[60])
                 .log_scale(40),
             Preset::N13Depth5Small => {
-                ParametersBuilder::new(13).ciphertext_bits(&[29; 6]).special_bits(&[40]).log_scale(28)
+                ParametersBuilder::new(13).ciphertext_bits(&[30, 29, 29, 29, 29, 29]).special_bits(&[40]).log_scale(28)
             }
-            Preset::N14Depth7Small => {
-                ParametersBuilder::new(14).ciphertext_bits(&[29; 8]).special_bits(&[40]).log_scale(28)
-            }
+            Preset::N14Depth7Small => ParametersBuilder::new(14)
+                .ciphertext_bits(&[30, 29, 29, 29, 29, 29, 29, 29])
+                .special_bits(&[40])
+                .log_scale(28),
         }
     }
 

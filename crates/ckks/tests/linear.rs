@@ -49,6 +49,15 @@ fn check(bits: &[u32], special: u32, log_scale: u32, parts: usize) {
     let map = LinearMap::new(ctx, inputs, &rows, bias.clone(), level, weight_scale).unwrap();
     let refs: Vec<_> = cts.iter().collect();
     let out = s.evaluator.apply_linear(&map, &refs).unwrap();
+    // Any range of rows gives exactly those outputs, byte for byte.
+    for range in [0..outputs, 0..1, 2..5, outputs - 1..outputs, 3..3] {
+        let part = s.evaluator.apply_linear_rows(&map, &refs, range.clone()).unwrap();
+        assert_eq!(part.len(), range.len());
+        for (ct, whole) in part.iter().zip(&out[range]) {
+            assert_eq!(ct, whole);
+        }
+    }
+    assert!(s.evaluator.apply_linear_rows(&map, &refs, 0..outputs + 1).is_err());
     for (o, ct) in out.iter().enumerate() {
         assert_eq!(ct.size(), parts);
         // Relinearize before rescaling: rescaling a 3-part ciphertext adds a rounding term

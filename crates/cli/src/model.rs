@@ -14,7 +14,7 @@ use serde_json::json;
 pub enum Model {
     /// List the registered models.
     List,
-    /// Show a model's manifest and layer-by-layer IR with the levels each layer costs.
+    /// Show a model's manifest, its layer-by-layer IR, and its throughput and latency plans.
     Show {
         /// Model name (see `blindfold model list`).
         name: String,
@@ -87,6 +87,16 @@ fn show(name: &str) -> anyhow::Result<()> {
     println!("training: {}", man.training["command"].as_str().unwrap_or("-"));
     println!("onnx: {} bytes\n", m.onnx.len());
     print!("{}", m.network.summary());
+    // The encrypted plans: what each packing costs in levels, keys and parameters.
+    for plan in [
+        blindfold_nn::encrypted::ThroughputPlan::compile(name, &m.network).map(|p| p.summary()),
+        blindfold_nn::encrypted::LatencyPlan::compile(name, &m.network).map(|p| p.summary()),
+    ] {
+        match plan {
+            Ok(summary) => print!("\n{summary}"),
+            Err(e) => println!("\nnot compiled: {e}"),
+        }
+    }
     Ok(())
 }
 

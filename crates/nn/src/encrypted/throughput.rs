@@ -32,6 +32,13 @@ use crate::ir::{Layer, Network, Shape};
 /// Bits of every ciphertext prime. Below 2^29 a product of two residues leaves room for 64 lazy
 /// additions in a 64-bit word, which is what makes the linear layers fast.
 pub(super) const PRIME_BITS: u32 = 29;
+/// Bits of q_0, the prime the logits are decrypted under: the final scale is q_0 / 2^(1 +
+/// LOGIT_HEADROOM_BITS), so its rounding error (about 2^12 in slot units after the last rescale
+/// at N = 2^14) decides the logits' precision. 30 bits halves the logit error of a 29-bit q_0
+/// (DermaMNIST: max error 4.1e-2 → 1.9e-2, agreement 99.87 % → 99.95 %) and keeps 16 lazy
+/// products per reduction on this prime; 31 bits halves it again but allows only 4, which cost
+/// 12 % of a LeNet-5 batch.
+const BASE_BITS: u32 = 30;
 /// Largest special prime we use; smaller when the budget is tight (never below 30 bits, so P
 /// stays above every q_i).
 const SPECIAL_BITS: u32 = 40;
@@ -66,6 +73,8 @@ enum StageOp {
         weight_scale: f64,
         relinearize: bool,
         rescales: usize,
+        /// A sum pool (weights 1, no bias): what a streamed segment folds into plain additions.
+        pool: bool,
     },
     Square {
         shift: f64,
@@ -89,8 +98,31 @@ pub struct ThroughputPlan {
     input_level: usize,
     input_scale: f64,
     stages: Vec<Stage>,
+    /// Runs of stages evaluated together, one pooled position at a time.
+    segments: Vec<Segment>,
     /// The logits are scale · decrypted + shift (a trailing affine map folded out of the circuit).
     output_affine: (f64, f64),
+}
+
+/// Convolution → square → sum pool → (settle), streamed: for each pooled position, only the
+/// convolution outputs under its window are computed, squared and summed. The layer's full
+/// output (k² times the pooled one, and 3-part after the square) is never held, which is what
+/// bounds a LeNet batch's memory; the settle (relinearize and rescale) runs on the pooled sums,
+/// k² times fewer key switches than on the squares. Stage indices refer to `stages`.
+#[derive(Debug, Clone)]
+struct Segment {
+    /// What progress reports call it.
+    name: String,
+    conv: usize,
+    square: usize,
+    settle: Option<usize>,
+    pool: usize,
+    /// Pooled outputs per position (the channels).
+    channels: usize,
+    /// Positions (pooled outputs per channel); pooled output c·positions + s.
+    positions: usize,
+    /// Convolution outputs under one window.
+    window: usize,
 }
 
 /// What lowering produces before levels and scales are known.
@@ -278,6 +310,17 @@ impl ThroughputPlan {
                 &what,
             ));
         }
+        for segment in &self.segments {
+            out.push_str(&format!(
+                "     stages {}-{} streamed: {} pooled positions × {} channels, {} convolution outputs per window{}\n",
+                segment.conv,
+                segment.end(),
+                segment.positions,
+                segment.channels,
+                segment.window,
+                if segment.settle.is_some() { ", settled after pooling" } else { "" }
+            ));
+        }
         out
     }
 }
@@ -289,6 +332,8 @@ pub struct ThroughputEngine {
     context: Arc<Context>,
     evaluator: Evaluator,
     maps: Vec<Option<LinearMap>>,
+    /// One map per plan segment: the convolution's rows in pooled-position order.
+    segment_maps: Vec<LinearMap>,
 }
 
 impl ThroughputEngine {
@@ -297,17 +342,24 @@ impl ThroughputEngine {
         if context.params().fingerprint() != plan.params.fingerprint() {
             return Err(Error::Input("the context's parameters are not the plan's".into()));
         }
+        let streamed = |index: usize| plan.segments.iter().any(|s| s.conv == index || s.pool == index);
         let maps = plan
             .stages
             .iter()
-            .map(|stage| match &stage.op {
-                StageOp::Linear { inputs, rows, bias, weight_scale, .. } => {
+            .enumerate()
+            .map(|(index, stage)| match &stage.op {
+                StageOp::Linear { inputs, rows, bias, weight_scale, .. } if !streamed(index) => {
                     LinearMap::new(context, *inputs, rows, bias.clone(), stage.level_in, *weight_scale).map(Some)
                 }
                 _ => Ok(None),
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Self { plan, context: context.clone(), evaluator: Evaluator::new(context), maps })
+        let segment_maps = plan
+            .segments
+            .iter()
+            .map(|segment| segment_map(&plan.stages, segment, context))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { plan, context: context.clone(), evaluator: Evaluator::new(context), maps, segment_maps })
     }
 
     /// The plan.
@@ -346,8 +398,27 @@ impl ThroughputEngine {
         let mut done = 0.0;
         let mut current = inputs;
         let ev = &self.evaluator;
-        for (index, stage) in plan.stages.iter().enumerate() {
+        let mut index = 0;
+        while let Some(stage) = plan.stages.get(index) {
             control.check()?;
+            if let Some((segment, map)) =
+                plan.segments.iter().zip(&self.segment_maps).find(|(segment, _)| segment.conv == index)
+            {
+                let cost: f64 = plan.stages[segment.conv..=segment.end()].iter().map(|s| s.cost).sum();
+                let progress = |fraction: f64| {
+                    control.report(Progress {
+                        stage: index,
+                        stages: plan.stages.len(),
+                        name: &segment.name,
+                        fraction: (done + fraction * cost) / total_cost,
+                    })
+                };
+                let _span = tracing::debug_span!("segment", index, name = %stage.name).entered();
+                current = self.run_segment(segment, map, current, relin, control, &progress)?;
+                done += cost;
+                index = segment.end() + 1;
+                continue;
+            }
             control.report(Progress {
                 stage: index,
                 stages: plan.stages.len(),
@@ -386,11 +457,134 @@ impl ThroughputEngine {
                 }
             };
             done += stage.cost;
+            index += 1;
         }
         control.report(Progress { stage: plan.stages.len(), stages: plan.stages.len(), name: "done", fraction: 1.0 });
         // The download is smallest at level 0.
         current.into_par_iter().map(|ct| Ok(ev.drop_to_level(&ct, 0)?)).collect()
     }
+}
+
+impl ThroughputEngine {
+    /// Runs one streamed segment: pooled positions in parallel, each computing its window's
+    /// convolution outputs for every channel, settling, squaring and summing them.
+    fn run_segment(
+        &self,
+        segment: &Segment,
+        map: &LinearMap,
+        inputs: Vec<Ciphertext>,
+        relin: &RelinKey,
+        control: &Control<'_>,
+        progress: &(dyn Fn(f64) + Sync),
+    ) -> Result<Vec<Ciphertext>> {
+        let ev = &self.evaluator;
+        let stages = &self.plan.stages;
+        let settle_of = |index: usize| match stages[index].op {
+            StageOp::Linear { relinearize, rescales, .. }
+            | StageOp::Square { relinearize, rescales, .. }
+            | StageOp::Settle { relinearize, rescales } => (relinearize, rescales),
+        };
+        let conv = settle_of(segment.conv);
+        let square = settle_of(segment.square);
+        let shift = match stages[segment.square].op {
+            StageOp::Square { shift, .. } => shift,
+            _ => 0.0,
+        };
+        let last = segment.settle.map_or((false, 0), settle_of);
+        let (channels, block) = (segment.channels, segment.channels * segment.window);
+        let refs: Vec<&Ciphertext> = inputs.iter().collect();
+        let finished = std::sync::atomic::AtomicUsize::new(0);
+        progress(0.0);
+        let pooled = (0..segment.positions)
+            .into_par_iter()
+            .map(|position| {
+                control.check()?;
+                let outputs = ev.apply_linear_rows(map, &refs, position * block..(position + 1) * block)?;
+                let mut sums: Vec<Option<Ciphertext>> = (0..channels).map(|_| None).collect();
+                for (k, ct) in outputs.into_iter().enumerate() {
+                    let ct = settle(ev, settle(ev, ct, conv, relin)?, square, relin)?;
+                    let shifted = if shift != 0.0 { ev.add_scalar(&ct, shift)? } else { ct };
+                    let squared = ev.square(&shifted)?;
+                    match &mut sums[k % channels] {
+                        Some(sum) => ev.add_assign(sum, &squared)?,
+                        empty => *empty = Some(squared),
+                    }
+                }
+                let done = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if done.is_multiple_of(16) {
+                    progress(done as f64 / segment.positions as f64);
+                }
+                sums.into_iter()
+                    .map(|sum| {
+                        let sum = sum.ok_or_else(|| Error::Input("empty pooling window".into()))?;
+                        settle(ev, sum, last, relin)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(refs);
+        drop(inputs);
+        // Pooled output c·positions + s is channel c of position s.
+        let mut by_position: Vec<std::vec::IntoIter<Ciphertext>> = pooled.into_iter().map(Vec::into_iter).collect();
+        let mut outputs = Vec::with_capacity(channels * segment.positions);
+        for _ in 0..channels {
+            for position in &mut by_position {
+                outputs.push(position.next().ok_or_else(|| Error::Input("short pooled position".into()))?);
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// Relinearizes (if asked and 3-part) and rescales `rescales` times.
+fn settle(
+    ev: &Evaluator,
+    ct: Ciphertext,
+    (relinearize, rescales): (bool, usize),
+    relin: &RelinKey,
+) -> Result<Ciphertext> {
+    let mut ct = ct;
+    if relinearize && ct.size() == 3 {
+        ev.relinearize_assign(&mut ct, relin)?;
+    }
+    for _ in 0..rescales {
+        ev.rescale_assign(&mut ct)?;
+    }
+    Ok(ct)
+}
+
+/// The convolution's rows in the order a segment consumes them: for each pooled position, each
+/// window element, each channel (so the channels of one position, which share their inputs,
+/// stay adjacent).
+// The nested index loops spell out the row order, which is the point of this function.
+#[allow(clippy::needless_range_loop)]
+fn segment_map(stages: &[Stage], segment: &Segment, context: &Context) -> Result<LinearMap> {
+    let (StageOp::Linear { inputs, rows, bias, order, weight_scale, .. }, StageOp::Linear { rows: pool_rows, .. }) =
+        (&stages[segment.conv].op, &stages[segment.pool].op)
+    else {
+        return Err(Error::Input("a segment does not start with a convolution and end with a pool".into()));
+    };
+    // Tensor index → row of the convolution's map.
+    let mut row_of = vec![usize::MAX; rows.len()];
+    match order {
+        Some(order) => order.iter().enumerate().for_each(|(row, &tensor)| row_of[tensor] = row),
+        None => row_of.iter_mut().enumerate().for_each(|(tensor, row)| *row = tensor),
+    }
+    let mut fused_rows = Vec::with_capacity(segment.positions * segment.window * segment.channels);
+    let mut fused_bias = Vec::with_capacity(fused_rows.capacity());
+    for position in 0..segment.positions {
+        for element in 0..segment.window {
+            for channel in 0..segment.channels {
+                let tensor = pool_rows[channel * segment.positions + position][element].0;
+                let row = *row_of.get(tensor).filter(|&&r| r != usize::MAX).ok_or_else(|| {
+                    Error::Input(format!("pool reads convolution output {tensor}, which does not exist"))
+                })?;
+                fused_rows.push(rows[row].clone());
+                fused_bias.push(bias[row]);
+            }
+        }
+    }
+    Ok(LinearMap::new(context, *inputs, &fused_rows, fused_bias, stages[segment.conv].level_in, *weight_scale)?)
 }
 
 /// Puts map outputs into tensor order: output j goes to position order[j].
@@ -416,11 +610,7 @@ fn settle_all(
     cts.into_par_iter()
         .map(|ct| {
             control.check()?;
-            let mut ct = if relinearize && ct.size() == 3 { ev.relinearize(&ct, relin)? } else { ct };
-            for _ in 0..rescales {
-                ct = ev.rescale(&ct)?;
-            }
-            Ok(ct)
+            settle(ev, ct, (relinearize, rescales), relin)
         })
         .collect()
 }
@@ -433,22 +623,24 @@ pub(super) fn op_layer(op: &Lowered) -> (usize, String) {
     }
 }
 
-/// The smallest 128-bit set with `depth` rescale primes of PRIME_BITS bits plus q_0; on failure
-/// the largest depth any set holds.
+/// The smallest 128-bit set with `depth` rescale primes of PRIME_BITS bits plus a BASE_BITS
+/// q_0; on failure the largest depth any set holds.
 pub(super) fn choose_parameters(depth: usize) -> std::result::Result<Parameters, usize> {
-    let primes = depth + 1;
+    let mut bits = vec![BASE_BITS];
+    bits.extend(std::iter::repeat_n(PRIME_BITS, depth));
     let mut best_depth = 0;
     for log_n in 12..=15u32 {
         let Some(bound) = security_bound(log_n) else { continue };
-        let ciphertext_bits = primes as u32 * PRIME_BITS;
+        let ciphertext_bits: u32 = bits.iter().sum();
         let room = bound.saturating_sub(ciphertext_bits);
-        best_depth = best_depth.max((bound.saturating_sub(PRIME_BITS + 1) / PRIME_BITS).saturating_sub(1) as usize);
-        if room < PRIME_BITS + 1 {
+        // q_0, P (above every q_i, so at least BASE_BITS + 1) and as many rescale primes as fit.
+        best_depth = best_depth.max((bound.saturating_sub(2 * BASE_BITS + 1) / PRIME_BITS) as usize);
+        if room < BASE_BITS + 1 {
             continue;
         }
         let special = room.min(SPECIAL_BITS);
         let built = ParametersBuilder::new(log_n)
-            .ciphertext_bits(&vec![PRIME_BITS; primes])
+            .ciphertext_bits(&bits)
             .special_bits(&[special])
             .log_scale(LOG_TARGET_SCALE as u32)
             .build();
@@ -551,12 +743,14 @@ fn plan_scales(
     let target = 2f64.powi(LOG_TARGET_SCALE);
     let final_target = 2f64.powi(((moduli[0]).log2().floor() as i32) - 1 - LOGIT_HEADROOM_BITS);
     let last_weighted = lowered.iter().rposition(|op| matches!(op, Lowered::Weighted { .. }));
-    // For each square: the inputs it feeds and the next weighted layer's (non-zeros, outputs).
+    // For each op: the values it leaves and the next weighted layer's (non-zeros, outputs).
+    // Squares followed by a sum pool are settled after the pool, on k² times fewer values.
     let lookahead: Vec<Option<(usize, usize, usize)>> = (0..lowered.len())
         .map(|i| {
-            let next_inputs = match lowered.get(i + 1)? {
-                Lowered::Weighted { inputs, .. } | Lowered::SumPool { inputs, .. } => *inputs,
-                Lowered::Square { .. } => return None,
+            let next_inputs = match (&lowered[i], lowered.get(i + 1)?) {
+                (Lowered::Square { .. }, Lowered::SumPool { .. }) | (_, Lowered::Square { .. }) => return None,
+                (Lowered::SumPool { rows, .. }, _) => rows.len(),
+                (_, Lowered::Weighted { inputs, .. } | Lowered::SumPool { inputs, .. }) => *inputs,
             };
             lowered[i + 1..].iter().find_map(|op| match op {
                 Lowered::Weighted { rows, .. } => Some((next_inputs, rows.iter().map(Vec::len).sum(), rows.len())),
@@ -570,6 +764,7 @@ fn plan_scales(
     let mut stages = Vec::with_capacity(lowered.len() + 1);
     for (i, op) in lowered.into_iter().enumerate() {
         let ahead = lookahead[i];
+        let op_index = op_layer(&op).0;
         match op {
             Lowered::SumPool { layer, name, inputs, rows } => {
                 let cost = rows.iter().map(Vec::len).sum::<usize>() as f64 * parts as f64 * (level + 1) as f64;
@@ -588,6 +783,7 @@ fn plan_scales(
                         weight_scale: 1.0,
                         relinearize: false,
                         rescales: 0,
+                        pool: true,
                     },
                 });
             }
@@ -622,7 +818,7 @@ fn plan_scales(
                     level_out: level - rescales,
                     scale_out: out_target,
                     cost,
-                    op: StageOp::Linear { inputs, rows, bias, order, weight_scale, relinearize, rescales },
+                    op: StageOp::Linear { inputs, rows, bias, order, weight_scale, relinearize, rescales, pool: false },
                 });
                 level -= rescales;
                 scale = out_target;
@@ -655,28 +851,32 @@ fn plan_scales(
                 scale *= scale;
                 parts = 3;
                 pending = 1;
-                if let Some((squares, nonzeros, outputs)) = ahead
-                    && settle_squares_early(squares, nonzeros, outputs, level, slots as usize * 2)
-                {
-                    // Relinearize and rescale the squares now: the next layer then runs on
-                    // 2-part ciphertexts one prime shorter, which beats relinearizing its
-                    // outputs when its fan-in is large.
-                    scale /= moduli[level];
-                    stages.push(Stage {
-                        name: format!("relinearize+rescale ({squares} squares)"),
-                        layer,
-                        level_in: level,
-                        level_out: level - 1,
-                        scale_out: scale,
-                        // Stage costs are per coefficient (estimated_cost multiplies by N).
-                        cost: squares as f64 * key_switch_cost(level, 1),
-                        op: StageOp::Settle { relinearize: true, rescales: 1 },
-                    });
-                    level -= 1;
-                    parts = 2;
-                    pending = 0;
-                }
             }
+        }
+        // Squares just made (or just pooled) and still 3-part: settle them here if that is
+        // cheaper than letting the next layer run on them.
+        if parts == 3
+            && pending == 1
+            && let Some((squares, nonzeros, outputs)) = ahead
+            && settle_squares_early(squares, nonzeros, outputs, level, slots as usize * 2)
+        {
+            // Relinearize and rescale the squares now: the next layer then runs on 2-part
+            // ciphertexts one prime shorter, which beats relinearizing its outputs when its
+            // fan-in is large.
+            scale /= moduli[level];
+            stages.push(Stage {
+                name: format!("relinearize+rescale ({squares} squares)"),
+                layer: op_index,
+                level_in: level,
+                level_out: level - 1,
+                scale_out: scale,
+                // Stage costs are per coefficient (estimated_cost multiplies by N).
+                cost: squares as f64 * key_switch_cost(level, 1),
+                op: StageOp::Settle { relinearize: true, rescales: 1 },
+            });
+            level -= 1;
+            parts = 2;
+            pending = 0;
         }
     }
     if parts == 3 || pending > 0 {
@@ -694,6 +894,7 @@ fn plan_scales(
             op: StageOp::Settle { relinearize: parts == 3, rescales: pending },
         });
     }
+    let segments = find_segments(&stages, network);
     Ok(ThroughputPlan {
         model: model.to_owned(),
         params,
@@ -702,8 +903,55 @@ fn plan_scales(
         input_level: depth,
         input_scale: target,
         stages,
+        segments,
         output_affine,
     })
+}
+
+impl Segment {
+    /// The segment's last stage.
+    fn end(&self) -> usize {
+        self.settle.unwrap_or(self.pool)
+    }
+}
+
+/// Every convolution → square → sum pool → (settle) run whose pool windows all have the same
+/// size and whose pool is channel-major: those stream one pooled position at a time.
+fn find_segments(stages: &[Stage], network: &Network) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut i = 0;
+    while i + 2 < stages.len() {
+        let found = (|| {
+            let StageOp::Linear { order: Some(_), pool: false, .. } = &stages[i].op else { return None };
+            let StageOp::Square { .. } = &stages[i + 1].op else { return None };
+            let pool = i + 2;
+            let StageOp::Linear { rows, pool: true, .. } = &stages[pool].op else { return None };
+            let settle = stages.get(pool + 1).and_then(|s| matches!(s.op, StageOp::Settle { .. }).then_some(pool + 1));
+            let Shape::Image { channels, height, width } = *network.shapes().get(stages[pool].layer)? else {
+                return None;
+            };
+            let window = rows.first()?.len();
+            let uniform = rows.iter().all(|row| row.len() == window && row.iter().all(|&(_, w)| w == 1.0));
+            (uniform && window > 0 && rows.len() == channels * height * width).then(|| Segment {
+                name: format!("{} + square + pool", stages[i].name),
+                conv: i,
+                square: i + 1,
+                settle,
+                pool,
+                channels,
+                positions: height * width,
+                window,
+            })
+        })();
+        match found {
+            Some(segment) => {
+                i = segment.end() + 1;
+                segments.push(segment);
+            }
+            None => i += 1,
+        }
+    }
+    segments
 }
 
 /// Work units of a key switch at `level` (ring degree `n`): its NTTs, in coefficient operations.
