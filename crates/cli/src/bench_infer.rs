@@ -33,6 +33,10 @@ pub struct InferBench {
     /// later runs and `cold_batch_seconds` the first.
     #[arg(long)]
     runs: Option<usize>,
+    /// Skip the first N test images: with --images, covers a test set larger than one batch
+    /// (MNIST's 10,000 in two runs: --images 8192, then --offset 8192 --images 1808).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
     /// Dataset directory with `mnist/` and `dermamnist/` (default: ../shared/data, then
     /// ./shared/data); test-split images are reused cyclically to fill the batch.
     #[arg(long)]
@@ -138,7 +142,7 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
     if images == 0 || images > plan.batch_capacity() {
         bail!("--images must be between 1 and the batch capacity {}", plan.batch_capacity());
     }
-    let inputs = test_inputs(&model, options.data.as_deref(), images)?;
+    let inputs = test_inputs(&model, options.data.as_deref(), options.offset, images)?;
 
     let context = Context::new(plan.params().clone())?;
     let started = Instant::now();
@@ -227,7 +231,7 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let model = registry::load(&options.model)?;
     let plan = LatencyPlan::compile(&options.model, &model.network)?;
     let images = options.images.unwrap_or(100).max(1);
-    let inputs = test_inputs(&model, options.data.as_deref(), images)?;
+    let inputs = test_inputs(&model, options.data.as_deref(), options.offset, images)?;
     let context = Context::new(plan.params().clone())?;
     let started = Instant::now();
     let keys = KeyGenerator::new(&context);
@@ -347,8 +351,13 @@ impl StageClock {
     }
 }
 
-/// `count` preprocessed test images of the model's dataset, reused cyclically.
-fn test_inputs(model: &registry::Model, data: Option<&Path>, count: usize) -> anyhow::Result<Vec<Vec<f64>>> {
+/// `count` preprocessed test images of the model's dataset from `offset` on, reused cyclically.
+fn test_inputs(
+    model: &registry::Model,
+    data: Option<&Path>,
+    offset: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Vec<f64>>> {
     let dir = data_dir(data)?;
     let images = if model.manifest.name.starts_with("derma") {
         data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
@@ -359,7 +368,10 @@ fn test_inputs(model: &registry::Model, data: Option<&Path>, count: usize) -> an
     if inputs.is_empty() {
         bail!("no test images in {}", dir.display());
     }
-    Ok(inputs.iter().cycle().take(count).cloned().collect())
+    if offset >= inputs.len() {
+        bail!("--offset {offset} is past the {} test images", inputs.len());
+    }
+    Ok(inputs.iter().cycle().skip(offset).take(count).cloned().collect())
 }
 
 fn data_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
