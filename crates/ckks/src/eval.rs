@@ -209,11 +209,7 @@ impl Evaluator {
 
     /// Turns a 3-part ciphertext back into 2 parts with the relinearization key.
     pub fn relinearize(&self, a: &Ciphertext, key: &RelinKey) -> Result<Ciphertext> {
-        check_fingerprint(&self.context, key.fingerprint)?;
-        if a.size() != 3 {
-            return Err(Error::WrongSize { expected: 3, found: a.size() });
-        }
-        let (k0, k1) = self.key_switch(&a.parts[2], a.level, &key.key);
+        let (k0, k1) = self.relinearization_terms(a, key)?;
         let mut out =
             Ciphertext { parts: vec![a.parts[0].clone(), a.parts[1].clone()], level: a.level, scale: a.scale };
         self.add_polys(&mut out.parts[0], &k0, a.level);
@@ -223,15 +219,20 @@ impl Evaluator {
 
     /// [`Evaluator::relinearize`] in place, without copying the first two parts.
     pub fn relinearize_assign(&self, a: &mut Ciphertext, key: &RelinKey) -> Result<()> {
-        check_fingerprint(&self.context, key.fingerprint)?;
-        if a.size() != 3 {
-            return Err(Error::WrongSize { expected: 3, found: a.size() });
-        }
-        let (k0, k1) = self.key_switch(&a.parts[2], a.level, &key.key);
+        let (k0, k1) = self.relinearization_terms(a, key)?;
         a.parts.truncate(2);
         self.add_polys(&mut a.parts[0], &k0, a.level);
         self.add_polys(&mut a.parts[1], &k1, a.level);
         Ok(())
+    }
+
+    /// The key switch of a's third part: what relinearization adds to its first two.
+    fn relinearization_terms(&self, a: &Ciphertext, key: &RelinKey) -> Result<(RnsPoly, RnsPoly)> {
+        check_fingerprint(&self.context, key.fingerprint)?;
+        if a.size() != 3 {
+            return Err(Error::WrongSize { expected: 3, found: a.size() });
+        }
+        Ok(self.key_switch(&a.parts[2], a.level, &key.key))
     }
 
     /// a · b, relinearized.
