@@ -1,7 +1,7 @@
 //! Throughput of the linear-map kernel on a convolution's shape: 5×5 kernels over a 28×28
 //! input with C output channels (position-major rows, as the throughput compiler emits them),
 //! 2-part ciphertexts at N = 2^14 with q = [31, 29 × 7] (mnist-lenet5's first layer), streamed
-//! in slices of 4·C rows as the compiler's segments do.
+//! in slices of 4·C rows into reused output buffers, as the compiler's segments do.
 //!
 //! `cargo run --release -p blindfold-ckks --example convbench [-- THREADS CHANNELS]`
 
@@ -41,9 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let refs: Vec<_> = cts.iter().collect();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let slice = 4 * channels;
+    // Each worker reuses one output buffer, as the compiler's segments do.
     let run = || -> Result<(), blindfold_ckks::Error> {
-        (0..outputs.div_ceil(slice)).into_par_iter().try_for_each(|s| {
-            evaluator.apply_linear_rows(&map, &refs, s * slice..((s + 1) * slice).min(outputs)).map(drop)
+        (0..outputs.div_ceil(slice)).into_par_iter().try_for_each_init(Vec::new, |buffer, s| {
+            evaluator.apply_linear_rows_into(&map, &refs, s * slice..((s + 1) * slice).min(outputs), buffer)
         })
     };
     pool.install(run)?;

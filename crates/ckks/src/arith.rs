@@ -140,6 +140,16 @@ impl ShoupConst {
     }
 }
 
+/// x / q rounded to the nearest integer, from `inverse` = 1/q, for x < 2^64 and 2^14 < q < 2^32:
+/// within one of the true quotient, so x − estimate·q lies in [−q, 2q) and two branch-free
+/// steps finish the reduction. The 2^52 trick turns the f64 into an integer without a
+/// saturating conversion, so loops using it vectorize (a plain `as u64` does not).
+#[inline(always)]
+pub(crate) fn quotient_estimate(x: u64, inverse: f64) -> u64 {
+    const SHIFT: f64 = 4_503_599_627_370_496.0; // 2^52
+    ((x as f64) * inverse + SHIFT).to_bits().wrapping_sub(SHIFT.to_bits())
+}
+
 /// Deterministic Miller–Rabin for 64-bit integers.
 pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {
@@ -205,6 +215,18 @@ mod tests {
             prop_assert_eq!(m.add(m.sub(x, y), y), x);
             prop_assert_eq!(m.add(m.neg(x), x), 0);
             prop_assert_eq!(m.reduce_i64(-(x as i64 >> 1)), m.neg(x >> 1));
+        }
+
+        #[test]
+        fn quotient_estimate_is_within_one(x in any::<u64>(), q in (1u64 << 14)..(1u64 << 32)) {
+            let q = q | 1;
+            let estimate = quotient_estimate(x, 1.0 / q as f64) as i128;
+            let exact = (x / q) as i128;
+            prop_assert!((estimate - exact).abs() <= 1, "{x} / {q}: {estimate} vs {exact}");
+            for edge in [u64::MAX, u64::MAX - q, 0, q - 1, q] {
+                let estimate = quotient_estimate(edge, 1.0 / q as f64) as i128;
+                prop_assert!((estimate - (edge / q) as i128).abs() <= 1);
+            }
         }
 
         #[test]

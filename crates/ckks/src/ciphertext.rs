@@ -32,6 +32,17 @@ impl Ciphertext {
     pub fn size(&self) -> usize {
         self.parts.len()
     }
+    /// Makes this `parts` parts at `level` with `scale`, keeping the allocations: rows that
+    /// remain keep stale values, so only for callers that overwrite every row.
+    pub(crate) fn reshape(&mut self, n: usize, parts: usize, level: usize, scale: f64) {
+        self.parts.resize_with(parts, || RnsPoly::zero(n, level + 1));
+        for part in &mut self.parts {
+            part.data.resize(n * (level + 1), 0);
+        }
+        self.level = level;
+        self.scale = scale;
+    }
+
     /// Overrides the recorded scale. For callers that know the exact scale better (for
     /// example after folding a constant into weights); changes no ciphertext data.
     pub fn set_scale(&mut self, scale: f64) {

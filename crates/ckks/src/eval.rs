@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::arith::quotient_estimate;
 use crate::ciphertext::Ciphertext;
 use crate::context::Context;
 use crate::encoding::Plaintext;
@@ -205,6 +206,63 @@ impl Evaluator {
             },
         );
         Ok(Ciphertext { parts, level: a.level, scale: a.scale * a.scale })
+    }
+
+    /// (a + c)² for a real constant c (encoded at a's scale), without relinearization: an
+    /// activation a·(x + β)² of the throughput packing in one pass over `a`, with no shifted
+    /// copy. The result has a's level and scale a.scale².
+    pub fn square_shifted(&self, a: &Ciphertext, shift: f64) -> Result<Ciphertext> {
+        let n = self.context.n;
+        let mut out = Ciphertext {
+            parts: (0..3).map(|_| RnsPoly::zero(n, a.level + 1)).collect(),
+            level: a.level,
+            scale: a.scale * a.scale,
+        };
+        self.square_shifted_pass(&mut out, a, shift, false)?;
+        Ok(out)
+    }
+
+    /// acc += (a + c)², as [`Evaluator::square_shifted`] but summed into `acc` (a sum pool
+    /// of activations) in the same pass. `acc` must be 3-part at a's level and scale a.scale².
+    pub fn add_square_shifted(&self, acc: &mut Ciphertext, a: &Ciphertext, shift: f64) -> Result<()> {
+        check_levels(acc.level, a.level)?;
+        check_scales(acc.scale, a.scale * a.scale)?;
+        if acc.size() != 3 {
+            return Err(Error::WrongSize { expected: 3, found: acc.size() });
+        }
+        self.square_shifted_pass(acc, a, shift, true)
+    }
+
+    fn square_shifted_pass(&self, out: &mut Ciphertext, a: &Ciphertext, shift: f64, accumulate: bool) -> Result<()> {
+        if a.size() != 2 {
+            return Err(Error::WrongSize { expected: 2, found: a.size() });
+        }
+        let ctx = &self.context;
+        let constant = ctx.encode_constant(shift, a.level, a.scale)?;
+        let n = ctx.n;
+        let [d0, d1, d2] = &mut out.parts[..] else {
+            return Err(Error::WrongSize { expected: 3, found: out.parts.len() });
+        };
+        d0.data.par_chunks_mut(n).zip(d1.data.par_chunks_mut(n)).zip(d2.data.par_chunks_mut(n)).enumerate().for_each(
+            |(i, ((r0, r1), r2))| {
+                let (m, c) = (&ctx.moduli[i], constant.poly.limb(i)[0]);
+                let (a0, a1) = (a.parts[0].limb(i), a.parts[1].limb(i));
+                if m.value < 1 << 32 {
+                    square_shifted_rows(r0, r1, r2, a0, a1, m.value, c, accumulate);
+                    return;
+                }
+                for k in 0..n {
+                    let x0 = m.add(a0[k], c);
+                    let (s0, s1, s2) = (m.mul(x0, x0), m.mul(m.add(x0, x0), a1[k]), m.mul(a1[k], a1[k]));
+                    if accumulate {
+                        (r0[k], r1[k], r2[k]) = (m.add(r0[k], s0), m.add(r1[k], s1), m.add(r2[k], s2));
+                    } else {
+                        (r0[k], r1[k], r2[k]) = (s0, s1, s2);
+                    }
+                }
+            },
+        );
+        Ok(())
     }
 
     /// Turns a 3-part ciphertext back into 2 parts with the relinearization key.
@@ -603,7 +661,7 @@ fn centre_avx512(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shi
 fn centre_portable(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shift: u64) {
     let inverse = 1.0 / q as f64;
     for (c, &x) in correction.iter_mut().zip(dropped) {
-        let estimate = (x as f64 * inverse) as u64;
+        let estimate = quotient_estimate(x, inverse);
         let r = x.wrapping_sub(estimate.wrapping_mul(q));
         // r is in [-q, 2q) as a two's-complement word.
         let r = r.min(r.wrapping_add(q));
@@ -642,6 +700,79 @@ fn subtract_and_scale_portable(row: &mut [u64], correction: &[u64], q: u64, w: u
         let estimate = (d * w32) >> 32;
         let r = (d * w).wrapping_sub(estimate * q);
         *x = r.min(r.wrapping_sub(q));
+    }
+}
+
+/// One prime q < 2^32 of (a0 + c, a1)² into (r0, r1, r2), added to them when `accumulate`.
+/// Every product of two residues fits 64 bits, and the f64-estimated reduction vectorizes.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+fn square_shifted_rows(
+    r0: &mut [u64],
+    r1: &mut [u64],
+    r2: &mut [u64],
+    a0: &[u64],
+    a1: &[u64],
+    q: u64,
+    c: u64,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
+            return unsafe { square_shifted_rows_avx512(r0, r1, r2, a0, a1, q, c, accumulate) };
+        }
+    }
+    square_shifted_rows_portable(r0, r1, r2, a0, a1, q, c, accumulate)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+#[allow(clippy::too_many_arguments)]
+fn square_shifted_rows_avx512(
+    r0: &mut [u64],
+    r1: &mut [u64],
+    r2: &mut [u64],
+    a0: &[u64],
+    a1: &[u64],
+    q: u64,
+    c: u64,
+    accumulate: bool,
+) {
+    square_shifted_rows_portable(r0, r1, r2, a0, a1, q, c, accumulate)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn square_shifted_rows_portable(
+    r0: &mut [u64],
+    r1: &mut [u64],
+    r2: &mut [u64],
+    a0: &[u64],
+    a1: &[u64],
+    q: u64,
+    c: u64,
+    accumulate: bool,
+) {
+    let inverse = 1.0 / q as f64;
+    // x mod q for any x < 2^64 (the estimate is within one of the quotient for q < 2^32).
+    let reduce = |x: u64| {
+        let estimate = quotient_estimate(x, inverse);
+        let r = x.wrapping_sub(estimate.wrapping_mul(q));
+        let r = r.min(r.wrapping_add(q));
+        r.min(r.wrapping_sub(q))
+    };
+    let keep = if accumulate { u64::MAX } else { 0 };
+    let rows = r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(a0.iter().zip(a1));
+    for (((o0, o1), o2), (&x0, &x1)) in rows {
+        let x0 = x0 + c;
+        let x0 = (x0.min(x0.wrapping_sub(q)) as u32) as u64;
+        let x1 = (x1 as u32) as u64;
+        // 2·x0·x1 < 2^65 would overflow: double after reducing.
+        let cross = reduce(x0 * x1);
+        *o0 = reduce((*o0 & keep) + x0 * x0);
+        *o1 = reduce((*o1 & keep) + cross + cross);
+        *o2 = reduce((*o2 & keep) + x1 * x1);
     }
 }
 

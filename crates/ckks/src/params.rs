@@ -236,12 +236,12 @@ pub enum Preset {
     N13Depth2,
     /// N = 2^14, q = [60, 40 × 7], P = 60, Δ = 2^40: depth 7 (the common SEAL benchmark shape).
     N14Depth7,
-    /// N = 2^13, q = [30, 29 × 5], P = 40, Δ = 2^28: depth 5 with 29-bit rescale primes, the
-    /// shape the model compiler picks for mnist-cryptonets (29-bit residues allow 64 lazy
-    /// multiply-adds per 64-bit word in the linear layers; the 30-bit q_0 gives the logits one
-    /// more bit of precision and still allows 16).
+    /// N = 2^13, q = [31, 29 × 5], P = 40, Δ = 2^28: depth 5 with 29-bit rescale primes, the
+    /// shape the model compiler picks for mnist-cryptonets (small residues leave room for many
+    /// lazy multiply-adds per 64-bit word in the linear layers; the 31-bit q_0 gives the logits
+    /// two more bits of precision than a 29-bit one).
     N13Depth5Small,
-    /// N = 2^14, q = [30, 29 × 7], P = 40, Δ = 2^28: depth 7 with 29-bit rescale primes, the
+    /// N = 2^14, q = [31, 29 × 7], P = 40, Δ = 2^28: depth 7 with 29-bit rescale primes, the
     /// shape of the LeNet-5 models.
     N14Depth7Small,
 }
@@ -276,10 +276,10 @@ impl Preset {
                 .special_bits(&[60])
                 .log_scale(40),
             Preset::N13Depth5Small => {
-                ParametersBuilder::new(13).ciphertext_bits(&[30, 29, 29, 29, 29, 29]).special_bits(&[40]).log_scale(28)
+                ParametersBuilder::new(13).ciphertext_bits(&[31, 29, 29, 29, 29, 29]).special_bits(&[40]).log_scale(28)
             }
             Preset::N14Depth7Small => ParametersBuilder::new(14)
-                .ciphertext_bits(&[30, 29, 29, 29, 29, 29, 29, 29])
+                .ciphertext_bits(&[31, 29, 29, 29, 29, 29, 29, 29])
                 .special_bits(&[40])
                 .log_scale(28),
         }

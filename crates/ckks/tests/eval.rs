@@ -172,6 +172,34 @@ fn mul_plain_accumulate_equals_sum_of_products() {
 }
 
 #[test]
+fn shifted_squares_equal_add_scalar_then_square() {
+    // 40/60-bit primes take the scalar path, 29/30-bit ones the vectorized one.
+    let small = blindfold_ckks::ParametersBuilder::new(11)
+        .ciphertext_bits(&[30, 29, 29])
+        .special_bits(&[40])
+        .log_scale(28)
+        .build_insecure_for_tests()
+        .unwrap();
+    for s in [toy(), common::setup(small, &[])] {
+        let e = &s.evaluator;
+        let level = 2;
+        let (a, b) = (random_values(21, 500, 1.5), random_values(22, 500, 1.5));
+        let (ca, cb) = (encrypt(&s, &a, level), encrypt(&s, &b, level));
+        let shift = -0.7319;
+        let square = |ct: &Ciphertext| e.square(&e.add_scalar(ct, shift).unwrap()).unwrap();
+        let mut sum = e.square_shifted(&ca, shift).unwrap();
+        assert_eq!(sum, square(&ca));
+        e.add_square_shifted(&mut sum, &cb, shift).unwrap();
+        assert_eq!(sum, e.add(&square(&ca), &square(&cb)).unwrap());
+        let relinearized = e.rescale(&e.relinearize(&sum, &s.relin).unwrap()).unwrap();
+        let expected: Vec<f64> = (0..500).map(|k| (a[k] + shift).powi(2) + (b[k] + shift).powi(2)).collect();
+        assert!(max_error(&expected, &decrypt(&s, &relinearized)[..500]) < 1e-3);
+        // The accumulator must be a 3-part ciphertext at the square's scale.
+        assert!(matches!(e.add_square_shifted(&mut ca.clone(), &cb, shift), Err(Error::ScaleMismatch { .. })));
+    }
+}
+
+#[test]
 fn mismatches_are_typed_errors() {
     let s = toy();
     let a = encrypt(&s, &[1.0], 3);
