@@ -34,7 +34,7 @@ impl Complex {
 pub struct Context {
     pub(crate) params: Parameters,
     pub(crate) n: usize,
-    /// Ciphertext primes q_0 … q_L, then the special prime P last.
+    /// Ciphertext primes q_0 … q_L, then the special primes p_0 … p_{k-1} (their product is P).
     pub(crate) moduli: Vec<Modulus>,
     pub(crate) ntt: Vec<Ntt>,
     /// rescale_inv[ℓ][i] = q_ℓ^-1 mod q_i, for i < ℓ.
@@ -43,6 +43,10 @@ pub struct Context {
     pub(crate) special_inv: Vec<ShoupConst>,
     /// P mod q_i.
     pub(crate) special_mod_q: Vec<u64>,
+    /// Out of the special primes into every ciphertext prime (mod-down with k > 1).
+    pub(crate) from_special: Conversion,
+    /// into_digits[ℓ][j]: out of digit j's primes at level ℓ into every other prime.
+    pub(crate) into_digits: Vec<Vec<Conversion>>,
     /// Garner: garner_prefix[j][k] = (q_0 ⋯ q_{k-1}) mod q_j for k < j, and garner_inv[j] = (q_0 ⋯ q_{j-1})^-1 mod q_j.
     pub(crate) garner_prefix: Vec<Vec<u64>>,
     pub(crate) garner_inv: Vec<u64>,
@@ -69,9 +73,21 @@ impl Context {
         let rescale_inv = (0..levels)
             .map(|l| (0..l).map(|i| moduli[i].shoup(moduli[i].inv(moduli[i].reduce(primes[l])))).collect())
             .collect();
-        let special = primes[levels];
-        let special_mod_q: Vec<u64> = (0..levels).map(|i| moduli[i].reduce(special)).collect();
+        let specials: Vec<usize> = (levels..primes.len()).collect();
+        let special_mod_q: Vec<u64> = (0..levels)
+            .map(|i| specials.iter().fold(1u64, |acc, &p| moduli[i].mul(acc, moduli[i].reduce(primes[p]))))
+            .collect();
         let special_inv = (0..levels).map(|i| moduli[i].shoup(moduli[i].inv(special_mod_q[i]))).collect();
+        let from_special = Conversion::new(&moduli, &specials);
+        let into_digits = (0..levels)
+            .map(|level| {
+                params
+                    .digits_at(level)
+                    .into_iter()
+                    .map(|digit| Conversion::new(&moduli, &digit.collect::<Vec<_>>()))
+                    .collect()
+            })
+            .collect();
         let garner_prefix: Vec<Vec<u64>> = (0..levels)
             .map(|j| {
                 let mut prefix = Vec::with_capacity(j);
@@ -110,6 +126,8 @@ impl Context {
             rescale_inv,
             special_inv,
             special_mod_q,
+            from_special,
+            into_digits,
             garner_prefix,
             garner_inv,
             rot_group,
@@ -133,9 +151,14 @@ impl Context {
         self.n / 2
     }
 
-    /// Index of the special prime in `moduli` / `ntt`.
+    /// Index of the first special prime in `moduli` / `ntt` (they follow q_L).
     pub(crate) fn special_index(&self) -> usize {
         self.params.moduli().len()
+    }
+
+    /// Indices of the special primes.
+    pub(crate) fn specials(&self) -> std::ops::Range<usize> {
+        self.special_index()..self.moduli.len()
     }
 
     /// The Galois element for a left rotation by `step` slots (negative: right).
@@ -213,12 +236,44 @@ impl Context {
         poly
     }
 
-    /// Indices into `moduli` of a basis: q_0 … q_{limbs-1}, then P if `special`.
+    /// Indices into `moduli` of a basis: q_0 … q_{limbs-1}, then the special primes if
+    /// `special`.
     pub(crate) fn basis(&self, limbs: usize, special: bool) -> Vec<usize> {
         let mut indices: Vec<usize> = (0..limbs).collect();
         if special {
-            indices.push(self.special_index());
+            indices.extend(self.specials());
         }
         indices
+    }
+}
+
+/// Fast base conversion out of a set of source primes S = Π s_i: a value x given by its
+/// residues x_i becomes Σ_i [x_i · (S/s_i)^-1]_{s_i} · (S/s_i) mod t in any other prime t — x
+/// plus a small multiple of S (below the number of sources), which key switching absorbs.
+#[derive(Debug)]
+pub(crate) struct Conversion {
+    /// Indices of the source primes.
+    pub(crate) sources: Vec<usize>,
+    /// (S/s_i)^-1 mod s_i, per source.
+    pub(crate) inverse: Vec<ShoupConst>,
+    /// factors[t][i] = (S/s_i) mod t, for every prime index t.
+    pub(crate) factors: Vec<Vec<u64>>,
+}
+
+impl Conversion {
+    fn new(moduli: &[Modulus], sources: &[usize]) -> Self {
+        // (S/s_i) mod m, as the product of the other sources.
+        let hat = |i: usize, m: &Modulus| {
+            sources.iter().filter(|&&j| j != i).fold(1u64, |acc, &j| m.mul(acc, m.reduce(moduli[j].value)))
+        };
+        let inverse = sources
+            .iter()
+            .map(|&i| {
+                let m = &moduli[i];
+                m.shoup(m.inv(hat(i, m)))
+            })
+            .collect();
+        let factors = moduli.iter().map(|m| sources.iter().map(|&i| hat(i, m)).collect()).collect();
+        Self { sources: sources.to_vec(), inverse, factors }
     }
 }

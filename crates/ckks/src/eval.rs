@@ -290,7 +290,7 @@ impl Evaluator {
         if a.size() != 3 {
             return Err(Error::WrongSize { expected: 3, found: a.size() });
         }
-        Ok(self.key_switch(&a.parts[2], a.level, &key.key))
+        self.key_switch(&a.parts[2], a.level, &key.key)
     }
 
     /// a · b, relinearized.
@@ -404,7 +404,7 @@ impl Evaluator {
             return Ok(a.clone());
         }
         let key = self.galois_key(keys, g, &format!("rotation by {step}"))?;
-        let switched = self.inner_product(&decomposed.digits, a.level, key);
+        let switched = self.inner_product(&decomposed.digits, a.level, key)?;
         Ok(self.finish_galois(a, switched, g))
     }
 
@@ -413,7 +413,7 @@ impl Evaluator {
             return Err(Error::WrongSize { expected: 2, found: a.size() });
         }
         let key = self.galois_key(keys, g, what)?;
-        let switched = self.key_switch(&a.parts[1], a.level, key);
+        let switched = self.key_switch(&a.parts[1], a.level, key)?;
         Ok(self.finish_galois(a, switched, g))
     }
 
@@ -438,24 +438,25 @@ impl Evaluator {
     ///
     /// Each digit is lifted into one scratch row per target prime and consumed at once, so the
     /// working set is (level + 1) coefficient rows instead of every lifted digit.
-    fn key_switch(&self, d: &RnsPoly, level: usize, key: &KeySwitchKey) -> (RnsPoly, RnsPoly) {
+    fn key_switch(&self, d: &RnsPoly, level: usize, key: &KeySwitchKey) -> Result<(RnsPoly, RnsPoly)> {
+        check_key_level(key, level)?;
         let ctx = &self.context;
         let n = ctx.n;
-        let mut coefficients = d.prefix(level + 1);
-        coefficients.data.par_chunks_mut(n).enumerate().for_each(|(j, row)| ctx.ntt[j].backward(row));
+        let digits = ctx.params.digits_at(level);
+        let scaled = self.digit_sources(d, level);
         let basis = ctx.basis(level + 1, true);
         let mut acc0 = RnsPoly::zero(n, basis.len());
         let mut acc1 = RnsPoly::zero(n, basis.len());
         acc0.data.par_chunks_mut(n).zip(acc1.data.par_chunks_mut(n)).zip(basis.par_iter()).for_each(
             |((r0, r1), &t)| {
                 let ntt = &ctx.ntt[t];
-                let key_row = self.key_row(t);
+                let key_row = key_row(ctx, key, t);
                 let mut scratch = vec![0u64; n];
-                for j in 0..=level {
-                    let lifted = if t == j {
-                        d.limb(j)
+                for (j, digit) in digits.iter().enumerate() {
+                    let lifted = if digit.contains(&t) {
+                        d.limb(t)
                     } else {
-                        lift_row(ctx, coefficients.limb(j), j, t, &mut scratch);
+                        self.lift_into(&scaled, level, j, t, &mut scratch);
                         &scratch[..]
                     };
                     ntt.mul_accumulate(r0, lifted, key.b[j].limb(key_row));
@@ -463,30 +464,57 @@ impl Evaluator {
                 }
             },
         );
-        (self.mod_down(acc0, level), self.mod_down(acc1, level))
+        Ok((self.mod_down(acc0, level), self.mod_down(acc1, level)))
     }
 
-    /// Row of a key-switching key holding prime `t` (keys span every prime, P last).
-    fn key_row(&self, t: usize) -> usize {
-        if t == self.context.special_index() { self.context.max_level() + 1 } else { t }
+    /// The rows of `d` at `level` in coefficient form, each multiplied by its digit's
+    /// (D_j / q_i)^-1 mod q_i (by 1 for one-prime digits): what every lift starts from.
+    fn digit_sources(&self, d: &RnsPoly, level: usize) -> RnsPoly {
+        let ctx = &self.context;
+        let n = ctx.n;
+        let alpha = ctx.params.digit_primes();
+        let mut scaled = d.prefix(level + 1);
+        scaled.data.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            ctx.ntt[i].backward(row);
+            if alpha > 1 {
+                let w = ctx.into_digits[level][i / alpha].inverse[i % alpha];
+                scale_row(row, ctx.moduli[i].value, w.value, w.quotient32());
+            }
+        });
+        scaled
     }
 
-    /// Digit j of `d` is its residue mod q_j, lifted to every prime of the level and P.
+    /// Digit j of a ciphertext at `level` (from [`Evaluator::digit_sources`]) in prime `t`,
+    /// evaluation form, into `out`.
+    fn lift_into(&self, scaled: &RnsPoly, level: usize, j: usize, t: usize, out: &mut [u64]) {
+        let ctx = &self.context;
+        let conversion = &ctx.into_digits[level][j];
+        if let [source] = conversion.sources[..] {
+            lift_row(ctx, scaled.limb(source), source, t, out);
+            return;
+        }
+        let sources: Vec<&[u64]> = conversion.sources.iter().map(|&i| scaled.limb(i)).collect();
+        convert_row(out, &sources, &conversion.factors[t], ctx.moduli[t].value);
+        ctx.ntt[t].forward(out);
+    }
+
+    /// Each digit of `d` lifted to every prime of the level and the special primes.
     fn lift_digits(&self, d: &RnsPoly, level: usize) -> Vec<RnsPoly> {
         let ctx = &self.context;
         let n = ctx.n;
         let basis = ctx.basis(level + 1, true);
-        (0..=level)
+        let scaled = self.digit_sources(d, level);
+        ctx.params
+            .digits_at(level)
             .into_par_iter()
-            .map(|j| {
-                let mut coefficients = d.limb(j).to_vec();
-                ctx.ntt[j].backward(&mut coefficients);
+            .enumerate()
+            .map(|(j, digit)| {
                 let mut lifted = RnsPoly::zero(n, basis.len());
                 lifted.data.par_chunks_mut(n).zip(basis.par_iter()).for_each(|(row, &t)| {
-                    if t == j {
-                        row.copy_from_slice(d.limb(j));
+                    if digit.contains(&t) {
+                        row.copy_from_slice(d.limb(t));
                     } else {
-                        lift_row(ctx, &coefficients, j, t, row);
+                        self.lift_into(&scaled, level, j, t, row);
                     }
                 });
                 lifted
@@ -494,8 +522,9 @@ impl Evaluator {
             .collect()
     }
 
-    /// Σ_j digit_j · key_j over q_0 … q_level, P, then divided by P (mod down).
-    fn inner_product(&self, digits: &[RnsPoly], level: usize, key: &KeySwitchKey) -> (RnsPoly, RnsPoly) {
+    /// Σ_j digit_j · key_j over q_0 … q_level and the special primes, then divided by P.
+    fn inner_product(&self, digits: &[RnsPoly], level: usize, key: &KeySwitchKey) -> Result<(RnsPoly, RnsPoly)> {
+        check_key_level(key, level)?;
         let ctx = &self.context;
         let n = ctx.n;
         let basis = ctx.basis(level + 1, true);
@@ -504,23 +533,49 @@ impl Evaluator {
         acc0.data.par_chunks_mut(n).zip(acc1.data.par_chunks_mut(n)).zip(basis.par_iter().enumerate()).for_each(
             |((r0, r1), (row, &t))| {
                 let ntt = &ctx.ntt[t];
-                let key_row = self.key_row(t);
+                let key_row = key_row(ctx, key, t);
                 for (j, digit) in digits.iter().enumerate() {
                     ntt.mul_accumulate(r0, digit.limb(row), key.b[j].limb(key_row));
                     ntt.mul_accumulate(r1, digit.limb(row), key.a[j].limb(key_row));
                 }
             },
         );
-        (self.mod_down(acc0, level), self.mod_down(acc1, level))
+        Ok((self.mod_down(acc0, level), self.mod_down(acc1, level)))
     }
 
-    /// From q_0 … q_level, P down to q_0 … q_level: (x - [x]_P) / P, rounding.
+    /// From q_0 … q_level and the special primes down to q_0 … q_level: (x - [x]_P) / P. One
+    /// special prime rounds exactly; several convert [x]_P to each q_i approximately (off by a
+    /// multiple of P below the number of special primes, an error of that many units after the
+    /// division).
     fn mod_down(&self, mut extended: RnsPoly, level: usize) -> RnsPoly {
         let ctx = &self.context;
-        let special = ctx.special_index();
-        let dropped = extended.limb(level + 1).to_vec();
+        let n = ctx.n;
+        let specials = ctx.specials();
+        if specials.len() == 1 {
+            let dropped = extended.limb(level + 1).to_vec();
+            extended.truncate(level + 1);
+            divide_by_last(ctx, &mut extended, dropped, specials.start, &ctx.special_inv);
+            return extended;
+        }
+        let conversion = &ctx.from_special;
+        let mut scaled: Vec<Vec<u64>> = (0..specials.len()).map(|j| extended.limb(level + 1 + j).to_vec()).collect();
+        scaled.par_iter_mut().zip(specials.clone()).enumerate().for_each(|(j, (row, p))| {
+            ctx.ntt[p].backward(row);
+            let w = conversion.inverse[j];
+            scale_row(row, ctx.moduli[p].value, w.value, w.quotient32());
+        });
+        let sources: Vec<&[u64]> = scaled.iter().map(Vec::as_slice).collect();
         extended.truncate(level + 1);
-        divide_by_last(ctx, &mut extended, dropped, special, &ctx.special_inv);
+        extended.data.par_chunks_mut(n).enumerate().for_each_init(
+            || vec![0u64; n],
+            |correction, (i, row)| {
+                let q = ctx.moduli[i].value;
+                convert_row(correction, &sources, &conversion.factors[i], q);
+                ctx.ntt[i].forward(correction);
+                let inv = ctx.special_inv[i];
+                subtract_and_scale(row, correction, q, inv.value, inv.quotient32());
+            },
+        );
         extended
     }
 
@@ -567,6 +622,107 @@ impl Evaluator {
             let m = &self.context.moduli[i];
             a.limb_mut(i).iter_mut().zip(b.limb(i)).for_each(|(x, &y)| *x = m.add(*x, y));
         }
+    }
+}
+
+/// Row of a key-switching key holding prime `t`: the key spans q_0 … q_{key level}, then the
+/// special primes.
+fn key_row(ctx: &Context, key: &KeySwitchKey, t: usize) -> usize {
+    let first_special = ctx.special_index();
+    if t >= first_special { key.level + 1 + (t - first_special) } else { t }
+}
+
+/// Refuses a key made for ciphertexts below `level`.
+fn check_key_level(key: &KeySwitchKey, level: usize) -> Result<()> {
+    if level > key.level {
+        return Err(Error::InvalidLevel { level, min: 0, max: key.level });
+    }
+    Ok(())
+}
+
+/// out[k] = Σ_i sources_i[k] · factors[i] mod q, for residues and factors below 2^31 and
+/// q < 2^32 (a fast base conversion's inner sum): three products at a time fit a u64 on top
+/// of a reduced partial sum, so this vectorizes.
+#[allow(unsafe_code)]
+fn convert_row(out: &mut [u64], sources: &[&[u64]], factors: &[u64], q: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
+            return unsafe { convert_row_avx512(out, sources, factors, q) };
+        }
+    }
+    convert_row_portable(out, sources, factors, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn convert_row_avx512(out: &mut [u64], sources: &[&[u64]], factors: &[u64], q: u64) {
+    convert_row_portable(out, sources, factors, q)
+}
+
+#[inline(always)]
+fn convert_row_portable(out: &mut [u64], sources: &[&[u64]], factors: &[u64], q: u64) {
+    let inverse = 1.0 / q as f64;
+    let reduce = |x: u64| {
+        let estimate = quotient_estimate(x, inverse);
+        let r = x.wrapping_sub(estimate.wrapping_mul(q));
+        let r = r.min(r.wrapping_add(q));
+        r.min(r.wrapping_sub(q))
+    };
+    out.fill(0);
+    for (group, weights) in sources.chunks(3).zip(factors.chunks(3)) {
+        match (group, weights) {
+            ([a], [wa]) => {
+                let wa = *wa as u32 as u64;
+                for (o, &x) in out.iter_mut().zip(*a) {
+                    *o = reduce(*o + (x as u32 as u64) * wa);
+                }
+            }
+            ([a, b], [wa, wb]) => {
+                let (wa, wb) = (*wa as u32 as u64, *wb as u32 as u64);
+                for ((o, &x), &y) in out.iter_mut().zip(*a).zip(*b) {
+                    *o = reduce(*o + (x as u32 as u64) * wa + (y as u32 as u64) * wb);
+                }
+            }
+            ([a, b, c], [wa, wb, wc]) => {
+                let (wa, wb, wc) = (*wa as u32 as u64, *wb as u32 as u64, *wc as u32 as u64);
+                for (((o, &x), &y), &z) in out.iter_mut().zip(*a).zip(*b).zip(*c) {
+                    *o = reduce(*o + (x as u32 as u64) * wa + (y as u32 as u64) * wb + (z as u32 as u64) * wc);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// row[k] = row[k] · w mod q < 2^32 with the 32-bit Shoup constant w32 (see
+/// `subtract_and_scale`).
+#[allow(unsafe_code)]
+fn scale_row(row: &mut [u64], q: u64, w: u64, w32: u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { scale_row_avx512(row, q, w, w32) };
+        }
+    }
+    scale_row_portable(row, q, w, w32)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scale_row_avx512(row: &mut [u64], q: u64, w: u64, w32: u64) {
+    scale_row_portable(row, q, w, w32)
+}
+
+#[inline(always)]
+fn scale_row_portable(row: &mut [u64], q: u64, w: u64, w32: u64) {
+    for x in row.iter_mut() {
+        let d = *x;
+        let estimate = (d * w32) >> 32;
+        let r = (d * w).wrapping_sub(estimate * q);
+        *x = r.min(r.wrapping_sub(q));
     }
 }
 

@@ -1,5 +1,6 @@
 //! Keys: the secret key (zeroized, never printed), the public key, and key-switching keys for
-//! relinearization and rotations (hybrid key switching with one special prime P).
+//! relinearization and rotations (hybrid key switching: digits of α ciphertext primes, special
+//! primes with product P; a key may stop at a level below the top, for ciphertexts no higher).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,14 +61,23 @@ pub struct PublicKey {
     pub(crate) fingerprint: Fingerprint,
 }
 
-/// A key that switches a ciphertext component from a key s' to s: for each digit j (one per
-/// ciphertext prime), (b_j, a_j) = (-a_j·s + e_j + P·[s']_{q_j}·δ_j, a_j) over q_0 … q_L, P.
-/// The a_j are expanded from one 32-byte seed, so a serialized key stores only the b_j.
+/// A key that switches a ciphertext component from a key s' to s, for ciphertexts up to
+/// `level`: for each digit j (α consecutive ciphertext primes D_j),
+/// (b_j, a_j) = (-a_j·s + e_j + P·s'·[q ∈ D_j], a_j) over q_0 … q_level and the special
+/// primes. The a_j are expanded from one 32-byte seed, so a serialized key stores only the b_j.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeySwitchKey {
     pub(crate) seed: [u8; 32],
+    pub(crate) level: usize,
     pub(crate) b: Vec<RnsPoly>,
     pub(crate) a: Vec<RnsPoly>,
+}
+
+impl KeySwitchKey {
+    /// The highest ciphertext level this key switches.
+    pub fn level(&self) -> usize {
+        self.level
+    }
 }
 
 /// The relinearization key: switches from s² to s.
@@ -92,6 +102,10 @@ impl GaloisKeys {
     /// Whether the key for Galois element `g` is present.
     pub fn contains(&self, g: u64) -> bool {
         self.keys.contains_key(&g)
+    }
+    /// The highest level the key for Galois element `g` switches, if present.
+    pub fn level_of(&self, g: u64) -> Option<usize> {
+        self.keys.get(&g).map(KeySwitchKey::level)
     }
     /// Number of keys.
     pub fn len(&self) -> usize {
@@ -156,23 +170,43 @@ impl KeyGenerator {
                 *x = m.mul(*x, *x);
             }
         }
-        let key = self.switch_key(&square, &self.secret.poly);
+        let key = self.switch_key(&square, &self.secret.poly, ctx.max_level());
         square.zeroize();
         RelinKey { key, fingerprint: ctx.params.fingerprint() }
     }
 
-    /// Galois keys for left rotations by `steps` (negative: right) and, if asked, conjugation.
+    /// Galois keys for left rotations by `steps` (negative: right) and, if asked, conjugation,
+    /// for ciphertexts at every level.
     pub fn galois_keys(&self, steps: &[i64], conjugation: bool) -> GaloisKeys {
         let ctx = &self.context;
-        let mut elements: Vec<u64> = steps.iter().map(|&s| ctx.galois_element(s)).filter(|&g| g != 1).collect();
+        let top = ctx.max_level();
+        let mut elements: Vec<(u64, usize)> = steps.iter().map(|&s| (ctx.galois_element(s), top)).collect();
         if conjugation {
-            elements.push(ctx.conjugation_element());
+            elements.push((ctx.conjugation_element(), top));
         }
-        elements.sort_unstable();
-        elements.dedup();
-        let keys = elements
+        self.galois_keys_for(elements)
+    }
+
+    /// Galois keys for left rotations by each step, each for ciphertexts up to its level only:
+    /// a key for level ℓ has ℓ + 1 ciphertext primes instead of L + 1 (and fewer digits), so a
+    /// plan that rotates late in the network needs far fewer bytes of keys. A step listed
+    /// twice gets the higher level.
+    pub fn galois_keys_at(&self, steps: &[(i64, usize)]) -> GaloisKeys {
+        let ctx = &self.context;
+        let top = ctx.max_level();
+        self.galois_keys_for(steps.iter().map(|&(s, level)| (ctx.galois_element(s), level.min(top))).collect())
+    }
+
+    fn galois_keys_for(&self, elements: Vec<(u64, usize)>) -> GaloisKeys {
+        let ctx = &self.context;
+        let mut levels: BTreeMap<u64, usize> = BTreeMap::new();
+        for (g, level) in elements.into_iter().filter(|&(g, _)| g != 1) {
+            let entry = levels.entry(g).or_insert(level);
+            *entry = (*entry).max(level);
+        }
+        let keys = levels
             .into_iter()
-            .map(|g| {
+            .map(|(g, level)| {
                 // The key switches s to σ⁻¹(s) rather than σ(s) to s: the evaluator then
                 // key-switches c1 unpermuted and applies σ to the (small) result, which lets
                 // hoisted rotations share c1's decomposition without permuting every digit.
@@ -183,7 +217,7 @@ impl KeyGenerator {
                         *out = source[k as usize];
                     }
                 }
-                let key = self.switch_key(&self.secret.poly, &rotated);
+                let key = self.switch_key(&self.secret.poly, &rotated, level);
                 rotated.zeroize();
                 (g, key)
             })
@@ -191,31 +225,31 @@ impl KeyGenerator {
         GaloisKeys { keys, fingerprint: Some(ctx.params.fingerprint()) }
     }
 
-    /// A key switching from `source` to `under` (both in evaluation form over every prime):
-    /// digit j is (-a_j·under + e_j + P·[source]_{q_j}·δ_j, a_j).
-    fn switch_key(&self, source: &RnsPoly, under: &RnsPoly) -> KeySwitchKey {
+    /// A key switching from `source` to `under` (both in evaluation form over every prime)
+    /// for ciphertexts up to `level`: digit j is (-a_j·under + e_j + P·source·[q ∈ D_j], a_j).
+    fn switch_key(&self, source: &RnsPoly, under: &RnsPoly, level: usize) -> KeySwitchKey {
         let ctx = &self.context;
-        let limbs = ctx.max_level() + 1;
-        let basis = ctx.basis(limbs, true);
+        let basis = ctx.basis(level + 1, true);
         let seed = fresh_seed();
-        let a = expand_switch_key_a(ctx, &seed);
+        let a = expand_switch_key_a(ctx, &seed, level);
         let mut rng = os_rng();
         let b = a
             .iter()
-            .enumerate()
-            .map(|(digit, a_j)| {
-                let e = ctx.poly_from_signed(&gaussian(&mut rng, ctx.n), limbs, true);
+            .zip(ctx.params.digits_at(level))
+            .map(|(a_j, digit)| {
+                let e = ctx.poly_from_signed(&gaussian(&mut rng, ctx.n), level + 1, true);
                 let mut b_j = RnsPoly::zero(ctx.n, basis.len());
-                for (i, &index) in basis.iter().enumerate() {
+                for (row_index, &index) in basis.iter().enumerate() {
                     let m = &ctx.moduli[index];
-                    let (s, ai, ei) = (under.limb(i), a_j.limb(i), e.limb(i));
-                    let row = b_j.limb_mut(i);
+                    // The secret's rows span every prime: its row for prime `index` is `index`.
+                    let (s, ai, ei) = (under.limb(index), a_j.limb(row_index), e.limb(row_index));
+                    let row = b_j.limb_mut(row_index);
                     for k in 0..ctx.n {
                         row[k] = m.sub(ei[k], m.mul(ai[k], s[k]));
                     }
-                    if i == digit {
-                        let p = m.shoup(ctx.special_mod_q[i]);
-                        let t = source.limb(i);
+                    if digit.contains(&index) {
+                        let p = m.shoup(ctx.special_mod_q[index]);
+                        let t = source.limb(index);
                         for k in 0..ctx.n {
                             row[k] = m.add(row[k], m.mul_shoup(t[k], p));
                         }
@@ -224,14 +258,15 @@ impl KeyGenerator {
                 b_j
             })
             .collect();
-        KeySwitchKey { seed, b, a }
+        KeySwitchKey { seed, level, b, a }
     }
 }
 
-/// The a_j of a key-switching key, from its seed: one per digit, over q_0 … q_L, P.
-pub(crate) fn expand_switch_key_a(context: &Context, seed: &[u8; 32]) -> Vec<RnsPoly> {
-    let basis = context.basis(context.max_level() + 1, true);
-    (0..=context.max_level())
+/// The a_j of a key-switching key for ciphertexts up to `level`, from its seed: one per digit,
+/// over q_0 … q_level and the special primes.
+pub(crate) fn expand_switch_key_a(context: &Context, seed: &[u8; 32], level: usize) -> Vec<RnsPoly> {
+    let basis = context.basis(level + 1, true);
+    (0..context.params.digits_at(level).len())
         .map(|digit| {
             let digit_seed = blake3::keyed_hash(seed, &(digit as u64).to_le_bytes());
             uniform_from_seed(context, digit_seed.as_bytes(), &basis)

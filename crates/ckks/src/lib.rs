@@ -1,9 +1,10 @@
 //! RNS-CKKS homomorphic encryption in pure Rust: the cryptographic core of Blindfold.
 //!
 //! Parameters are checked against the HomomorphicEncryption.org 128-bit table when built;
-//! polynomials stay in NTT (evaluation) form between operations; key switching is hybrid with
-//! one special prime; rotations can be hoisted; every serialized object carries the parameter
-//! fingerprint. The crate does no I/O and knows nothing of networks or images.
+//! polynomials stay in NTT (evaluation) form between operations; key switching is hybrid
+//! (digits of several primes, several special primes), with keys that may stop below the top
+//! level; rotations can be hoisted; every serialized object carries the parameter fingerprint.
+//! The crate does no I/O and knows nothing of networks or images.
 //!
 //! ```
 //! use blindfold_ckks::{Context, Decryptor, Evaluator, KeyGenerator, Preset, SecretKeyEncryptor};

@@ -55,6 +55,8 @@ pub struct Parameters {
     moduli: Vec<u64>,
     special: Vec<u64>,
     log_scale: u32,
+    /// Ciphertext primes per key-switching digit (α).
+    digit_primes: usize,
     secure: bool,
     fingerprint: Fingerprint,
 }
@@ -76,9 +78,20 @@ impl Parameters {
     pub fn moduli(&self) -> &[u64] {
         &self.moduli
     }
-    /// The special primes P used only inside key switching.
+    /// The special primes whose product P is used only inside key switching.
     pub fn special_moduli(&self) -> &[u64] {
         &self.special
+    }
+    /// Ciphertext primes per key-switching digit (α): a key has one digit per α primes, so a
+    /// larger α means fewer, larger digits — smaller keys and cheaper key switches — and needs
+    /// a larger P (at least every digit's product).
+    pub fn digit_primes(&self) -> usize {
+        self.digit_primes
+    }
+    /// The digits of a ciphertext at `level`: consecutive ranges of α prime indices covering
+    /// 0..=level (the last one possibly shorter).
+    pub fn digits_at(&self, level: usize) -> Vec<std::ops::Range<usize>> {
+        (0..=level).step_by(self.digit_primes).map(|start| start..(start + self.digit_primes).min(level + 1)).collect()
     }
     /// The highest level L (a fresh ciphertext has L + 1 primes).
     pub fn max_level(&self) -> usize {
@@ -114,14 +127,15 @@ impl Parameters {
         moduli: Vec<u64>,
         special: Vec<u64>,
         log_scale: u32,
+        digit_primes: usize,
         secure: bool,
     ) -> Result<Self> {
-        validate_shape(log_n, &moduli, &special, log_scale, secure)?;
+        validate_shape(log_n, &moduli, &special, log_scale, digit_primes, secure)?;
         if secure {
             check_security(log_n, &moduli, &special)?;
         }
-        let fingerprint = fingerprint(log_n, &moduli, &special, log_scale);
-        Ok(Self { log_n, moduli, special, log_scale, secure, fingerprint })
+        let fingerprint = fingerprint(log_n, &moduli, &special, log_scale, digit_primes);
+        Ok(Self { log_n, moduli, special, log_scale, digit_primes, secure, fingerprint })
     }
 }
 
@@ -140,21 +154,29 @@ pub struct ParametersBuilder {
     ciphertext_bits: Vec<u32>,
     special_bits: Vec<u32>,
     log_scale: u32,
+    digit_primes: usize,
 }
 
 impl ParametersBuilder {
     /// Starts a parameter set of ring degree 2^log_n.
     pub fn new(log_n: u32) -> Self {
-        Self { log_n, ciphertext_bits: Vec::new(), special_bits: vec![60], log_scale: 40 }
+        Self { log_n, ciphertext_bits: Vec::new(), special_bits: vec![60], log_scale: 40, digit_primes: 1 }
     }
     /// Bit sizes of q_0 … q_L (q_0 first: it holds the final result, so make it larger than Δ).
     pub fn ciphertext_bits(mut self, bits: &[u32]) -> Self {
         self.ciphertext_bits = bits.to_vec();
         self
     }
-    /// Bit sizes of the special primes (exactly one is supported; at least as large as every q_i).
+    /// Bit sizes of the special primes (1 to 8): their product P must be at least every
+    /// key-switching digit (with one prime per digit: at least every q_i). With more than one
+    /// special prime or digit prime, every prime must be below 2^31.
     pub fn special_bits(mut self, bits: &[u32]) -> Self {
         self.special_bits = bits.to_vec();
+        self
+    }
+    /// Ciphertext primes per key-switching digit (α, default 1).
+    pub fn digit_primes(mut self, primes: usize) -> Self {
+        self.digit_primes = primes;
         self
     }
     /// log2 of the default scale Δ.
@@ -224,7 +246,7 @@ impl ParametersBuilder {
         // key-switching noise bound wants P ≥ every q_i.
         let special = generate(&self.special_bits)?;
         let moduli = generate(&self.ciphertext_bits)?;
-        Parameters::from_parts(self.log_n, moduli, special, self.log_scale, secure)
+        Parameters::from_parts(self.log_n, moduli, special, self.log_scale, self.digit_primes, secure)
     }
 }
 
@@ -241,8 +263,9 @@ pub enum Preset {
     /// lazy multiply-adds per 64-bit word in the linear layers; the 31-bit q_0 gives the logits
     /// two more bits of precision than a 29-bit one).
     N13Depth5Small,
-    /// N = 2^14, q = [31, 29 × 7], P = 40, Δ = 2^28: depth 7 with 29-bit rescale primes, the
-    /// shape of the LeNet-5 models.
+    /// N = 2^14, q = [31, 29 × 7], P = 4 × 31, key-switching digits of 4 primes, Δ = 2^28:
+    /// depth 7 with 29-bit rescale primes, the shape of the LeNet-5 models (two digits: keys of
+    /// 24 rows instead of 72).
     N14Depth7Small,
 }
 
@@ -280,7 +303,8 @@ impl Preset {
             }
             Preset::N14Depth7Small => ParametersBuilder::new(14)
                 .ciphertext_bits(&[31, 29, 29, 29, 29, 29, 29, 29])
-                .special_bits(&[40])
+                .special_bits(&[31, 31, 31, 31])
+                .digit_primes(4)
                 .log_scale(28),
         }
     }
@@ -291,7 +315,14 @@ impl Preset {
     }
 }
 
-fn validate_shape(log_n: u32, moduli: &[u64], special: &[u64], log_scale: u32, secure: bool) -> Result<()> {
+fn validate_shape(
+    log_n: u32,
+    moduli: &[u64],
+    special: &[u64],
+    log_scale: u32,
+    digit_primes: usize,
+    secure: bool,
+) -> Result<()> {
     let bad = |name, reason: String| Err(Error::InvalidParameter { name, reason });
     if !(4..=17).contains(&log_n) || (secure && security_bound(log_n).is_none()) {
         return bad("log_n", format!("{log_n} is not supported"));
@@ -299,8 +330,11 @@ fn validate_shape(log_n: u32, moduli: &[u64], special: &[u64], log_scale: u32, s
     if moduli.is_empty() {
         return bad("ciphertext primes", "at least one is needed".into());
     }
-    if special.len() != 1 {
-        return bad("special primes", format!("exactly one is supported, got {}", special.len()));
+    if special.is_empty() || special.len() > 8 {
+        return bad("special primes", format!("1 to 8 are supported, got {}", special.len()));
+    }
+    if digit_primes == 0 || digit_primes > moduli.len() {
+        return bad("digit primes", format!("{digit_primes} is outside 1..={}", moduli.len()));
     }
     let two_n = 2u64 << log_n;
     let mut all: Vec<u64> = moduli.iter().chain(special).copied().collect();
@@ -313,14 +347,36 @@ fn validate_shape(log_n: u32, moduli: &[u64], special: &[u64], log_scale: u32, s
     if all.windows(2).any(|w| w[0] == w[1]) {
         return bad("primes", "primes must be distinct".into());
     }
-    let largest_q = moduli.iter().copied().max().unwrap_or(0);
-    if special[0] < largest_q {
-        return bad("special primes", "the special prime must be at least as large as every ciphertext prime".into());
+    // Several primes per digit or special primes: key switching converts between bases with
+    // 32-bit arithmetic.
+    if (digit_primes > 1 || special.len() > 1) && all.iter().any(|&q| q >= 1 << 31) {
+        return bad("primes", "with several digit or special primes, every prime must be below 2^31".into());
+    }
+    let p_log: f64 = special.iter().map(|&p| (p as f64).log2()).sum();
+    for digit in moduli.chunks(digit_primes) {
+        // Key-switching noise is about (digit / P)·N·σ: P at least every digit keeps it small.
+        let fits = match (product(digit), product(special)) {
+            (Some(d), Some(p)) => p >= d,
+            _ => p_log >= digit.iter().map(|&q| (q as f64).log2()).sum::<f64>(),
+        };
+        if !fits {
+            let reason = if digit_primes == 1 && special.len() == 1 {
+                "the special prime must be at least as large as every ciphertext prime".to_owned()
+            } else {
+                format!("the special primes' product must be at least every digit of {digit_primes} ciphertext primes")
+            };
+            return bad("special primes", reason);
+        }
     }
     if log_scale < 10 || (log_scale as f64) >= (moduli[0] as f64).log2() {
         return bad("log_scale", format!("{log_scale} must be at least 10 and below the bit size of q_0"));
     }
     Ok(())
+}
+
+/// The product of `primes`, if it fits 128 bits.
+fn product(primes: &[u64]) -> Option<u128> {
+    primes.iter().try_fold(1u128, |acc, &q| acc.checked_mul(q as u128))
 }
 
 fn check_security(log_n: u32, moduli: &[u64], special: &[u64]) -> Result<()> {
@@ -346,7 +402,7 @@ fn ntt_prime_below(bits: u32, log_n: u32, taken: &[u64]) -> Option<u64> {
     None
 }
 
-fn fingerprint(log_n: u32, moduli: &[u64], special: &[u64], log_scale: u32) -> Fingerprint {
+fn fingerprint(log_n: u32, moduli: &[u64], special: &[u64], log_scale: u32, digit_primes: usize) -> Fingerprint {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"blindfold-ckks parameters v1");
     hasher.update(&log_n.to_le_bytes());
@@ -359,6 +415,12 @@ fn fingerprint(log_n: u32, moduli: &[u64], special: &[u64], log_scale: u32) -> F
         hasher.update(&p.to_le_bytes());
     }
     hasher.update(&log_scale.to_le_bytes());
+    // One prime per digit was the only shape before digits had a size: those sets keep their
+    // fingerprints.
+    if digit_primes != 1 {
+        hasher.update(b"digit primes");
+        hasher.update(&(digit_primes as u32).to_le_bytes());
+    }
     Fingerprint(*hasher.finalize().as_bytes())
 }
 
@@ -405,7 +467,7 @@ mod tests {
         }
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), a.moduli().len() + 1);
+        assert_eq!(all.len(), a.moduli().len() + a.special_moduli().len());
         assert_ne!(a.fingerprint(), Preset::N13Depth2.parameters().unwrap().fingerprint());
     }
 

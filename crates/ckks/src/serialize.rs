@@ -20,7 +20,9 @@ use crate::{Error, Result};
 
 const MAGIC: [u8; 4] = *b"BFCK";
 const SECRET_MAGIC: [u8; 4] = *b"BFSK";
-const VERSION: u16 = 1;
+/// Version 2 added the digit size to parameters and the level to key-switching keys; version 1
+/// objects (one prime per digit, keys at the top level) still load.
+const VERSION: u16 = 2;
 const HEADER_LEN: usize = 40;
 
 /// What a serialized object is.
@@ -71,6 +73,7 @@ impl Parameters {
         w.u8(self.special_moduli().len() as u8);
         self.special_moduli().iter().for_each(|&p| w.u64(p));
         w.u8(self.log_scale() as u8);
+        w.u8(self.digit_primes() as u8);
         w.finish()
     }
 
@@ -90,8 +93,9 @@ impl Parameters {
         }
         let special = (0..special_count).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
         let log_scale = r.u8()? as u32;
+        let digit_primes = if r.version >= 2 { r.u8()? as usize } else { 1 };
         r.end()?;
-        let params = Parameters::from_parts(log_n, moduli, special, log_scale, true)?;
+        let params = Parameters::from_parts(log_n, moduli, special, log_scale, digit_primes, true)?;
         if params.fingerprint() != fingerprint {
             return Err(Error::FingerprintMismatch {
                 expected: params.fingerprint().short(),
@@ -218,8 +222,8 @@ impl GaloisKeys {
         let (mut r, fingerprint) = Reader::open(bytes, Kind::GaloisKeys, MAGIC)?;
         check_fingerprint(context, fingerprint)?;
         let count = r.u32()? as usize;
-        let one_key =
-            32 + (context.max_level() + 1) * packed_poly_len(context, &context.basis(context.max_level() + 1, true));
+        // The smallest key (for level-0 ciphertexts) bounds how many can fit.
+        let one_key = 32 + packed_poly_len(context, &context.basis(1, true));
         if count > context.n || count.saturating_mul(one_key + 8) > r.remaining() {
             return Err(r.error(format!("{count} keys do not fit in the {} bytes left", r.remaining())));
         }
@@ -345,8 +349,9 @@ impl Writer {
 
     fn switch_key(&mut self, context: &Context, key: &KeySwitchKey) {
         self.bytes(&key.seed);
+        self.u8(key.level as u8);
         self.u8(key.b.len() as u8);
-        let basis = context.basis(context.max_level() + 1, true);
+        let basis = context.basis(key.level + 1, true);
         for b in &key.b {
             self.poly(context, b, &basis);
         }
@@ -361,11 +366,12 @@ struct Reader<'a> {
     bytes: &'a [u8],
     offset: usize,
     object: &'static str,
+    version: u16,
 }
 
 impl<'a> Reader<'a> {
     fn open(bytes: &'a [u8], kind: Kind, magic: [u8; 4]) -> Result<(Self, Fingerprint)> {
-        let mut r = Reader { bytes, offset: 0, object: kind.name() };
+        let mut r = Reader { bytes, offset: 0, object: kind.name(), version: VERSION };
         let found_magic = r.take(4)?;
         if found_magic != magic {
             let reason = if found_magic == SECRET_MAGIC {
@@ -380,9 +386,10 @@ impl<'a> Reader<'a> {
             return Err(Error::Malformed { object: kind.name(), offset: 0, reason });
         }
         let version = u16::from_le_bytes([r.u8()?, r.u8()?]);
-        if version != VERSION {
-            return Err(r.error(format!("format version {version}, this build reads version {VERSION}")));
+        if !(1..=VERSION).contains(&version) {
+            return Err(r.error(format!("format version {version}, this build reads versions 1 to {VERSION}")));
         }
+        r.version = version;
         let found_kind = r.u8()?;
         if found_kind != kind as u8 {
             return Err(r.error(format!("object kind {found_kind}, expected {} ({})", kind as u8, kind.name())));
@@ -494,13 +501,15 @@ impl<'a> Reader<'a> {
 
     fn switch_key(&mut self, context: &Context) -> Result<KeySwitchKey> {
         let seed = self.seed()?;
+        let level = if self.version >= 2 { self.level(context)? } else { context.max_level() };
         let digits = self.u8()? as usize;
-        if digits != context.max_level() + 1 {
-            return Err(self.error(format!("{digits} key digits, expected {}", context.max_level() + 1)));
+        let expected = context.params.digits_at(level).len();
+        if digits != expected {
+            return Err(self.error(format!("{digits} key digits, expected {expected} at level {level}")));
         }
-        let basis = context.basis(context.max_level() + 1, true);
+        let basis = context.basis(level + 1, true);
         let b = (0..digits).map(|_| self.poly(context, &basis)).collect::<Result<Vec<_>>>()?;
-        Ok(KeySwitchKey { seed, b, a: expand_switch_key_a(context, &seed) })
+        Ok(KeySwitchKey { seed, level, b, a: expand_switch_key_a(context, &seed, level) })
     }
 
     fn end(&self) -> Result<()> {

@@ -199,6 +199,63 @@ fn shifted_squares_equal_add_scalar_then_square() {
     }
 }
 
+/// Digits of two primes and two special primes, all below 2^31 (the LeNet-5 shape, small).
+fn hybrid() -> Setup {
+    let params = blindfold_ckks::ParametersBuilder::new(11)
+        .ciphertext_bits(&[31, 29, 29, 29, 29])
+        .special_bits(&[31, 31])
+        .digit_primes(2)
+        .log_scale(28)
+        .build_insecure_for_tests()
+        .unwrap();
+    common::setup(params, &[1, 5, -3])
+}
+
+#[test]
+fn hybrid_key_switching_relinearizes_and_rotates_at_every_level() {
+    let s = hybrid();
+    let e = &s.evaluator;
+    assert_eq!(s.context.params().digits_at(4), vec![0..2, 2..4, 4..5]);
+    let scale = s.context.params().scale();
+    let (a, b) = (random_values(31, 1024, 1.0), random_values(32, 1024, 1.0));
+    for level in 1..=4 {
+        let ca = s.encryptor.encrypt(&s.context.encode(&a, level, scale).unwrap()).unwrap();
+        let cb = s.encryptor.encrypt(&s.context.encode(&b, level, scale).unwrap()).unwrap();
+        let product = e.rescale(&e.mul_relin(&ca, &cb, &s.relin).unwrap()).unwrap();
+        let expected: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+        let error = max_error(&expected, &decrypt(&s, &product));
+        assert!(error < 1e-3, "level {level}: product error {error}");
+        for (step, rotated) in [1i64, 5, -3].into_iter().zip(e.rotate_hoisted(&ca, &[1, 5, -3], &s.galois).unwrap()) {
+            let single = e.rotate(&ca, step, &s.galois).unwrap();
+            let shifted: Vec<f64> = (0..1024).map(|k| a[(k as i64 + step).rem_euclid(1024) as usize]).collect();
+            for ct in [&single, &rotated] {
+                let error = max_error(&shifted, &decrypt(&s, ct));
+                assert!(error < 1e-3, "level {level}, step {step}: error {error}");
+            }
+        }
+    }
+}
+
+#[test]
+fn keys_for_a_lower_level_switch_up_to_it_and_refuse_above() {
+    for s in [toy(), hybrid()] {
+        let e = &s.evaluator;
+        let keys = s.keys.galois_keys_at(&[(1, 2), (5, 1), (1, 0)]);
+        let element = s.context.galois_element(1);
+        assert_eq!(keys.level_of(element), Some(2), "a step listed twice gets the higher level");
+        let values = random_values(41, 64, 1.0);
+        let scale = s.context.params().scale();
+        for level in 0..=2 {
+            let ct = s.encryptor.encrypt(&s.context.encode(&values, level, scale).unwrap()).unwrap();
+            let rotated = e.rotate(&ct, 1, &keys).unwrap();
+            assert!(max_error(&values[1..], &decrypt(&s, &rotated)[..63]) < 1e-3, "level {level}");
+        }
+        let high = s.encryptor.encrypt(&s.context.encode(&values, 3, scale).unwrap()).unwrap();
+        assert!(matches!(e.rotate(&high, 1, &keys), Err(Error::InvalidLevel { level: 3, max: 2, .. })));
+        assert!(matches!(e.rotate_hoisted(&high, &[1], &keys), Err(Error::InvalidLevel { level: 3, max: 2, .. })));
+    }
+}
+
 #[test]
 fn mismatches_are_typed_errors() {
     let s = toy();

@@ -42,6 +42,54 @@ fn everything_round_trips() {
 }
 
 #[test]
+fn hybrid_sets_and_keys_below_the_top_level_round_trip() {
+    let params = blindfold_ckks::ParametersBuilder::new(14)
+        .ciphertext_bits(&[31, 29, 29, 29, 29, 29, 29, 29])
+        .special_bits(&[31, 31, 31, 31])
+        .digit_primes(4)
+        .log_scale(28)
+        .build()
+        .unwrap();
+    let back = Parameters::from_bytes(&params.to_bytes()).unwrap();
+    assert_eq!(back, params);
+    assert_eq!(back.digit_primes(), 4);
+    // The digit size is part of the fingerprint.
+    let one = blindfold_ckks::ParametersBuilder::new(14)
+        .ciphertext_bits(&[31, 29, 29, 29, 29, 29, 29, 29])
+        .special_bits(&[31, 31, 31, 31])
+        .log_scale(28)
+        .build()
+        .unwrap();
+    assert_ne!(one.fingerprint(), params.fingerprint());
+    let s = common::setup(params, &[]);
+    let ctx = &s.context;
+    let keys = s.keys.galois_keys_at(&[(3, 7), (5, 2), (9, 0)]);
+    let bytes = keys.to_bytes(ctx);
+    let back = GaloisKeys::from_bytes(ctx, &bytes).unwrap();
+    assert_eq!(back, keys);
+    // Two digits of 8 + 4 rows at level 7, one of 3 + 4 at level 2, one of 1 + 4 at level 0.
+    let row = (ctx.params().n() * 31).div_ceil(8);
+    assert!(bytes.len() <= (2 * 12 + 7 + 5) * row + 200, "{} bytes", bytes.len());
+    assert_eq!(RelinKey::from_bytes(ctx, &s.relin.to_bytes(ctx)).unwrap(), s.relin);
+}
+
+#[test]
+fn version_1_objects_still_load() {
+    // Version 1 had no digit size after the parameters and no level in a key.
+    let preset = Preset::N13Depth2.parameters().unwrap();
+    let mut params = preset.to_bytes();
+    params[4] = 1;
+    params.pop();
+    assert_eq!(Parameters::from_bytes(&params).unwrap(), preset);
+    let s = toy();
+    let ctx = &s.context;
+    let mut relin = s.relin.to_bytes(ctx);
+    relin[4] = 1;
+    relin.remove(40 + 32);
+    assert_eq!(RelinKey::from_bytes(ctx, &relin).unwrap(), s.relin);
+}
+
+#[test]
 fn bad_inputs_are_refused_with_the_right_error() {
     let s = toy();
     let ctx = &s.context;
