@@ -236,7 +236,7 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let started = Instant::now();
     let keys = KeyGenerator::new(&context);
     let relin = keys.relin_key();
-    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    let galois = keys.galois_keys_at(&plan.rotation_keys());
     let keygen_seconds = started.elapsed().as_secs_f64();
     let eval_key_bytes = relin.to_bytes(&context).len() + galois.to_bytes(&context).len();
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone())?;

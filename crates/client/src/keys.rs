@@ -95,7 +95,7 @@ impl KeySet {
         let generator = KeyGenerator::new(&context);
         let relin = generator.relin_key();
         let steps = compiled.plan().rotation_steps();
-        let galois = generator.galois_keys(&steps, false);
+        let galois = generator.galois_keys_at(&compiled.plan().rotation_keys());
         let key_set = Uuid::new_v4();
 
         let bundle_path = dir.join(EVALUATION_KEYS_FILE);

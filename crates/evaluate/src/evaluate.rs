@@ -56,13 +56,25 @@ impl BatchEvaluator {
             });
         }
         let context = keys.context();
-        for step in model.plan().rotation_steps() {
+        for (step, level) in model.plan().rotation_keys() {
             let element = context.galois_element(step);
-            if !keys.galois_keys().contains(element) {
-                return Err(Error::Mismatch {
-                    what: "evaluation keys",
-                    detail: format!("the bundle has no rotation key for step {step}, which the plan needs"),
-                });
+            match keys.galois_keys().level_of(element) {
+                None => {
+                    return Err(Error::Mismatch {
+                        what: "evaluation keys",
+                        detail: format!("the bundle has no rotation key for step {step}, which the plan needs"),
+                    });
+                }
+                Some(found) if found < level => {
+                    return Err(Error::Mismatch {
+                        what: "evaluation keys",
+                        detail: format!(
+                            "the bundle's rotation key for step {step} switches ciphertexts up to level {found}; \
+                             the plan rotates by it at level {level}"
+                        ),
+                    });
+                }
+                Some(_) => {}
             }
         }
         let engine = match model.plan() {

@@ -85,9 +85,14 @@ impl Plan {
     }
     /// The rotation steps whose Galois keys evaluation needs (none for throughput).
     pub fn rotation_steps(&self) -> Vec<i64> {
+        self.rotation_keys().into_iter().map(|(step, _)| step).collect()
+    }
+    /// Each rotation step with the highest ciphertext level its key must switch: generate the
+    /// keys with `KeyGenerator::galois_keys_at` (none for throughput).
+    pub fn rotation_keys(&self) -> Vec<(i64, usize)> {
         match self {
-            Plan::Throughput(plan) => plan.rotation_steps(),
-            Plan::Latency(plan) => plan.rotation_steps(),
+            Plan::Throughput(_) => Vec::new(),
+            Plan::Latency(plan) => plan.rotation_keys(),
         }
     }
     /// Packs preprocessed images (at most [`batch_capacity`](Self::batch_capacity)) into one

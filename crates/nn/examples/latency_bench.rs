@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let context = Context::new(plan.params().clone())?;
     let keys = KeyGenerator::new(&context);
     let relin = keys.relin_key();
-    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    let galois = keys.galois_keys_at(&plan.rotation_keys());
     let eval_key_bytes = relin.to_bytes(&context).len() + galois.to_bytes(&context).len();
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone())?;
     let decryptor = Decryptor::new(&context, keys.secret_key().clone())?;

@@ -21,7 +21,17 @@ fn argmax(v: &[f64]) -> usize {
 
 #[test]
 fn mnist_cryptonets_single_images_match_the_plaintext_model() {
-    let name = "mnist-cryptonets";
+    single_images_match("mnist-cryptonets", 4);
+}
+
+#[test]
+fn mnist_lenet5_single_images_match_the_plaintext_model() {
+    // Convolutions and pools written in place on the input's grid, hybrid key switching and
+    // rotation keys below the top level.
+    single_images_match("mnist-lenet5", 2);
+}
+
+fn single_images_match(name: &str, count: usize) {
     let model = registry::load(name).unwrap();
     let plan = LatencyPlan::compile(name, &model.network).unwrap();
     println!("{}", plan.summary());
@@ -30,12 +40,15 @@ fn mnist_cryptonets_single_images_match_the_plaintext_model() {
     let context = Context::new(plan.params().clone()).unwrap();
     let keys = KeyGenerator::new(&context);
     let relin = keys.relin_key();
-    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    let galois = keys.galois_keys_at(&plan.rotation_keys());
     assert_eq!(galois.len(), plan.rotation_steps().len());
+    for (step, level) in plan.rotation_keys() {
+        assert_eq!(galois.level_of(context.galois_element(step)), Some(level));
+    }
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
     let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
     let engine = LatencyEngine::new(plan, &context).unwrap();
-    let images = data::mnist(&data_dir().join("mnist"), Split::Test).unwrap().take(4);
+    let images = data::mnist(&data_dir().join("mnist"), Split::Test).unwrap().take(count);
     let inputs = model.manifest.inputs(&images).unwrap();
     let mut max_error = 0f64;
     for input in &inputs {
@@ -105,7 +118,7 @@ fn run_network(network: &blindfold_nn::Network, input: &[f64]) -> (Vec<f64>, Vec
     println!("{}", plan.summary());
     let context = Context::new(plan.params().clone()).unwrap();
     let keys = KeyGenerator::new(&context);
-    let galois = keys.galois_keys(&plan.rotation_steps(), false);
+    let galois = keys.galois_keys_at(&plan.rotation_keys());
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
     let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
     let engine = LatencyEngine::new(plan, &context).unwrap();
@@ -160,4 +173,41 @@ fn a_small_convolution_matches() {
         let error = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(error < 1e-2, "stride {stride}: {got:?} vs {want:?}");
     }
+}
+
+#[test]
+fn a_lenet_shaped_network_matches() {
+    // conv → square → pool → conv → square → pool → dense on a small two-channel image: the
+    // pools run as unmasked rotation sums and the second convolution mixes channel blocks.
+    use blindfold_nn::{AvgPool2d, Conv2d, Dense, Layer, Network, Polynomial, Shape};
+    let conv = |i: usize, o: usize| {
+        let weights: Vec<f64> = (0..o * i * 9).map(|n| ((n * 31) % 11) as f64 / 11.0 - 0.5).collect();
+        let bias = (0..o).map(|x| x as f64 * 0.1).collect();
+        Layer::Conv2d(Conv2d {
+            in_channels: i,
+            out_channels: o,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [0; 4],
+            weights,
+            bias,
+        })
+    };
+    let square = || Layer::Activation(Polynomial { coefficients: vec![0.1, 0.5, 0.3] });
+    let pool = || Layer::AvgPool2d(AvgPool2d { kernel: [2, 2], stride: [2, 2] });
+    let dense = Dense {
+        inputs: 12,
+        outputs: 5,
+        weights: (0..60).map(|n| ((n * 7) % 5) as f64 / 5.0 - 0.4).collect(),
+        bias: vec![0.05; 5],
+    };
+    let network = Network::new(
+        Shape::Image { channels: 2, height: 14, width: 14 },
+        vec![conv(2, 4), square(), pool(), conv(4, 3), square(), pool(), Layer::Flatten, Layer::Dense(dense)],
+    )
+    .unwrap();
+    let input: Vec<f64> = (0..2 * 14 * 14).map(|k| (k as f64 * 0.37).sin()).collect();
+    let (got, want) = run_network(&network, &input);
+    let error = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(error < 1e-2, "{got:?} vs {want:?}");
 }

@@ -1,37 +1,220 @@
 //! The latency packing: one image in the slots of one ciphertext.
 //!
-//! The image (and every activation after it) is a vector laid out in slots 0..len, zero-padded
-//! to a power-of-two **period** (the longest vector of the network) and repeated to fill every
-//! slot, so a rotation of the whole slot vector by d is a cyclic rotation of the vector by d.
+//! Every vector between two layers has a **layout**: the slot each element sits in, repeated
+//! with a power-of-two period. The input image is laid out on a grid (rows a power of two
+//! apart, channels in power-of-two blocks), replicated to fill the slots, and the compiler
+//! keeps that geometry through the network: a convolution or pool writes output (o, y, x) in
+//! place, at the grid position of its window's corner, so every weight of one kernel offset and
+//! one pair of channel blocks lies on the same diagonal. A 5×5 convolution then has about 25
+//! diagonals per block shift instead of hundreds, and rows a power of two apart let
+//! baby-step giant-step split them into column babies and row giants. Dense layers collect
+//! their outputs at any slot congruent to the output index and finish with log2 rotate-and-sum
+//! steps. For each layer the compiler tries the layouts that apply (in place on the grid, a
+//! channel block per output channel, or dense) and keeps the cheapest by a cost model of key
+//! switches and plaintext products at the layer's level.
 //!
 //! Lowering is the throughput packing's (average pooling's 1/k² and every activation's leading
-//! coefficient and constant fold into the next weighted layer); a sum pool is composed into the
-//! weighted layer after it, so each convolution or dense layer (with its pooling) becomes one
-//! sparse matrix W. The engine computes W·x by the **diagonal method**: y = Σ_d diag_d ⊙ rot_d(x)
-//! over the nonzero diagonals d only, with baby-step giant-step (d = g + b): the baby rotations
-//! rot_b(x) are **hoisted** (c1 decomposed once), each giant step multiplies the babies by
-//! plaintext diagonals pre-rotated by −g and encoded once per model, then rotates the sum by g.
-//! The baby-step size B is chosen per layer to minimise the rotation cost.
+//! coefficient and constant fold into the next weighted layer). A sum pool followed by a dense
+//! layer is composed into it (one matrix, no extra rotations: the dense layer's diagonals are
+//! bounded by its output period); a sum pool followed by a convolution stays a stage of its
+//! own (two rotations), since composing them would square the convolution's kernel offsets.
+//!
+//! The engine computes W·x by the **diagonal method**: y = Σ_d D_d ⊙ rot_d(x) over the nonzero
+//! diagonals d only, with baby-step giant-step (d = g + b): the baby rotations rot_b(x) are
+//! **hoisted** (c1 decomposed once), each giant step multiplies the babies by plaintext
+//! diagonals pre-rotated by −g and encoded once per model, then rotates the sum by g.
 //!
 //! An activation a·x² + b·x + c is a·(x + β)² + γ: the shift β is added, the ciphertext squared,
-//! relinearized and rescaled; a and γ fold into the next layer. Every stage uses one level.
+//! relinearized and rescaled; a and γ fold into the next layer. Every weighted stage and every
+//! activation uses one level; sum pools use none. Slots outside a layout may hold anything
+//! (an activation turns zeros into β²): every product reads only the slots of its input layout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, Parameters, Plaintext, RelinKey, security_bound};
+use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, Parameters, Plaintext, RelinKey};
 use rayon::prelude::*;
 
 use super::throughput::{LOG_TARGET_SCALE, LOGIT_HEADROOM_BITS, Lowered, choose_parameters, lower, op_layer};
 use super::{Control, Error, Packing, Progress, Result};
-use crate::ir::Network;
+use crate::ir::{Layer, Network, Shape};
 
-/// Relative cost of a hoisted baby-step rotation against a full rotation (one inner product
-/// and one mod-down against a decomposition, inner product and mod-down).
-const HOISTED_ROTATION_COST: f64 = 0.4;
-/// Cost of one key switch at level ℓ, in coefficient multiply-adds per coefficient per prime
-/// (the unit of the throughput plan's estimates).
-const KEY_SWITCH_COST: f64 = 40.0;
+/// The cost model, in coefficient multiply-adds per coefficient (the unit of the throughput
+/// plan's estimates), for key switching at one level. An NTT of one row counts NTT_COST.
+/// Decomposing c1 takes an inverse NTT per prime and, per digit, an NTT for every prime of the
+/// level and P outside the digit; each rotation then takes an inner product with its key (2
+/// polynomials, every digit, every prime) and a mod-down (back through the special primes, two
+/// polynomials). Hoisted rotations share one decomposition.
+#[derive(Debug, Clone, Copy)]
+struct Costs {
+    level: usize,
+    digits: usize,
+    special: usize,
+}
+
+impl Costs {
+    fn new(params: &Parameters, level: usize) -> Self {
+        Self { level, digits: params.digits_at(level).len(), special: params.special_moduli().len() }
+    }
+    fn rows(&self) -> usize {
+        self.level + 1 + self.special
+    }
+    fn decomposition(&self) -> f64 {
+        NTT_COST * (self.digits * self.rows()) as f64
+    }
+    /// A rotation whose decomposition is shared: the inner product with the key and the mod-down.
+    fn hoisted_rotation(&self) -> f64 {
+        NTT_COST * (2 * self.rows()) as f64 + 2.0 * (self.digits * self.rows()) as f64
+    }
+    /// A rotation (or relinearization) on its own.
+    fn full_rotation(&self) -> f64 {
+        self.decomposition() + self.hoisted_rotation()
+    }
+    /// One plaintext diagonal times a 2-part ciphertext, accumulated.
+    fn product(&self) -> f64 {
+        2.0 * (self.level + 1) as f64
+    }
+}
+
+/// One NTT of one row, per coefficient, in multiply-adds: calibrated so that a key switch at
+/// N = 2^14 with 8 primes costs what it measures against a plaintext product (about 30×).
+const NTT_COST: f64 = 5.5;
+
+/// Where a vector's elements sit in the slots.
+#[derive(Debug, Clone, PartialEq)]
+struct Layout {
+    /// Slot of element e, in 0..period.
+    positions: Vec<usize>,
+    /// The slot vector repeats with this period (a power of two dividing the slots): element e
+    /// is at positions[e] + k·period for every k.
+    period: usize,
+    /// For an image placed on a grid: where a convolution or pool over it can write in place.
+    grid: Option<Grid>,
+}
+
+/// A (C, H, W) tensor on a grid: element (c, y, x) is at bases[c] + y·row + x·column (mod the
+/// slots).
+#[derive(Debug, Clone, PartialEq)]
+struct Grid {
+    bases: Vec<usize>,
+    row: usize,
+    column: usize,
+}
+
+impl Layout {
+    /// Elements 0..len at slots 0..len, repeated with the next power of two.
+    fn dense(len: usize) -> Self {
+        Self { positions: (0..len).collect(), period: len.next_power_of_two().max(1), grid: None }
+    }
+
+    /// A (C, H, W) image on a grid: rows a power of two apart, channels in power-of-two blocks,
+    /// repeated to fill the slots. None when it does not fit.
+    fn image(channels: usize, height: usize, width: usize, slots: usize) -> Option<Self> {
+        let row = width.next_power_of_two();
+        let block = ((height.max(1) - 1) * row + width).next_power_of_two();
+        let period = (channels * block).next_power_of_two();
+        if period > slots {
+            return None;
+        }
+        let bases: Vec<usize> = (0..channels).map(|c| c * block).collect();
+        let grid = Grid { bases, row, column: 1 };
+        Some(Self { positions: grid.positions(height, width, slots), period, grid: Some(grid) })
+    }
+
+    /// The slot vector of `values` in this layout (zero elsewhere).
+    fn fill(&self, values: &[f64], slots: usize) -> Vec<f64> {
+        let mut out = vec![0.0; slots];
+        for copy in (0..slots).step_by(self.period) {
+            for (&p, &v) in self.positions.iter().zip(values) {
+                out[p + copy] = v;
+            }
+        }
+        out
+    }
+}
+
+impl Grid {
+    /// Slot of every element of a (C, H, W) tensor, CHW order.
+    fn positions(&self, height: usize, width: usize, slots: usize) -> Vec<usize> {
+        let mut positions = Vec::with_capacity(self.bases.len() * height * width);
+        for &base in &self.bases {
+            for y in 0..height {
+                for x in 0..width {
+                    positions.push((base + y * self.row + x * self.column) % slots);
+                }
+            }
+        }
+        positions
+    }
+}
+
+/// How a convolution or pool moves over its input: what placing its output in place needs.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    stride: [usize; 2],
+    /// Top and left padding.
+    padding: [usize; 2],
+    /// Output channels, height, width.
+    output: [usize; 3],
+}
+
+impl Geometry {
+    /// The geometry of layer `index` of `network`, if it is a convolution or pool on images.
+    fn of(network: &Network, index: usize) -> Option<Self> {
+        let Shape::Image { channels, height, width } = *network.shapes().get(index)? else { return None };
+        let output = [channels, height, width];
+        match network.layers().get(index)? {
+            Layer::Conv2d(conv) => {
+                Some(Self { stride: conv.stride, padding: [conv.padding[0], conv.padding[1]], output })
+            }
+            Layer::AvgPool2d(pool) => Some(Self { stride: pool.stride, padding: [0, 0], output }),
+            _ => None,
+        }
+    }
+
+    /// Output layouts on the input's grid: output (o, y, x) at the slot of its window's corner
+    /// (or of the window's first real pixel, when padded), on channel bases that are the
+    /// input's (same channel count), one power-of-two block per output channel, or, for a
+    /// strided output, blocks shared by several channels in the free slots of each stride cell.
+    fn grid_outputs(&self, input: &Grid, slots: usize) -> Vec<Layout> {
+        let [channels, height, width] = self.output;
+        let (row, column) = (input.row * self.stride[0], input.column * self.stride[1]);
+        let mut bases: Vec<Vec<usize>> = Vec::new();
+        if channels == input.bases.len() {
+            bases.push(input.bases.clone());
+        }
+        let extent = (height.max(1) - 1) * row + (width.max(1) - 1) * column + 1;
+        let block = extent.next_power_of_two();
+        if channels * block <= slots {
+            bases.push((0..channels).map(|o| o * block).collect());
+        }
+        // A strided output leaves the other slots of each stride cell free: up to stride²
+        // channels share a block, each shifted within the cell (a lane).
+        let lanes: Vec<usize> = (0..self.stride[0])
+            .flat_map(|a| (0..self.stride[1]).map(move |b| a * input.row + b * input.column))
+            .collect();
+        if lanes.len() > 1 {
+            let block = (extent + lanes.iter().max().copied().unwrap_or(0)).next_power_of_two();
+            if channels.div_ceil(lanes.len()) * block <= slots {
+                bases.push((0..channels).map(|o| (o / lanes.len()) * block + lanes[o % lanes.len()]).collect());
+            }
+        }
+        let corner = self.padding[0] * input.row + self.padding[1] * input.column;
+        let anchors: Vec<usize> = if corner == 0 { vec![0] } else { vec![0, slots - corner % slots] };
+        let mut layouts = Vec::new();
+        for bases in &bases {
+            for &anchor in &anchors {
+                let grid = Grid { bases: bases.iter().map(|b| (b + anchor) % slots).collect(), row, column };
+                let positions = grid.positions(height, width, slots);
+                let distinct = positions.iter().collect::<BTreeSet<_>>().len();
+                if distinct == positions.len() {
+                    layouts.push(Layout { positions, period: slots, grid: Some(grid) });
+                }
+            }
+        }
+        layouts
+    }
+}
 
 /// One step of the plan.
 #[derive(Debug, Clone)]
@@ -51,28 +234,31 @@ enum StageOp {
     Square { shift: f64 },
 }
 
-/// A weighted layer as a matrix on the slot vector, with its baby-step giant-step split.
+/// A weighted layer (or sum pool) as a matrix on the slot vector, with its baby-step
+/// giant-step split.
 ///
-/// The input is periodic with period `p_in` (or block-rotated, for the network input); the
-/// product runs over all slots: z = Σ_d D_d ⊙ rot_d(x), then y = Σ_k rot_{k·p_out}(z) by
-/// log2(slots / p_out) rotate-and-sum steps, which leaves y periodic with `p_out`. Each weight
-/// W[o, i] is assigned to one (position p ≡ o mod p_out, diagonal d) with x[i] at slot p + d.
+/// The product runs over slots 0..span, repeated: z = Σ_d D_d ⊙ rot_d(x) with every D_d
+/// periodic with the span; then y = Σ_k rot_{k·p}(z) over the output period p by log2(span /
+/// p) rotate-and-sum steps (none when the output is not repeated). Each weight W[o, i] sits on
+/// one (slot s, diagonal d) with s a copy of o's output slot and s + d a copy of i's input slot.
 #[derive(Debug, Clone)]
 struct LinearStage {
     outputs: usize,
     bias: Vec<f64>,
     weight_scale: f64,
     rescale: bool,
-    p_out: usize,
-    /// The product runs over slots 0..span (repeated): max(p_in, p_out), or every slot for a
-    /// block-rotated input. Rotate-and-sum adds span / p_out copies.
+    output: Layout,
     span: usize,
     /// Baby-step size B: diagonal d = g·B + b.
     baby: usize,
-    /// Diagonal d → (slot p, weight).
+    /// Diagonal d → (slot s, weight).
     entries: BTreeMap<usize, Vec<(usize, f64)>>,
     /// Rotate-and-sum steps after the product.
     sum_steps: Vec<usize>,
+    /// Every weight is 1 (a sum pool): the diagonals need no masks, since slots outside the
+    /// output layout may hold anything, so the stage is rotations and additions only. (A 0/1
+    /// mask cannot be encoded exactly at scale 1, and a larger scale would cost a level.)
+    unmasked: bool,
 }
 
 impl LinearStage {
@@ -82,31 +268,38 @@ impl LinearStage {
     fn giant_steps(&self) -> Vec<usize> {
         self.entries.keys().map(|d| d - d % self.baby).collect::<BTreeSet<_>>().into_iter().collect()
     }
+    /// Every rotation step it uses, zero excluded.
+    fn steps(&self) -> BTreeSet<usize> {
+        self.baby_steps()
+            .into_iter()
+            .chain(self.giant_steps())
+            .chain(self.sum_steps.iter().copied())
+            .filter(|&s| s != 0)
+            .collect()
+    }
 }
 
-/// A compiled latency plan for one model: the slot layout, levels and scales of every stage,
+/// A compiled latency plan for one model: the slot layouts, levels and scales of every stage,
 /// the diagonals of every linear layer and the rotation keys they need. Independent of any
 /// key; reused for every image of the model.
 #[derive(Debug, Clone)]
 pub struct LatencyPlan {
     model: String,
     params: Parameters,
-    period: usize,
+    input: Layout,
     input_len: usize,
     output_len: usize,
     input_level: usize,
     input_scale: f64,
     stages: Vec<Stage>,
     output_affine: (f64, f64),
-    /// Whether the input is block-rotated (block k of p_in slots holds x rotated by k·p_in/r).
-    rotated_input: bool,
 }
 
 impl LatencyPlan {
     /// Compiles `network` (named `model`) for the latency packing.
     pub fn compile(model: &str, network: &Network) -> Result<Self> {
         let (lowered, output_affine) = lower(network)?;
-        let ops = compose_pools(lowered);
+        let ops = compose_pools(lowered, network);
         let depth = ops.iter().filter(|op| !matches!(op, Lowered::SumPool { .. })).count();
         let params = choose_parameters(depth).map_err(|max_depth| {
             let (index, layer) = ops.get(max_depth).or(ops.last()).map(op_layer).unwrap_or((0, "output".into()));
@@ -127,7 +320,6 @@ impl LatencyPlan {
                 longest = longest.max(rows.len()).max(*inputs);
             }
         }
-        let period = network.input().len().next_power_of_two();
         if longest.next_power_of_two() > slots {
             let (index, layer) = ops.first().map(op_layer).unwrap_or((0, "input".into()));
             return Err(Error::Unsupported {
@@ -137,7 +329,19 @@ impl LatencyPlan {
                 reason: format!("a vector of {longest} values does not fit one ciphertext of {slots} slots"),
             });
         }
-        plan_stages(model, params, network, ops, output_affine, depth, period)
+        // The client packs the input, so its layout is free: try the grid and the dense one.
+        let mut inputs = vec![Layout::dense(network.input().len())];
+        if let Shape::Image { channels, height, width } = network.input() {
+            inputs.extend(Layout::image(channels, height, width, slots));
+        }
+        let mut best: Option<LatencyPlan> = None;
+        for input in inputs {
+            let plan = plan_stages(model, &params, network, &ops, output_affine, depth, input)?;
+            if best.as_ref().is_none_or(|b| plan.estimated_cost() < b.estimated_cost()) {
+                best = Some(plan);
+            }
+        }
+        best.ok_or_else(|| Error::Input("no input layout".into()))
     }
 
     /// The model's name.
@@ -164,28 +368,30 @@ impl LatencyPlan {
     pub fn depth(&self) -> usize {
         self.input_level
     }
-    /// The slot period: every vector is repeated with this period.
+    /// The input's slot period: the client's image is repeated with it.
     pub fn period(&self) -> usize {
-        self.period
+        self.input.period
     }
 
     /// Every rotation step the plan uses (left rotations, in 0..slots), ascending: generate
     /// Galois keys for exactly these.
     pub fn rotation_steps(&self) -> Vec<i64> {
-        let mut steps = BTreeSet::new();
+        self.rotation_keys().into_iter().map(|(step, _)| step).collect()
+    }
+
+    /// Every rotation step with the highest level it is used at, by step: a key needs no
+    /// primes above its level.
+    pub fn rotation_keys(&self) -> Vec<(i64, usize)> {
+        let mut keys: BTreeMap<usize, usize> = BTreeMap::new();
         for stage in &self.stages {
             if let StageOp::Linear(linear) = &stage.op {
-                steps.extend(
-                    linear
-                        .baby_steps()
-                        .into_iter()
-                        .chain(linear.giant_steps())
-                        .chain(linear.sum_steps.iter().copied())
-                        .filter(|&s| s != 0),
-                );
+                for step in linear.steps() {
+                    let level = keys.entry(step).or_insert(stage.level_in);
+                    *level = (*level).max(stage.level_in);
+                }
             }
         }
-        steps.into_iter().map(|s| s as i64).collect()
+        keys.into_iter().map(|(step, level)| (step as i64, level)).collect()
     }
 
     /// Estimated work of one image, in multiply-adds of one coefficient (the unit of
@@ -205,7 +411,7 @@ impl LatencyPlan {
             .sum()
     }
 
-    /// The slot vector of one image: the values, zero-padded to the period, repeated.
+    /// The slot vector of one image in the plan's input layout.
     pub fn pack(&self, image: &[f64]) -> Result<Vec<f64>> {
         if image.len() != self.input_len {
             return Err(Error::Input(format!(
@@ -214,42 +420,60 @@ impl LatencyPlan {
                 self.input_len
             )));
         }
-        Ok(input_layout(image, self.period, self.params.slots(), self.rotated_input))
+        Ok(self.input.fill(image, self.params.slots()))
     }
 
     /// The logits from the decrypted output slot vector.
     pub fn unpack(&self, slots: &[f64]) -> Result<Vec<f64>> {
-        let values = slots.get(..self.output_len).ok_or_else(|| {
-            Error::Input(format!("{} slots decrypted, the model has {} outputs", slots.len(), self.output_len))
-        })?;
+        let positions = match self.stages.iter().rev().find_map(|stage| match &stage.op {
+            StageOp::Linear(linear) => Some(&linear.output.positions),
+            StageOp::Square { .. } => None,
+        }) {
+            Some(positions) => positions.clone(),
+            None => self.input.positions.clone(),
+        };
         let (scale, shift) = self.output_affine;
-        Ok(values.iter().map(|v| scale * v + shift).collect())
+        positions
+            .iter()
+            .take(self.output_len)
+            .map(|&p| {
+                slots
+                    .get(p)
+                    .map(|v| scale * v + shift)
+                    .ok_or_else(|| Error::Input(format!("{} slots decrypted, the output needs slot {p}", slots.len())))
+            })
+            .collect()
     }
 
     /// One line per stage: what it does, levels, scale, diagonals and rotations.
     pub fn summary(&self) -> String {
+        let keys = self.rotation_keys();
         let mut out = format!(
-            "latency plan for {}: N = 2^{}, {} primes + P ({:.0} bits, bound {}), period {} in {} slots, input level {}, \
-             scale 2^{:.1}, {} rotation keys, {:.0} MB of plaintext diagonals\n",
+            "latency plan for {}: {}, input period {} in {} slots{}, input level {}, scale 2^{:.1}, {} rotation keys, \
+             {:.0} MB of plaintext diagonals\n",
             self.model,
-            self.params.log_n(),
-            self.params.moduli().len(),
-            self.params.log_qp(),
-            security_bound(self.params.log_n()).unwrap_or(0),
-            self.period,
+            super::parameter_line(&self.params),
+            self.input.period,
             self.params.slots(),
+            match &self.input.grid {
+                Some(grid) => format!(" (grid: rows {} apart)", grid.row),
+                None => String::new(),
+            },
             self.input_level,
             self.input_scale.log2(),
-            self.rotation_steps().len(),
+            keys.len(),
             self.plaintext_bytes() as f64 / 1e6,
         );
         for (i, stage) in self.stages.iter().enumerate() {
             let what = match &stage.op {
                 StageOp::Linear(linear) => format!(
-                    "{} outputs (period {}), {} diagonals, B = {}: {} baby (hoisted) + {} giant + {} sum rotations, \
+                    "{} outputs ({}), {} diagonals, B = {}: {} baby (hoisted) + {} giant + {} sum rotations, \
                      weights at 2^{:.1}",
                     linear.outputs,
-                    linear.p_out,
+                    match &linear.output.grid {
+                        Some(grid) => format!("grid, rows {} apart", grid.row),
+                        None => format!("period {}", linear.output.period),
+                    },
                     linear.entries.len(),
                     linear.baby,
                     linear.baby_steps().iter().filter(|&&s| s != 0).count(),
@@ -280,15 +504,19 @@ pub struct LatencyEngine {
     linear: Vec<Option<EncodedLinear>>,
 }
 
-/// A linear stage's plaintexts: per giant step, its (baby index, pre-rotated diagonal) terms.
+/// A linear stage's plaintexts: per giant step, its terms.
 #[derive(Debug)]
 struct EncodedLinear {
     baby_steps: Vec<i64>,
-    giants: Vec<(i64, Vec<(usize, Plaintext)>)>,
+    giants: Vec<(i64, Vec<Term>)>,
     sum_steps: Vec<i64>,
     rescale: bool,
     bias: Plaintext,
 }
+
+/// A baby (by index) times its diagonal pre-rotated by the giant step; no diagonal in an
+/// unmasked stage (the baby is added as it is).
+type Term = (usize, Option<Plaintext>);
 
 impl LatencyEngine {
     /// Encodes every diagonal of `plan` for `context` (which must have the plan's parameters).
@@ -347,8 +575,10 @@ impl LatencyEngine {
             current = match (&stage.op, encoded) {
                 (StageOp::Linear(_), Some(encoded)) => apply_linear(ev, &current, encoded, galois, control)?,
                 (StageOp::Square { shift }, _) => {
-                    let shifted = if *shift != 0.0 { ev.add_scalar(&current, *shift)? } else { current };
-                    ev.rescale(&ev.relinearize(&ev.square(&shifted)?, relin)?)?
+                    let mut squared = ev.square_shifted(&current, *shift)?;
+                    ev.relinearize_assign(&mut squared, relin)?;
+                    ev.rescale_assign(&mut squared)?;
+                    squared
                 }
                 (StageOp::Linear(_), None) => return Err(Error::Input("engine has no diagonals for a stage".into())),
             };
@@ -360,7 +590,7 @@ impl LatencyEngine {
 }
 
 /// Σ_g rot_g(Σ_b P_{g,b} ⊙ rot_b(x)) with hoisted baby steps and giant steps in parallel; then
-/// rescale, rotate-and-sum, and the bias.
+/// rotate-and-sum, rescale and the bias.
 fn apply_linear(
     ev: &Evaluator,
     x: &Ciphertext,
@@ -368,13 +598,20 @@ fn apply_linear(
     galois: &GaloisKeys,
     control: &Control<'_>,
 ) -> Result<Ciphertext> {
-    let decomposed = ev.decompose(x)?;
-    let babies = encoded
-        .baby_steps
-        .par_iter()
-        .map(|&step| if step == 0 { Ok(x.clone()) } else { Ok(ev.rotate_decomposed(x, &decomposed, step, galois)?) })
-        .collect::<Result<Vec<_>>>()?;
-    drop(decomposed);
+    let babies = if encoded.baby_steps.iter().any(|&step| step != 0) {
+        let decomposed = ev.decompose(x)?;
+        encoded
+            .baby_steps
+            .par_iter()
+            .map(
+                |&step| {
+                    if step == 0 { Ok(x.clone()) } else { Ok(ev.rotate_decomposed(x, &decomposed, step, galois)?) }
+                },
+            )
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        vec![x.clone()]
+    };
     let partials = encoded
         .giants
         .par_iter()
@@ -384,9 +621,15 @@ fn apply_linear(
             let Some((first, plaintext)) = terms_iter.next() else {
                 return Ok(None);
             };
-            let mut acc = ev.mul_plain(&babies[*first], plaintext)?;
+            let mut acc = match plaintext {
+                Some(plaintext) => ev.mul_plain(&babies[*first], plaintext)?,
+                None => babies[*first].clone(),
+            };
             for (baby, plaintext) in terms_iter {
-                ev.mul_plain_accumulate(&mut acc, &babies[*baby], plaintext)?;
+                match plaintext {
+                    Some(plaintext) => ev.mul_plain_accumulate(&mut acc, &babies[*baby], plaintext)?,
+                    None => ev.add_assign(&mut acc, &babies[*baby])?,
+                }
             }
             Ok(Some(if *step == 0 { acc } else { ev.rotate(&acc, *step, galois)? }))
         })
@@ -406,7 +649,7 @@ fn apply_linear(
         ev.add_assign(&mut sum, &rotated)?;
     }
     if encoded.rescale {
-        sum = ev.rescale(&sum)?;
+        ev.rescale_assign(&mut sum)?;
     }
     Ok(ev.add_plain(&sum, &encoded.bias)?)
 }
@@ -425,6 +668,10 @@ fn encode_linear(context: &Arc<Context>, linear: &LinearStage, stage: &Stage, sl
                 .entries
                 .range(g..g + linear.baby)
                 .map(|(&d, entries)| {
+                    let baby = baby_index.get(&(d - g)).copied().unwrap_or(0);
+                    if linear.unmasked {
+                        return Ok((baby, None));
+                    }
                     // P[q] = D_d[(q - g) mod slots], so that rot_g(P ⊙ rot_b(x)) = D_d ⊙ rot_d(x).
                     let mut rotated = vec![0.0; slots];
                     for &(p, w) in entries {
@@ -432,14 +679,13 @@ fn encode_linear(context: &Arc<Context>, linear: &LinearStage, stage: &Stage, sl
                             rotated[(p + copy + g) % slots] += w;
                         }
                     }
-                    let baby = baby_index.get(&(d - g)).copied().unwrap_or(0);
-                    Ok((baby, context.encode(&rotated, level, linear.weight_scale)?))
+                    Ok((baby, Some(context.encode(&rotated, level, linear.weight_scale)?)))
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok((g as i64, terms))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bias = context.encode(&tile(&linear.bias, linear.p_out, slots), stage.level_out, stage.scale_out)?;
+    let bias = context.encode(&linear.output.fill(&linear.bias, slots), stage.level_out, stage.scale_out)?;
     Ok(EncodedLinear {
         baby_steps: baby_steps.into_iter().map(|b| b as i64).collect(),
         giants: encoded,
@@ -449,25 +695,9 @@ fn encode_linear(context: &Arc<Context>, linear: &LinearStage, stage: &Stage, sl
     })
 }
 
-/// `values` zero-padded to `period` and repeated over `slots`.
-fn tile(values: &[f64], period: usize, slots: usize) -> Vec<f64> {
-    (0..slots).map(|q| values.get(q % period).copied().unwrap_or(0.0)).collect()
-}
-
-/// The input slot vector: `values` padded to `period` and repeated, each block of `period`
-/// slots rotated by k·period/r when `rotated` (r blocks).
-fn input_layout(values: &[f64], period: usize, slots: usize, rotated: bool) -> Vec<f64> {
-    let shift = if rotated { period / (slots / period).max(1) } else { 0 };
-    (0..slots)
-        .map(|q| {
-            let (block, t) = (q / period, q % period);
-            values.get((t + block * shift) % period).copied().unwrap_or(0.0)
-        })
-        .collect()
-}
-
-/// Replaces each sum pool followed by a weighted layer with their product (one matrix).
-fn compose_pools(lowered: Vec<Lowered>) -> Vec<Lowered> {
+/// Replaces each sum pool followed by a dense layer with their product (one matrix); a sum
+/// pool before a convolution stays a stage of its own.
+fn compose_pools(lowered: Vec<Lowered>, network: &Network) -> Vec<Lowered> {
     let mut out: Vec<Lowered> = Vec::with_capacity(lowered.len());
     for op in lowered {
         let op = match op {
@@ -485,26 +715,26 @@ fn compose_pools(lowered: Vec<Lowered>) -> Vec<Lowered> {
                     None => bias,
                 };
                 let rows = in_tensor_order(rows, order);
-                if let Some(Lowered::SumPool { rows: pool, inputs: pool_inputs, name: pool_name, .. }) =
-                    out.last().filter(|last| matches!(last, Lowered::SumPool { .. }))
-                {
-                    let composed = rows
-                        .iter()
-                        .map(|row| {
-                            let mut sum: BTreeMap<usize, f64> = BTreeMap::new();
-                            for &(k, w) in row {
-                                for &(i, v) in pool.get(k).map(Vec::as_slice).unwrap_or(&[]) {
-                                    *sum.entry(i).or_insert(0.0) += w * v;
+                let dense = matches!(network.layers().get(layer), Some(Layer::Dense(_)));
+                match out.last() {
+                    Some(Lowered::SumPool { rows: pool, inputs: pool_inputs, name: pool_name, .. }) if dense => {
+                        let composed = rows
+                            .iter()
+                            .map(|row| {
+                                let mut sum: BTreeMap<usize, f64> = BTreeMap::new();
+                                for &(k, w) in row {
+                                    for &(i, v) in pool.get(k).map(Vec::as_slice).unwrap_or(&[]) {
+                                        *sum.entry(i).or_insert(0.0) += w * v;
+                                    }
                                 }
-                            }
-                            sum.into_iter().collect()
-                        })
-                        .collect();
-                    let (name, inputs) = (format!("{pool_name} + {name}"), *pool_inputs);
-                    out.pop();
-                    Lowered::Weighted { layer, name, inputs, rows: composed, bias, order: None }
-                } else {
-                    Lowered::Weighted { layer, name, inputs, rows, bias, order: None }
+                                sum.into_iter().collect()
+                            })
+                            .collect();
+                        let (name, inputs) = (format!("{pool_name} + {name}"), *pool_inputs);
+                        out.pop();
+                        Lowered::Weighted { layer, name, inputs, rows: composed, bias, order: None }
+                    }
+                    _ => Lowered::Weighted { layer, name, inputs, rows, bias, order: None },
                 }
             }
             other => other,
@@ -526,31 +756,22 @@ fn in_tensor_order(rows: Vec<Vec<(usize, f64)>>, order: Option<Vec<usize>>) -> V
     sorted
 }
 
-/// Where the input layout holds x[i]: every slot of the period-`p_in` repetition, or, block-rotated,
-/// one slot per block.
-fn input_positions(i: usize, p_in: usize, span: usize, rotated: bool) -> Vec<usize> {
-    let blocks = span / p_in;
-    let shift = if rotated { p_in / blocks.max(1) } else { 0 };
-    (0..blocks).map(|k| k * p_in + (i + p_in - (k * shift) % p_in) % p_in).collect()
-}
-
-/// Assigns every weight W[o, i] to one (slot p ≡ o mod p_out, diagonal d) with x[i] at slot
-/// p + d, preferring the diagonals most pairs can use; returns diagonal → (slot, weight).
+/// Assigns every weight W[o, i] to one (slot s, diagonal d) with s a copy of o's output slot in
+/// 0..span and s + d a copy of i's input slot, preferring the diagonals most weights can use;
+/// returns diagonal → (slot, weight).
 fn assign_diagonals(
     rows: &[Vec<(usize, f64)>],
-    p_in: usize,
-    p_out: usize,
-    slots: usize,
-    rotated: bool,
+    input: &Layout,
+    output: &Layout,
+    span: usize,
 ) -> BTreeMap<usize, Vec<(usize, f64)>> {
-    let span = if rotated { slots } else { p_in.max(p_out) };
-    let copies = span / p_out;
-    let positions: Vec<Vec<usize>> = (0..p_in).map(|i| input_positions(i, p_in, span, rotated)).collect();
+    let out_copies = span / output.period;
+    let in_copies = span / input.period;
     let candidates = |o: usize, i: usize| {
-        let qs = positions.get(i).map(Vec::as_slice).unwrap_or(&[]);
-        (0..copies).flat_map(move |k| {
-            let p = o + k * p_out;
-            qs.iter().map(move |&q| ((q + span - p) % span, p))
+        let (p0, q0) = (output.positions[o], input.positions[i]);
+        (0..out_copies).flat_map(move |j| {
+            let s = p0 + j * output.period;
+            (0..in_copies).map(move |k| ((q0 + k * input.period + span - s) % span, s))
         })
     };
     let mut frequency = vec![0u32; span];
@@ -570,22 +791,23 @@ fn assign_diagonals(
                 continue;
             }
             let best = candidates(o, i).max_by(|a, b| frequency[a.0].cmp(&frequency[b.0]).then(b.0.cmp(&a.0)));
-            if let Some((d, p)) = best {
-                entries.entry(d).or_default().push((p, w));
+            if let Some((d, s)) = best {
+                entries.entry(d).or_default().push((s, w));
             }
         }
     }
     entries
 }
 
-/// The power-of-two baby-step size minimising (hoisted baby rotations, full giant rotations).
-fn choose_baby(diagonals: &[usize], slots: usize) -> (usize, f64) {
+/// The power-of-two baby-step size minimising the rotations' cost, and that cost.
+fn choose_baby(diagonals: &[usize], span: usize, costs: Costs) -> (usize, f64) {
     let mut best = (1, f64::INFINITY);
     let mut baby = 1;
-    while baby <= slots {
+    while baby <= span {
         let babies = diagonals.iter().map(|d| d % baby).filter(|&b| b != 0).collect::<BTreeSet<_>>().len();
         let giants = diagonals.iter().map(|d| d / baby).filter(|&g| g != 0).collect::<BTreeSet<_>>().len();
-        let cost = HOISTED_ROTATION_COST * babies as f64 + giants as f64;
+        let hoisting = if babies > 0 { costs.decomposition() } else { 0.0 };
+        let cost = hoisting + babies as f64 * costs.hoisted_rotation() + giants as f64 * costs.full_rotation();
         if cost < best.1 {
             best = (baby, cost);
         }
@@ -594,48 +816,89 @@ fn choose_baby(diagonals: &[usize], slots: usize) -> (usize, f64) {
     best
 }
 
-/// A linear stage for `rows` from period `p_in`, and its cost in rotations and products.
+/// A linear stage computing `rows` from `input` into `output`, and its cost. A `pool` (weights
+/// 1 at scale 1, no bias) needs no masks.
 fn linear_stage(
-    rows: Vec<Vec<(usize, f64)>>,
-    bias: Vec<f64>,
-    p_in: usize,
-    slots: usize,
-    rotated: bool,
+    rows: &[Vec<(usize, f64)>],
+    bias: &[f64],
+    input: &Layout,
+    output: Layout,
+    (slots, costs, pool): (usize, Costs, bool),
 ) -> (LinearStage, f64) {
-    let outputs = rows.len();
-    let p_out = outputs.next_power_of_two();
-    let entries = assign_diagonals(&rows, p_in, p_out, slots, rotated);
+    let span = input.period.max(output.period).min(slots);
+    let entries = assign_diagonals(rows, input, &output, span);
     let diagonals: Vec<usize> = entries.keys().copied().collect();
-    let (baby, rotations) = choose_baby(&diagonals, slots);
-    let span = if rotated { slots } else { p_in.max(p_out) };
-    let sum_steps: Vec<usize> = std::iter::successors(Some(p_out), |s| Some(s * 2)).take_while(|&s| s < span).collect();
-    let cost = 2.0 * diagonals.len() as f64 + KEY_SWITCH_COST * (rotations + sum_steps.len() as f64);
-    let stage = LinearStage { outputs, bias, weight_scale: 1.0, rescale: false, p_out, span, baby, entries, sum_steps };
+    let (baby, rotations) = choose_baby(&diagonals, span, costs);
+    let sum_steps: Vec<usize> =
+        std::iter::successors(Some(output.period), |s| Some(s * 2)).take_while(|&s| s < span).collect();
+    let unmasked = pool && rows.iter().flatten().all(|&(_, w)| w == 1.0);
+    let products = if unmasked { 0.0 } else { diagonals.len() as f64 * costs.product() };
+    let cost = rotations + sum_steps.len() as f64 * costs.full_rotation() + products;
+    let stage = LinearStage {
+        outputs: rows.len(),
+        bias: bias.to_vec(),
+        weight_scale: 1.0,
+        rescale: false,
+        output,
+        span,
+        baby,
+        entries,
+        sum_steps,
+        unmasked,
+    };
     (stage, cost)
 }
 
-/// Walks the ops with (level, scale), fixing every weight scale and baby-step size.
+/// The cheapest stage for `rows` over the layouts its output can take: in place on the input's
+/// grid (convolutions and pools), or dense.
+fn best_linear_stage(
+    rows: &[Vec<(usize, f64)>],
+    bias: &[f64],
+    input: &Layout,
+    geometry: Option<Geometry>,
+    how: (usize, Costs, bool),
+) -> (LinearStage, f64) {
+    let slots = how.0;
+    let mut outputs = vec![Layout::dense(rows.len())];
+    if let (Some(geometry), Some(grid)) = (geometry, &input.grid) {
+        outputs.extend(geometry.grid_outputs(grid, slots));
+    }
+    let mut best: Option<(LinearStage, f64)> = None;
+    for output in outputs {
+        let (stage, cost) = linear_stage(rows, bias, input, output, how);
+        if best.as_ref().is_none_or(|(_, b)| cost < *b) {
+            best = Some((stage, cost));
+        }
+    }
+    match best {
+        Some(best) => best,
+        None => linear_stage(rows, bias, input, Layout::dense(rows.len()), how),
+    }
+}
+
+/// Walks the ops from `input` with (level, scale, layout), fixing every weight scale, layout
+/// and baby-step size.
 #[allow(clippy::too_many_arguments)]
 fn plan_stages(
     model: &str,
-    params: Parameters,
+    params: &Parameters,
     network: &Network,
-    ops: Vec<Lowered>,
+    ops: &[Lowered],
     output_affine: (f64, f64),
     depth: usize,
-    period: usize,
+    input: Layout,
 ) -> Result<LatencyPlan> {
     let moduli: Vec<f64> = params.moduli().iter().map(|&q| q as f64).collect();
     let slots = params.slots();
     let target = 2f64.powi(LOG_TARGET_SCALE);
     let final_target = 2f64.powi(((moduli[0]).log2().floor() as i32) - 1 - LOGIT_HEADROOM_BITS);
     let last_weighted = ops.iter().rposition(|op| matches!(op, Lowered::Weighted { .. }));
-    let (mut level, mut scale, mut p_in) = (depth, target, period);
-    let mut rotated_input = false;
+    let (mut level, mut scale) = (depth, target);
+    let mut layout = input.clone();
     let mut stages = Vec::with_capacity(ops.len());
-    for (i, op) in ops.into_iter().enumerate() {
-        let limbs = (level + 1) as f64;
-        let (layer, name) = op_layer(&op);
+    for (i, op) in ops.iter().enumerate() {
+        let (layer, name) = op_layer(op);
+        let costs = Costs::new(params, level);
         let (op, level_out, scale_out, cost) = match op {
             Lowered::Weighted { rows, bias, .. } => {
                 if level == 0 {
@@ -650,33 +913,28 @@ fn plan_stages(
                         reason: format!("weights would be encoded at scale 2^{:.1} < 1", weight_scale.log2()),
                     });
                 }
-                let (mut linear, mut cost) = linear_stage(rows.clone(), bias.clone(), p_in, slots, false);
-                if stages.is_empty() && slots / p_in > 1 {
-                    // The client packs the input: try the block-rotated layout too.
-                    let (rotated, rotated_cost) = linear_stage(rows, bias, p_in, slots, true);
-                    if rotated_cost < cost {
-                        (linear, cost, rotated_input) = (rotated, rotated_cost, true);
-                    }
-                }
+                let (mut linear, cost) =
+                    best_linear_stage(rows, bias, &layout, Geometry::of(network, layer), (slots, costs, false));
                 linear.weight_scale = weight_scale;
                 linear.rescale = true;
-                p_in = linear.p_out;
+                layout = linear.output.clone();
                 // Exactly what the evaluator computes: (scale · weight scale) / q_level.
-                (StageOp::Linear(Box::new(linear)), level - 1, scale * weight_scale / moduli[level], cost * limbs)
+                (StageOp::Linear(Box::new(linear)), level - 1, scale * weight_scale / moduli[level], cost)
             }
             Lowered::SumPool { rows, .. } => {
-                // A sum pool not followed by a weighted layer: weights 1 at scale 1, no level.
+                // Weights 1 at scale 1: no level.
                 let bias = vec![0.0; rows.len()];
-                let (linear, cost) = linear_stage(rows, bias, p_in, slots, false);
-                p_in = linear.p_out;
-                (StageOp::Linear(Box::new(linear)), level, scale, cost * limbs)
+                let (linear, cost) =
+                    best_linear_stage(rows, &bias, &layout, Geometry::of(network, layer), (slots, costs, true));
+                layout = linear.output.clone();
+                (StageOp::Linear(Box::new(linear)), level, scale, cost)
             }
             Lowered::Square { shift, .. } => {
                 if level == 0 {
                     return Err(Error::DoesNotFit { index: layer, layer: name, reason: "ran out of levels".into() });
                 }
                 let squared = scale * scale / moduli[level];
-                (StageOp::Square { shift }, level - 1, squared, (KEY_SWITCH_COST + 8.0) * limbs)
+                (StageOp::Square { shift: *shift }, level - 1, squared, costs.full_rotation() + costs.product())
             }
         };
         stages.push(Stage { name, layer, op, level_in: level, level_out, scale_out, cost });
@@ -685,14 +943,13 @@ fn plan_stages(
     }
     Ok(LatencyPlan {
         model: model.to_owned(),
-        params,
-        period,
+        params: params.clone(),
+        input,
         input_len: network.input().len(),
         output_len: network.output().len(),
         input_level: depth,
         input_scale: target,
         stages,
         output_affine,
-        rotated_input,
     })
 }

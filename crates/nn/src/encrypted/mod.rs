@@ -60,6 +60,23 @@ pub fn choose_packing(images: usize, throughput: &ThroughputPlan, latency: &Late
     if latency_cost < throughput_cost { Packing::Latency } else { Packing::Throughput }
 }
 
+/// A parameter set in a plan summary: ring degree, primes, digits, log2(Q·P) against its bound.
+pub(crate) fn parameter_line(params: &blindfold_ckks::Parameters) -> String {
+    let special = params.special_moduli().len();
+    format!(
+        "N = 2^{}, {} primes + {} special{} ({:.0} bits, bound {})",
+        params.log_n(),
+        params.moduli().len(),
+        special,
+        match params.digit_primes() {
+            1 => String::new(),
+            alpha => format!(", key-switching digits of {alpha} primes"),
+        },
+        params.log_qp(),
+        blindfold_ckks::security_bound(params.log_n()).unwrap_or(0)
+    )
+}
+
 /// One line of a plan summary: stage, layer, levels in and out, scale after, what it does.
 pub(crate) fn stage_line(
     index: usize,

@@ -40,9 +40,12 @@ pub(super) const PRIME_BITS: u32 = 29;
 /// kernels take (32-bit signed lanes); with centred weights the linear layers still sum 8 or
 /// more products per reduction on this prime.
 const BASE_BITS: u32 = 31;
-/// Largest special prime we use; smaller when the budget is tight (never below 30 bits, so P
-/// stays above every q_i).
+/// Largest special prime with one-prime digits; smaller when the budget is tight (never below
+/// BASE_BITS + 1, so P stays above every q_i).
 const SPECIAL_BITS: u32 = 40;
+/// Special primes with digits of several primes: base conversions between primes multiply
+/// 31-bit residues in 64-bit lanes.
+const HYBRID_SPECIAL_BITS: u32 = 31;
 /// Intermediate scale: one bit below the primes, so a rescale brings S² back near T.
 pub(super) const LOG_TARGET_SCALE: i32 = PRIME_BITS as i32 - 1;
 /// Bits of head room above the final scale in q_0 for the logits: |logit| < 2^8 with the sign
@@ -278,12 +281,9 @@ impl ThroughputPlan {
     /// One line per stage: what it does, levels in and out, and the scale after it.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "throughput plan for {}: N = 2^{}, {} primes + P ({:.0} bits, bound {}), {} slots, input level {}, scale 2^{:.1}\n",
+            "throughput plan for {}: {}, {} slots, input level {}, scale 2^{:.1}\n",
             self.model,
-            self.params.log_n(),
-            self.params.moduli().len(),
-            self.params.log_qp(),
-            security_bound(self.params.log_n()).unwrap_or(0),
+            super::parameter_line(&self.params),
             self.batch_capacity(),
             self.input_level,
             self.input_scale.log2()
@@ -632,6 +632,13 @@ pub(super) fn op_layer(op: &Lowered) -> (usize, String) {
 
 /// The smallest 128-bit set with `depth` rescale primes of PRIME_BITS bits plus a BASE_BITS
 /// q_0; on failure the largest depth any set holds.
+///
+/// Key switching (relinearization, rotations) then takes the cheapest digit shape the security
+/// bound leaves room for: with one special prime of up to SPECIAL_BITS, a digit is one prime
+/// and a key has (L + 1)·(L + 2) rows; with digits of α primes and k special primes of
+/// HYBRID_SPECIAL_BITS whose product covers a digit, ⌈(L + 1)/α⌉·(L + 1 + k) rows — the size of
+/// every key and the work of every key switch. At N = 2^14 and depth 7 that is α = 4 with four
+/// 31-bit special primes: 24 rows instead of 72.
 pub(super) fn choose_parameters(depth: usize) -> std::result::Result<Parameters, usize> {
     let mut bits = vec![BASE_BITS];
     bits.extend(std::iter::repeat_n(PRIME_BITS, depth));
@@ -645,14 +652,29 @@ pub(super) fn choose_parameters(depth: usize) -> std::result::Result<Parameters,
         if room < BASE_BITS + 1 {
             continue;
         }
-        let special = room.min(SPECIAL_BITS);
-        let built = ParametersBuilder::new(log_n)
-            .ciphertext_bits(&bits)
-            .special_bits(&[special])
-            .log_scale(LOG_TARGET_SCALE as u32)
-            .build();
-        if let Ok(params) = built {
-            return Ok(params);
+        let limbs = bits.len();
+        let mut shapes: Vec<(usize, Vec<u32>, usize)> = vec![(1, vec![room.min(SPECIAL_BITS)], limbs * (limbs + 1))];
+        for alpha in 2..=limbs {
+            // The largest digit is the first (it holds q_0); its bits, plus one for the
+            // special primes falling below their powers of two.
+            let digit: u32 = bits.iter().take(alpha).sum::<u32>() + 1;
+            let count = digit.div_ceil(HYBRID_SPECIAL_BITS) as usize;
+            if count as u32 * HYBRID_SPECIAL_BITS <= room && count <= 8 {
+                let rows = limbs.div_ceil(alpha) * (limbs + count);
+                shapes.push((alpha, vec![HYBRID_SPECIAL_BITS; count], rows));
+            }
+        }
+        shapes.sort_by_key(|&(alpha, _, rows)| (rows, alpha));
+        for (alpha, special, _) in shapes {
+            let built = ParametersBuilder::new(log_n)
+                .ciphertext_bits(&bits)
+                .special_bits(&special)
+                .digit_primes(alpha)
+                .log_scale(LOG_TARGET_SCALE as u32)
+                .build();
+            if let Ok(params) = built {
+                return Ok(params);
+            }
         }
     }
     Err(best_depth)
