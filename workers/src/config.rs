@@ -30,8 +30,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(3..=86_400))]
     pub lease_secs: u64,
 
-    /// Evaluation-key sets kept in memory, in MiB (least recently used go first). A LeNet-5
-    /// latency key set takes up to 0.8 GB, a CryptoNets throughput one a few MB.
+    /// Evaluation-key sets kept in memory, in MiB of their serialized size (least recently used
+    /// go first). A LeNet-5 latency key set is about 80 MB serialized, a CryptoNets throughput
+    /// one a few MB; in memory each also holds its model's encoded weights (up to 0.5 GB for a
+    /// LeNet-5 latency plan, `blindfold model show`).
     #[arg(long, env = "BLINDFOLD_WORKER_KEY_CACHE_MIB", default_value_t = 2048)]
     pub key_cache_mib: u64,
 

@@ -33,8 +33,7 @@ pub struct DemoArgs {
     /// Packings to run, comma-separated (default: throughput,latency).
     #[arg(long = "packing", value_delimiter = ',', value_parser = ["throughput", "latency"])]
     pub packings: Vec<String>,
-    /// Images per run (default: the 32 embedded samples; 4 for the LeNet-5 models in the
-    /// latency packing, which take 1.5–3 s an image on 2 cores).
+    /// Images per run (default: the 32 embedded samples).
     #[arg(long)]
     pub images: Option<usize>,
     /// Read the full test sets from this directory (`../shared/data`: `mnist/`,
@@ -189,8 +188,7 @@ fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
                     continue;
                 }
             }
-            let default = if heavy && packing == "latency" { 4 } else { 32 };
-            plan.push((model.clone(), packing.clone(), args.images.unwrap_or(default).max(1)));
+            plan.push((model.clone(), packing.clone(), args.images.unwrap_or(32).max(1)));
         }
     }
     if plan.is_empty() {
@@ -203,7 +201,7 @@ fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
 /// plan: the expanded input ciphertexts (2 parts at the input level), plus the hospital's
 /// encrypted upload, the first layer's outputs and the working set — three times the inputs
 /// (measured: 4.1–5.1 GB for mnist-lenet5 and 9.0–11.7 GB for derma-lenet5 in `bench infer`,
-/// 14.4 GB for the whole demo process with derma-lenet5).
+/// 9.8 GB for the whole demo process with derma-lenet5).
 fn throughput_memory(model: &str) -> anyhow::Result<u64> {
     let network = blindfold_nn::registry::load(model)?.network;
     let plan = blindfold_nn::encrypted::ThroughputPlan::compile(model, &network)?;
