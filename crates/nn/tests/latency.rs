@@ -45,6 +45,8 @@ fn single_images_match(name: &str, count: usize) {
     for (step, level) in plan.rotation_keys() {
         assert_eq!(galois.level_of(context.galois_element(step)), Some(level));
     }
+    // The plan's estimate of the key bytes is what the keys serialize to (less the header).
+    assert_eq!(plan.rotation_key_bytes() + 40 + 4, galois.to_bytes(&context).len());
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
     let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
     let engine = LatencyEngine::new(plan, &context).unwrap();

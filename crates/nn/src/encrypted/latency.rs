@@ -77,7 +77,8 @@ impl Costs {
 }
 
 /// One NTT of one row, per coefficient, in multiply-adds: calibrated so that a key switch at
-/// N = 2^14 with 8 primes costs what it measures against a plaintext product (about 30×).
+/// N = 2^14 with 8 primes and one-prime digits costs what it measures against a plaintext
+/// product (about 40×).
 const NTT_COST: f64 = 5.5;
 
 /// Where a vector's elements sit in the slots.
@@ -394,6 +395,22 @@ impl LatencyPlan {
         keys.into_iter().map(|(step, level)| (step as i64, level)).collect()
     }
 
+    /// Bytes of the serialized rotation keys [`LatencyPlan::rotation_keys`] asks for: per key,
+    /// one polynomial per digit at its level, over its ciphertext primes and the special ones.
+    pub fn rotation_key_bytes(&self) -> usize {
+        let params = &self.params;
+        let row = |q: u64| (params.n() * (64 - q.leading_zeros()) as usize).div_ceil(8);
+        let specials: usize = params.special_moduli().iter().map(|&p| row(p)).sum();
+        self.rotation_keys()
+            .into_iter()
+            .map(|(_, level)| {
+                let primes: usize = params.moduli()[..=level].iter().map(|&q| row(q)).sum();
+                // Galois element, seed, level and digit count, then the b_j.
+                8 + 32 + 2 + params.digits_at(level).len() * (primes + specials)
+            })
+            .sum()
+    }
+
     /// Estimated work of one image, in multiply-adds of one coefficient (the unit of
     /// [`super::choose_packing`]).
     pub fn estimated_cost(&self) -> f64 {
@@ -449,8 +466,8 @@ impl LatencyPlan {
     pub fn summary(&self) -> String {
         let keys = self.rotation_keys();
         let mut out = format!(
-            "latency plan for {}: {}, input period {} in {} slots{}, input level {}, scale 2^{:.1}, {} rotation keys, \
-             {:.0} MB of plaintext diagonals\n",
+            "latency plan for {}: {}, input period {} in {} slots{}, input level {}, scale 2^{:.1}, {} rotation keys \
+             ({:.1} MB), {:.0} MB of plaintext diagonals\n",
             self.model,
             super::parameter_line(&self.params),
             self.input.period,
@@ -462,6 +479,7 @@ impl LatencyPlan {
             self.input_level,
             self.input_scale.log2(),
             keys.len(),
+            self.rotation_key_bytes() as f64 / 1e6,
             self.plaintext_bytes() as f64 / 1e6,
         );
         for (i, stage) in self.stages.iter().enumerate() {
