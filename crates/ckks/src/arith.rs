@@ -150,6 +150,16 @@ pub(crate) fn quotient_estimate(x: u64, inverse: f64) -> u64 {
     ((x as f64) * inverse + SHIFT).to_bits().wrapping_sub(SHIFT.to_bits())
 }
 
+/// x mod q for any x < 2^64 and 2^14 < q < 2^32, from `inverse` = 1/q: the quotient estimate
+/// and two branch-free corrections. Vectorizes.
+#[inline(always)]
+pub(crate) fn reduce_estimated(x: u64, q: u64, inverse: f64) -> u64 {
+    let r = x.wrapping_sub(quotient_estimate(x, inverse).wrapping_mul(q));
+    // r is in [-q, 2q) as a two's-complement word.
+    let r = r.min(r.wrapping_add(q));
+    r.min(r.wrapping_sub(q))
+}
+
 /// Deterministic Miller–Rabin for 64-bit integers.
 pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {
@@ -223,9 +233,10 @@ mod tests {
             let estimate = quotient_estimate(x, 1.0 / q as f64) as i128;
             let exact = (x / q) as i128;
             prop_assert!((estimate - exact).abs() <= 1, "{x} / {q}: {estimate} vs {exact}");
-            for edge in [u64::MAX, u64::MAX - q, 0, q - 1, q] {
+            for edge in [u64::MAX, u64::MAX - q, 0, q - 1, q, x] {
                 let estimate = quotient_estimate(edge, 1.0 / q as f64) as i128;
                 prop_assert!((estimate - (edge / q) as i128).abs() <= 1);
+                prop_assert_eq!(reduce_estimated(edge, q, 1.0 / q as f64), edge % q);
             }
         }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::arith::quotient_estimate;
+use crate::arith::reduce_estimated;
 use crate::ciphertext::Ciphertext;
 use crate::context::Context;
 use crate::encoding::Plaintext;
@@ -248,7 +248,7 @@ impl Evaluator {
                 let (m, c) = (&ctx.moduli[i], constant.poly.limb(i)[0]);
                 let (a0, a1) = (a.parts[0].limb(i), a.parts[1].limb(i));
                 if m.value < 1 << 32 {
-                    square_shifted_rows(r0, r1, r2, a0, a1, m.value, c, accumulate);
+                    square_shifted_rows(SquareRows { out: [r0, r1, r2], a0, a1, q: m.value, c, accumulate });
                     return;
                 }
                 for k in 0..n {
@@ -664,12 +664,7 @@ fn convert_row_avx512(out: &mut [u64], sources: &[&[u64]], factors: &[u64], q: u
 #[inline(always)]
 fn convert_row_portable(out: &mut [u64], sources: &[&[u64]], factors: &[u64], q: u64) {
     let inverse = 1.0 / q as f64;
-    let reduce = |x: u64| {
-        let estimate = quotient_estimate(x, inverse);
-        let r = x.wrapping_sub(estimate.wrapping_mul(q));
-        let r = r.min(r.wrapping_add(q));
-        r.min(r.wrapping_sub(q))
-    };
+    let reduce = |x: u64| reduce_estimated(x, q, inverse);
     out.fill(0);
     for (group, weights) in sources.chunks(3).zip(factors.chunks(3)) {
         match (group, weights) {
@@ -817,11 +812,7 @@ fn centre_avx512(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shi
 fn centre_portable(correction: &mut [u64], dropped: &[u64], q: u64, half: u64, shift: u64) {
     let inverse = 1.0 / q as f64;
     for (c, &x) in correction.iter_mut().zip(dropped) {
-        let estimate = quotient_estimate(x, inverse);
-        let r = x.wrapping_sub(estimate.wrapping_mul(q));
-        // r is in [-q, 2q) as a two's-complement word.
-        let r = r.min(r.wrapping_add(q));
-        let r = r.min(r.wrapping_sub(q));
+        let r = reduce_estimated(x, q, inverse);
         let shifted = r + if x > half { shift } else { 0 };
         *c = shifted.min(shifted.wrapping_sub(q));
     }
@@ -859,65 +850,41 @@ fn subtract_and_scale_portable(row: &mut [u64], correction: &[u64], q: u64, w: u
     }
 }
 
-/// One prime q < 2^32 of (a0 + c, a1)² into (r0, r1, r2), added to them when `accumulate`.
-/// Every product of two residues fits 64 bits, and the f64-estimated reduction vectorizes.
-#[allow(unsafe_code, clippy::too_many_arguments)]
-fn square_shifted_rows(
-    r0: &mut [u64],
-    r1: &mut [u64],
-    r2: &mut [u64],
-    a0: &[u64],
-    a1: &[u64],
+/// One prime of a shifted square: (a0 + c, a1)² into `out`, added to it when `accumulate`.
+struct SquareRows<'a> {
+    out: [&'a mut [u64]; 3],
+    a0: &'a [u64],
+    a1: &'a [u64],
     q: u64,
     c: u64,
     accumulate: bool,
-) {
+}
+
+/// [`SquareRows`] for q < 2^32: every product of two residues fits 64 bits, and the
+/// f64-estimated reduction vectorizes.
+#[allow(unsafe_code)]
+fn square_shifted_rows(rows: SquareRows<'_>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
             // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
-            return unsafe { square_shifted_rows_avx512(r0, r1, r2, a0, a1, q, c, accumulate) };
+            return unsafe { square_shifted_rows_avx512(rows) };
         }
     }
-    square_shifted_rows_portable(r0, r1, r2, a0, a1, q, c, accumulate)
+    square_shifted_rows_portable(rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-#[allow(clippy::too_many_arguments)]
-fn square_shifted_rows_avx512(
-    r0: &mut [u64],
-    r1: &mut [u64],
-    r2: &mut [u64],
-    a0: &[u64],
-    a1: &[u64],
-    q: u64,
-    c: u64,
-    accumulate: bool,
-) {
-    square_shifted_rows_portable(r0, r1, r2, a0, a1, q, c, accumulate)
+fn square_shifted_rows_avx512(rows: SquareRows<'_>) {
+    square_shifted_rows_portable(rows)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn square_shifted_rows_portable(
-    r0: &mut [u64],
-    r1: &mut [u64],
-    r2: &mut [u64],
-    a0: &[u64],
-    a1: &[u64],
-    q: u64,
-    c: u64,
-    accumulate: bool,
-) {
+fn square_shifted_rows_portable(rows: SquareRows<'_>) {
+    let SquareRows { out: [r0, r1, r2], a0, a1, q, c, accumulate } = rows;
     let inverse = 1.0 / q as f64;
-    // x mod q for any x < 2^64 (the estimate is within one of the quotient for q < 2^32).
-    let reduce = |x: u64| {
-        let estimate = quotient_estimate(x, inverse);
-        let r = x.wrapping_sub(estimate.wrapping_mul(q));
-        let r = r.min(r.wrapping_add(q));
-        r.min(r.wrapping_sub(q))
-    };
+    let reduce = |x: u64| reduce_estimated(x, q, inverse);
     let keep = if accumulate { u64::MAX } else { 0 };
     let rows = r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut()).zip(a0.iter().zip(a1));
     for (((o0, o1), o2), (&x0, &x1)) in rows {
