@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::{metrics, onnx, registry};
+use blindfold_nn::{encrypted, metrics, onnx, registry};
 use serde_json::json;
 
 /// The `model` subcommands.
@@ -88,14 +88,19 @@ fn show(name: &str) -> anyhow::Result<()> {
     println!("onnx: {} bytes\n", m.onnx.len());
     print!("{}", m.network.summary());
     // The encrypted plans: what each packing costs in levels, keys and parameters.
-    for plan in [
-        blindfold_nn::encrypted::ThroughputPlan::compile(name, &m.network).map(|p| p.summary()),
-        blindfold_nn::encrypted::LatencyPlan::compile(name, &m.network).map(|p| p.summary()),
-    ] {
-        match plan {
+    let throughput = encrypted::ThroughputPlan::compile(name, &m.network);
+    let latency = encrypted::LatencyPlan::compile(name, &m.network);
+    for summary in [throughput.as_ref().map(|p| p.summary()), latency.as_ref().map(|p| p.summary())] {
+        match summary {
             Ok(summary) => print!("\n{summary}"),
             Err(e) => println!("\nnot compiled: {e}"),
         }
+    }
+    if let (Ok(throughput), Ok(latency)) = (&throughput, &latency) {
+        println!(
+            "\nautomatic packing choice (estimated): latency for jobs of up to {} images, throughput above",
+            encrypted::break_even_images(throughput, latency)
+        );
     }
     Ok(())
 }

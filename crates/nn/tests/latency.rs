@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::{Control, LatencyEngine, LatencyPlan, Packing, ThroughputPlan, choose_packing};
+use blindfold_nn::encrypted::{
+    Control, LatencyEngine, LatencyPlan, Packing, ThroughputPlan, break_even_images, choose_packing,
+};
 use blindfold_nn::registry;
 
 fn data_dir() -> PathBuf {
@@ -93,6 +95,12 @@ fn the_automatic_choice_is_latency_for_one_image_and_throughput_for_a_batch() {
         let batch = throughput.batch_capacity();
         assert_eq!(choose_packing(batch, &throughput, &latency), Packing::Throughput, "{name}");
         assert_eq!(choose_packing(10 * batch, &throughput, &latency), Packing::Throughput, "{name}");
+        // The break-even is where the choice flips, and it lies well inside the batch: the
+        // measured break-evens are 38 to 62 images.
+        let even = break_even_images(&throughput, &latency);
+        assert!((8..batch / 16).contains(&even), "{name}: break-even {even}");
+        assert_eq!(choose_packing(even, &throughput, &latency), Packing::Latency, "{name}");
+        assert_eq!(choose_packing(even + 1, &throughput, &latency), Packing::Throughput, "{name}");
     }
 }
 

@@ -35,51 +35,10 @@ use std::sync::Arc;
 use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, Parameters, Plaintext, RelinKey};
 use rayon::prelude::*;
 
+use super::cost::Costs;
 use super::throughput::{LOG_TARGET_SCALE, LOGIT_HEADROOM_BITS, Lowered, choose_parameters, lower, op_layer};
 use super::{Control, Error, Packing, Progress, Result};
 use crate::ir::{Layer, Network, Shape};
-
-/// The cost model, in coefficient multiply-adds per coefficient (the unit of the throughput
-/// plan's estimates), for key switching at one level. An NTT of one row counts NTT_COST.
-/// Decomposing c1 takes an inverse NTT per prime and, per digit, an NTT for every prime of the
-/// level and P outside the digit; each rotation then takes an inner product with its key (2
-/// polynomials, every digit, every prime) and a mod-down (back through the special primes, two
-/// polynomials). Hoisted rotations share one decomposition.
-#[derive(Debug, Clone, Copy)]
-struct Costs {
-    level: usize,
-    digits: usize,
-    special: usize,
-}
-
-impl Costs {
-    fn new(params: &Parameters, level: usize) -> Self {
-        Self { level, digits: params.digits_at(level).len(), special: params.special_moduli().len() }
-    }
-    fn rows(&self) -> usize {
-        self.level + 1 + self.special
-    }
-    fn decomposition(&self) -> f64 {
-        NTT_COST * (self.digits * self.rows()) as f64
-    }
-    /// A rotation whose decomposition is shared: the inner product with the key and the mod-down.
-    fn hoisted_rotation(&self) -> f64 {
-        NTT_COST * (2 * self.rows()) as f64 + 2.0 * (self.digits * self.rows()) as f64
-    }
-    /// A rotation (or relinearization) on its own.
-    fn full_rotation(&self) -> f64 {
-        self.decomposition() + self.hoisted_rotation()
-    }
-    /// One plaintext diagonal times a 2-part ciphertext, accumulated.
-    fn product(&self) -> f64 {
-        2.0 * (self.level + 1) as f64
-    }
-}
-
-/// One NTT of one row, per coefficient, in multiply-adds: calibrated so that a key switch at
-/// N = 2^14 with 8 primes and one-prime digits costs what it measures against a plaintext
-/// product (about 40×).
-const NTT_COST: f64 = 5.5;
 
 /// Where a vector's elements sit in the slots.
 #[derive(Debug, Clone, PartialEq)]
@@ -825,7 +784,7 @@ fn choose_baby(diagonals: &[usize], span: usize, costs: Costs) -> (usize, f64) {
         let babies = diagonals.iter().map(|d| d % baby).filter(|&b| b != 0).collect::<BTreeSet<_>>().len();
         let giants = diagonals.iter().map(|d| d / baby).filter(|&g| g != 0).collect::<BTreeSet<_>>().len();
         let hoisting = if babies > 0 { costs.decomposition() } else { 0.0 };
-        let cost = hoisting + babies as f64 * costs.hoisted_rotation() + giants as f64 * costs.full_rotation();
+        let cost = hoisting + babies as f64 * costs.hoisted_rotation() + giants as f64 * costs.key_switch();
         if cost < best.1 {
             best = (baby, cost);
         }
@@ -851,7 +810,7 @@ fn linear_stage(
         std::iter::successors(Some(output.period), |s| Some(s * 2)).take_while(|&s| s < span).collect();
     let unmasked = pool && rows.iter().flatten().all(|&(_, w)| w == 1.0);
     let products = if unmasked { 0.0 } else { diagonals.len() as f64 * costs.product() };
-    let cost = rotations + sum_steps.len() as f64 * costs.full_rotation() + products;
+    let cost = rotations + sum_steps.len() as f64 * costs.key_switch() + products;
     let stage = LinearStage {
         outputs: rows.len(),
         bias: bias.to_vec(),
@@ -937,7 +896,12 @@ fn plan_stages(
                 linear.rescale = true;
                 layout = linear.output.clone();
                 // Exactly what the evaluator computes: (scale · weight scale) / q_level.
-                (StageOp::Linear(Box::new(linear)), level - 1, scale * weight_scale / moduli[level], cost)
+                (
+                    StageOp::Linear(Box::new(linear)),
+                    level - 1,
+                    scale * weight_scale / moduli[level],
+                    cost + costs.rescale(2),
+                )
             }
             Lowered::SumPool { rows, .. } => {
                 // Weights 1 at scale 1: no level.
@@ -952,7 +916,12 @@ fn plan_stages(
                     return Err(Error::DoesNotFit { index: layer, layer: name, reason: "ran out of levels".into() });
                 }
                 let squared = scale * scale / moduli[level];
-                (StageOp::Square { shift: *shift }, level - 1, squared, costs.full_rotation() + costs.product())
+                (
+                    StageOp::Square { shift: *shift },
+                    level - 1,
+                    squared,
+                    costs.square() + costs.key_switch() + costs.rescale(2),
+                )
             }
         };
         stages.push(Stage { name, layer, op, level_in: level, level_out, scale_out, cost });

@@ -9,8 +9,10 @@
 //! **Latency** ([`LatencyPlan`]): one image in the slots of one ciphertext; every convolution
 //! and dense layer is a matrix–vector product by the diagonal method with baby-step giant-step
 //! and hoisted rotations, so one image answers in a fraction of a second.
-//! [`choose_packing`] picks the cheaper packing for a job's image count.
+//! [`choose_packing`] picks the cheaper packing for a job's image count ([`break_even_images`]:
+//! up to how many images the latency packing wins).
 
+mod cost;
 mod latency;
 mod throughput;
 
@@ -56,9 +58,26 @@ impl std::str::FromStr for Packing {
 pub fn choose_packing(images: usize, throughput: &ThroughputPlan, latency: &LatencyPlan) -> Packing {
     let batches = images.div_ceil(throughput.batch_capacity().max(1));
     let throughput_cost = batches as f64 * throughput.estimated_cost();
-    let latency_cost = images as f64 * latency.estimated_cost();
+    let latency_cost = images as f64 * latency.estimated_cost() * LATENCY_WALL_FACTOR;
     if latency_cost < throughput_cost { Packing::Latency } else { Packing::Throughput }
 }
+
+/// Up to how many images (within one batch) the latency packing answers a job sooner than the
+/// throughput packing: the batch's estimated cost over one image's, at most a batch.
+pub fn break_even_images(throughput: &ThroughputPlan, latency: &LatencyPlan) -> usize {
+    let per_image = latency.estimated_cost() * LATENCY_WALL_FACTOR;
+    let batch = throughput.estimated_cost();
+    let images = (batch / per_image).ceil() as usize;
+    images.saturating_sub(1).min(throughput.batch_capacity())
+}
+
+/// Wall time per cost unit of the latency packing against the throughput packing's. A batch
+/// keeps every core busy on independent ciphertexts; one image's stages leave cores waiting
+/// on each other (a rotation's decomposition before its products, a layer before the next)
+/// and stream plaintext diagonals from memory. Measured on the 2-core machine (2026-12-02,
+/// `blindfold bench infer`): 1.4 (mnist-cryptonets) to 2.1 (the LeNet-5 models); with 1.8 the
+/// estimated break-even is 29, 47 and 72 images against 38, 40 and 62 measured.
+const LATENCY_WALL_FACTOR: f64 = 1.8;
 
 /// A parameter set in a plan summary: ring degree, primes, digits, log2(Q·P) against its bound.
 pub(crate) fn parameter_line(params: &blindfold_ckks::Parameters) -> String {

@@ -26,6 +26,7 @@ use blindfold_ckks::{
 };
 use rayon::prelude::*;
 
+use super::cost::Costs;
 use super::{Control, Error, Packing, Progress, Result};
 use crate::ir::{Layer, Network, Shape};
 
@@ -789,14 +790,17 @@ fn plan_scales(
         })
         .collect();
     let (mut level, mut scale, mut parts, mut pending) = (depth, target, 2usize, 0usize);
-    let slots = params.slots() as f64;
+    // Ciphertexts the last op left (one per value of its output tensor).
+    let mut values = network.input().len();
     let mut stages = Vec::with_capacity(lowered.len() + 1);
     for (i, op) in lowered.into_iter().enumerate() {
         let ahead = lookahead[i];
         let op_index = op_layer(&op).0;
         match op {
             Lowered::SumPool { layer, name, inputs, rows } => {
-                let cost = rows.iter().map(Vec::len).sum::<usize>() as f64 * parts as f64 * (level + 1) as f64;
+                let cost =
+                    rows.iter().map(Vec::len).sum::<usize>() as f64 * Costs::new(&params, level).multiply_add(parts);
+                values = rows.len();
                 stages.push(Stage {
                     name: format!("sum-pool ({name})"),
                     layer,
@@ -836,10 +840,11 @@ fn plan_scales(
                     });
                 }
                 let relinearize = parts == 3;
-                let cost = rows.iter().map(Vec::len).sum::<usize>() as f64 * parts as f64 * (level + 1) as f64
+                let costs = Costs::new(&params, level);
+                let cost = rows.iter().map(Vec::len).sum::<usize>() as f64 * costs.multiply_add(parts)
                     + rows.len() as f64
-                        * (if relinearize { 40.0 } else { 0.0 } + 4.0 * rescales as f64)
-                        * (level + 1) as f64;
+                        * (if relinearize { costs.key_switch() } else { 0.0 } + rescale_cost(&params, level, rescales));
+                values = rows.len();
                 stages.push(Stage {
                     name,
                     layer,
@@ -867,6 +872,8 @@ fn plan_scales(
                     scale /= moduli[level - j];
                 }
                 let level_in = level;
+                let cost = values as f64
+                    * (rescale_cost(&params, level, pending) + Costs::new(&params, level - pending).square());
                 level -= pending;
                 stages.push(Stage {
                     name: format!("square ({name})"),
@@ -874,7 +881,7 @@ fn plan_scales(
                     level_in,
                     level_out: level,
                     scale_out: scale * scale,
-                    cost: 8.0 * (level + 1) as f64 * slots.log2(),
+                    cost,
                     op: StageOp::Square { shift, relinearize, rescales: pending },
                 });
                 scale *= scale;
@@ -887,7 +894,7 @@ fn plan_scales(
         if parts == 3
             && pending == 1
             && let Some((squares, nonzeros, outputs)) = ahead
-            && settle_squares_early(squares, nonzeros, outputs, level, slots as usize * 2)
+            && settle_squares_early(squares, nonzeros, outputs, &params, level)
         {
             // Relinearize and rescale the squares now: the next layer then runs on 2-part
             // ciphertexts one prime shorter, which beats relinearizing its outputs when its
@@ -899,8 +906,7 @@ fn plan_scales(
                 level_in: level,
                 level_out: level - 1,
                 scale_out: scale,
-                // Stage costs are per coefficient (estimated_cost multiplies by N).
-                cost: squares as f64 * key_switch_cost(level, 1),
+                cost: squares as f64 * (Costs::new(&params, level).key_switch() + rescale_cost(&params, level, 1)),
                 op: StageOp::Settle { relinearize: true, rescales: 1 },
             });
             level -= 1;
@@ -919,7 +925,9 @@ fn plan_scales(
             level_in: level,
             level_out: level - pending,
             scale_out: scale,
-            cost: 40.0 * (level + 1) as f64,
+            cost: values as f64
+                * (if parts == 3 { Costs::new(&params, level).key_switch() } else { 0.0 }
+                    + rescale_cost(&params, level, pending)),
             op: StageOp::Settle { relinearize: parts == 3, rescales: pending },
         });
     }
@@ -983,35 +991,25 @@ fn find_segments(stages: &[Stage], network: &Network) -> Vec<Segment> {
     segments
 }
 
-/// Work units of a key switch at `level` (ring degree `n`): its NTTs, in coefficient operations.
-fn key_switch_cost(level: usize, n: usize) -> f64 {
-    let limbs = (level + 1) as f64;
-    // (ℓ+1) inverse NTTs, (ℓ+1)² lifting NTTs, 2(ℓ+2) mod-down NTTs, plus the inner products.
-    (limbs + limbs * limbs + 2.0 * (limbs + 1.0) + 0.2 * limbs * (limbs + 1.0)) * NTT_COST * n as f64
+/// `rescales` rescales of a 2-part ciphertext from `level` down.
+fn rescale_cost(params: &Parameters, level: usize, rescales: usize) -> f64 {
+    (0..rescales).map(|j| Costs::new(params, level - j).rescale(2)).sum()
 }
-
-/// Cost of one NTT per coefficient, relative to one lazy multiply-accumulate per coefficient
-/// (measured on AVX-512 with the register-blocked linear kernel: about 2.3 ns vs 0.1 ns). At
-/// 10 (the old kernel's ratio) mnist-cryptonets settled its 845 squares before the dense layer;
-/// at 20 it runs the dense layer on them 3-part and relinearizes its 100 outputs: 1.90 → 1.60 s
-/// per batch.
-const NTT_COST: f64 = 20.0;
 
 /// Whether relinearizing and rescaling `squares` 3-part squares at `level` costs less than
 /// running the next layer (`nonzeros` weights, `outputs` rows) on 3-part inputs one level
 /// higher and relinearizing its outputs instead.
-fn settle_squares_early(squares: usize, nonzeros: usize, outputs: usize, level: usize, n: usize) -> bool {
+fn settle_squares_early(squares: usize, nonzeros: usize, outputs: usize, params: &Parameters, level: usize) -> bool {
     if outputs == usize::MAX || level == 0 {
         // Another square follows directly: it settles the first one itself.
         return false;
     }
-    let (limbs, n_f) = ((level + 1) as f64, n as f64);
-    let rescale = |parts: f64, limbs: f64| parts * limbs * NTT_COST * n_f;
+    let (here, below) = (Costs::new(params, level), Costs::new(params, level - 1));
     let delayed =
-        nonzeros as f64 * 3.0 * limbs * n_f + outputs as f64 * (key_switch_cost(level, n) + 2.0 * rescale(2.0, limbs));
-    let early = squares as f64 * (key_switch_cost(level, n) + rescale(2.0, limbs))
-        + nonzeros as f64 * 2.0 * (limbs - 1.0) * n_f
-        + outputs as f64 * rescale(2.0, limbs - 1.0);
+        nonzeros as f64 * here.multiply_add(3) + outputs as f64 * (here.key_switch() + rescale_cost(params, level, 2));
+    let early = squares as f64 * (here.key_switch() + here.rescale(2))
+        + nonzeros as f64 * below.multiply_add(2)
+        + outputs as f64 * below.rescale(2);
     early < delayed
 }
 
