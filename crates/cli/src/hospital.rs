@@ -90,7 +90,8 @@ pub enum Hospital {
 /// `--packing`.
 #[derive(Debug, clap::Args)]
 pub struct PackingArg {
-    /// auto (the key set's packing), throughput or latency.
+    /// auto, throughput or latency. auto: the key set's packing, except that a latency key set
+    /// (which also serves the throughput packing) picks the cheaper one for the image count.
     #[arg(long, default_value = "auto")]
     pub packing: PackingChoice,
 }
@@ -179,12 +180,11 @@ fn encrypt(
             keys.descriptor().model
         );
     }
-    packing.resolve(&keys)?;
-    let compiled = keys.compiled_model()?;
     let spinner = spinner(output, "reading and preprocessing images".into());
-    let intake = blindfold_client::read_inputs(compiled.manifest(), inputs, options);
+    let intake = keys.compiled_model().and_then(|m| blindfold_client::read_inputs(m.manifest(), inputs, options));
     spinner.finish_and_clear();
     let intake = intake?;
+    let compiled = keys.compiled_model_for(packing.resolve(&keys, intake.len())?)?;
     let bar = bar(output, 0, "encrypting");
     let batches = blindfold_client::encrypt(&keys, &compiled, &intake, out, &|done, total| {
         bar.set_length(total);
@@ -197,6 +197,7 @@ fn encrypt(
         json!({
             "command": "encrypt",
             "model": compiled.name(),
+            "packing": compiled.packing().name(),
             "key_set": keys.id(),
             "images": intake.len(),
             "batches": batches,
@@ -204,9 +205,10 @@ fn encrypt(
         }),
         || {
             let mut text = format!(
-                "encrypted {} images for {} in {:.1} s:",
+                "encrypted {} images for {} ({} packing) in {:.1} s:",
                 intake.len(),
                 compiled.name(),
+                compiled.packing(),
                 started.elapsed().as_secs_f64()
             );
             for batch in &batches {

@@ -359,11 +359,32 @@ fn a_worker_answers_submit_wait_fetch_and_run_and_a_corrupted_batch_fails() {
     assert_eq!((ran["images"].as_u64(), ran["jobs"][0]["state"].as_str()), (Some(3), Some("succeeded")));
     let model = blindfold_nn::registry::load(MODEL).unwrap();
     let idx = blindfold_nn::data::mnist(images.parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
-    let reference = model.network.forward_batch(&model.manifest.inputs(&idx.take(3)).unwrap()).unwrap();
+    let reference = model.network.forward_batch(&model.manifest.inputs(&idx.clone().take(3)).unwrap()).unwrap();
     let predictions: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let predicted = predictions["images"].as_array().unwrap();
     assert_eq!(predicted.len(), 3);
     for (i, (image, expected)) in predicted.iter().zip(&reference).enumerate() {
         assert_eq!(image["class_index"], argmax(expected), "image {i}: {image} vs plaintext {expected:?}");
+    }
+
+    // A latency key set serves both packings: `auto` sends one image alone and 100 as a batch.
+    let both = stack.home.path().join("latency-keys");
+    stack.run(&["keygen", "--model", MODEL, "--packing", "latency", "--out", s(&both), "--quiet"]).ok();
+    let reference = model.network.forward_batch(&model.manifest.inputs(&idx.take(100)).unwrap()).unwrap();
+    for (limit, packing) in [(1, "latency"), (100, "throughput")] {
+        let out = stack.home.path().join(format!("auto-{limit}.json"));
+        let limit_arg = limit.to_string();
+        let ran = stack
+            .run(&["run", s(&images), "--limit", &limit_arg, "--keys", s(&both), "--out", s(&out), "--json"])
+            .ok()
+            .json();
+        let job = &ran["jobs"][0];
+        assert_eq!((job["state"].as_str(), job["packing"].as_str()), (Some("succeeded"), Some(packing)), "{ran}");
+        let predictions: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let predicted = predictions["images"].as_array().unwrap();
+        assert_eq!(predicted.len(), limit);
+        for (i, (image, expected)) in predicted.iter().zip(&reference).enumerate() {
+            assert_eq!(image["class_index"], argmax(expected), "{packing} image {i}");
+        }
     }
 }

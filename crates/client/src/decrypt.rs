@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
 
-use blindfold_batch::{ResultBatchReader, Uuid};
+use blindfold_batch::{BatchKind, ResultBatchReader, Uuid};
 use blindfold_ckks::{Context, Decryptor};
 use rayon::prelude::*;
 
@@ -45,7 +45,7 @@ pub struct Predictions {
 /// Decrypts the result batch `result` with the key set's secret key. Image names come from
 /// `names` if given, else from `RESULT.names.json` if it exists, else are `#position`.
 pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Predictions> {
-    let model = keys.compiled_model()?;
+    let model = keys.compiled_model_of_batch(result, BatchKind::Result)?;
     let plan = model.plan();
     let context = Context::new(plan.params().clone())?;
     let file = File::open(result).map_err(Error::io(result))?;

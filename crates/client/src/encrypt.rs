@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 
-use blindfold_batch::{BatchHeader, InputBatchWriter, Uuid};
+use blindfold_batch::{BatchHeader, InputBatchWriter, Packing, Uuid};
 use blindfold_ckks::{Context, SecretKeyEncryptor, SeededCiphertext};
 use blindfold_evaluate::CompiledModel;
 use rayon::prelude::*;
@@ -31,6 +31,13 @@ pub struct EncryptedBatch {
     pub bytes: u64,
     /// Its content digest (BLAKE3, hex).
     pub digest: String,
+    /// Its packing (the job must be created with it).
+    #[serde(serialize_with = "packing_name")]
+    pub packing: Packing,
+}
+
+fn packing_name<S: serde::Serializer>(packing: &Packing, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_str(packing.name())
 }
 
 /// The names sidecar `FILE.names.json`: position → the image's original name.
@@ -157,6 +164,7 @@ pub fn encrypt(
             images: inputs.len(),
             bytes: finished.len,
             digest: finished.digest.to_string(),
+            packing: model.packing(),
         });
     }
     tracing::info!(images = intake.len(), batches = written.len(), model = model.name(), "images encrypted");
@@ -176,7 +184,7 @@ pub(crate) fn write_names(path: &Path, names: &Names) -> Result<()> {
 
 pub(crate) fn check_model(keys: &KeySet, model: &CompiledModel) -> Result<()> {
     let descriptor = keys.descriptor();
-    if descriptor.model != model.name() || descriptor.packing != model.packing().name() {
+    if descriptor.model != model.name() || !keys.serves(model.packing())? {
         return Err(Error::KeySetMismatch(format!(
             "the key set in {} is for {} ({} packing), not {} ({} packing); make one with \
              `blindfold keygen --model {} --out DIR`",

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
-use blindfold_batch::{BatchHeader, InputBatchReader};
+use blindfold_batch::{BatchHeader, BatchKind, InputBatchReader};
 use blindfold_evaluate::{BatchEvaluator, CompiledModel};
 use blindfold_nn::encrypted::Control;
 
@@ -24,7 +24,7 @@ pub fn evaluate_file(keys_dir: &Path, input: &Path, output: &Path, control: &Con
     let file = BufReader::new(File::open(input).map_err(Error::io(input))?);
     let evaluator = match &key_set {
         Some(key_set) => {
-            let evaluator = BatchEvaluator::new(key_set.compiled_model()?, bundle)?;
+            let evaluator = BatchEvaluator::new(key_set.compiled_model_of_batch(input, BatchKind::Input)?, bundle)?;
             let expect = evaluator.model().expect_input(key_set.id());
             let reader =
                 InputBatchReader::open(file, evaluator.keys().context(), &expect).map_err(Error::batch(input))?;

@@ -16,7 +16,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blindfold_batch::{KeyBundle, KeyBundleExpect, Packing};
+use blindfold_batch::{BatchKind, Expect, KeyBundle, KeyBundleExpect, Packing, RawBatchReader};
 use blindfold_ckks::{Context, KeyGenerator, SecretKey};
 use blindfold_evaluate::CompiledModel;
 use uuid::Uuid;
@@ -169,10 +169,34 @@ impl KeySet {
         self.descriptor.key_set
     }
 
+    /// Whether the key set's evaluation keys serve `packing`: its own packing, and the
+    /// throughput packing too for a latency key set (its relinearization key is all a
+    /// throughput batch needs; [`compiled_model_for`](Self::compiled_model_for) checks that the
+    /// parameters agree).
+    pub fn serves(&self, packing: Packing) -> Result<bool> {
+        let own = self.descriptor.packing()?;
+        Ok(own == packing || (own == Packing::Latency && packing == Packing::Throughput))
+    }
+
     /// Compiles the key set's model for its packing and checks that the parameters are still
     /// the ones the keys were made for.
     pub fn compiled_model(&self) -> Result<CompiledModel> {
-        let compiled = CompiledModel::load(&self.descriptor.model, self.descriptor.packing()?)?;
+        self.compiled_model_for(self.descriptor.packing()?)
+    }
+
+    /// Compiles the key set's model for `packing`, which the key set must
+    /// [serve](Self::serves), and checks that the parameters are the ones the keys were made for.
+    pub fn compiled_model_for(&self, packing: Packing) -> Result<CompiledModel> {
+        if !self.serves(packing)? {
+            return Err(Error::KeySetMismatch(format!(
+                "the key set in {} is for the {} packing, which has no rotation keys for the {packing} packing; \
+                 make one with `blindfold keygen --model {} --packing {packing}`",
+                self.dir.display(),
+                self.descriptor.packing,
+                self.descriptor.model
+            )));
+        }
+        let compiled = CompiledModel::load(&self.descriptor.model, packing)?;
         if compiled.version() != self.descriptor.model_version {
             return Err(Error::KeySetMismatch(format!(
                 "the key set in {} is for {} version {}, this build has version {}; make a new key set",
@@ -192,6 +216,17 @@ impl KeySet {
             )));
         }
         Ok(compiled)
+    }
+
+    /// Compiles the key set's model for the packing of the batch at `path` (input or result, as
+    /// `kind` says): a latency key set's batches may be in either packing.
+    pub(crate) fn compiled_model_of_batch(&self, path: &Path, kind: BatchKind) -> Result<CompiledModel> {
+        let file = BufReader::new(File::open(path).map_err(Error::io(path))?);
+        let expect = Expect::new()
+            .model(self.descriptor.model.clone(), self.descriptor.model_version.clone())
+            .key_set(self.id());
+        let raw = RawBatchReader::open(file, kind, &expect).map_err(Error::batch(path))?;
+        self.compiled_model_for(raw.header().packing)
     }
 
     /// Reads the evaluation-key bundle, checked against the descriptor. Never touches the secret

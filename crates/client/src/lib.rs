@@ -40,6 +40,7 @@ pub use keys::{
 };
 
 use blindfold_batch::Packing;
+use blindfold_evaluate::Plan;
 
 /// The packing asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,16 +55,20 @@ pub enum PackingChoice {
 }
 
 impl PackingChoice {
-    /// The packing to encrypt with under `keys`: a key set is made for one packing (`keygen
-    /// --packing`), and `Auto` follows it.
-    pub fn resolve(self, keys: &KeySet) -> Result<Packing> {
+    /// The packing to encrypt a job of `images` images with under `keys`. A forced packing must
+    /// be one the key set [serves](KeySet::serves). `Auto` takes the key set's packing, except
+    /// that a latency key set (which also serves the throughput packing) lets the planners'
+    /// cost estimates choose: the latency packing for a few images, the throughput packing for
+    /// a batch ([`blindfold_nn::encrypted::choose_packing`]).
+    pub fn resolve(self, keys: &KeySet, images: usize) -> Result<Packing> {
         let of_keys = keys.descriptor().packing()?;
         let wanted = match self {
+            PackingChoice::Auto if of_keys == Packing::Latency => return cheaper_packing(keys, images),
             PackingChoice::Auto => of_keys,
             PackingChoice::Throughput => Packing::Throughput,
             PackingChoice::Latency => Packing::Latency,
         };
-        if wanted != of_keys {
+        if !keys.serves(wanted)? {
             return Err(Error::KeySetMismatch(format!(
                 "the key set in {} is for the {of_keys} packing, not {wanted}; make one with `blindfold keygen --packing {wanted}`",
                 keys.dir().display()
@@ -71,6 +76,26 @@ impl PackingChoice {
         }
         Ok(wanted)
     }
+}
+
+/// The cheaper packing for `images` images under a latency key set: the throughput packing only
+/// when its plan runs under the key set's parameters too.
+fn cheaper_packing(keys: &KeySet, images: usize) -> Result<Packing> {
+    let latency = keys.compiled_model_for(Packing::Latency)?;
+    let Ok(throughput) = keys.compiled_model_for(Packing::Throughput) else {
+        return Ok(Packing::Latency);
+    };
+    let choice = match (throughput.plan(), latency.plan()) {
+        (Plan::Throughput(throughput), Plan::Latency(latency)) => {
+            match blindfold_nn::encrypted::choose_packing(images, throughput, latency) {
+                blindfold_nn::encrypted::Packing::Throughput => Packing::Throughput,
+                blindfold_nn::encrypted::Packing::Latency => Packing::Latency,
+            }
+        }
+        _ => Packing::Latency,
+    };
+    tracing::info!(images, packing = %choice, "packing chosen by estimated cost");
+    Ok(choice)
 }
 
 impl std::str::FromStr for PackingChoice {

@@ -143,7 +143,7 @@ pub async fn create(
     };
     if fingerprint != packing.params_fingerprint
         || ks_model.as_deref().is_some_and(|m| m != model.name)
-        || ks_packing.as_deref().is_some_and(|p| p != packing.packing)
+        || ks_packing.as_deref().is_some_and(|p| !key_set_serves(p, &packing.packing))
     {
         return Err(ApiError::unprocessable(
             "key_set_mismatch",
@@ -496,4 +496,25 @@ pub async fn result(
     }
     let download = state.store.presign_get(&key, state.config.presign_expiry()).await?;
     Ok(Json(JobResult { job_id: id, download: download.into() }))
+}
+
+/// Whether a key set registered for `key_set_packing` can evaluate a job in `job_packing`: its
+/// own packing, and a latency key set also the throughput packing (same parameters, checked by
+/// fingerprint; its relinearization key is all a throughput batch needs), which lets a client
+/// choose per job by image count.
+fn key_set_serves(key_set_packing: &str, job_packing: &str) -> bool {
+    key_set_packing == job_packing || (key_set_packing == "latency" && job_packing == "throughput")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_set_serves;
+
+    #[test]
+    fn a_latency_key_set_also_serves_throughput_jobs_but_not_the_reverse() {
+        assert!(key_set_serves("throughput", "throughput"));
+        assert!(key_set_serves("latency", "latency"));
+        assert!(key_set_serves("latency", "throughput"));
+        assert!(!key_set_serves("throughput", "latency"));
+    }
 }

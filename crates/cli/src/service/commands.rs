@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use blindfold_api::{JobView, KeySetView};
-use blindfold_client::{EncryptedBatch, IntakeOptions, KeySet, Predictions, Split};
+use blindfold_client::{EncryptedBatch, IntakeOptions, KeySet, PackingChoice, Predictions, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 use serde_json::json;
@@ -455,7 +455,11 @@ fn submit(
             keys.descriptor().model
         );
     }
-    inputs.packing.packing.resolve(&keys)?;
+    // The packing can depend on the image count, so it is resolved after reading the images;
+    // a key set that cannot serve a forced packing is refused before registering its keys.
+    if inputs.packing.packing != PackingChoice::Auto {
+        inputs.packing.packing.resolve(&keys, 1)?;
+    }
 
     let key_size =
         std::fs::metadata(keys.dir().join(blindfold_client::EVALUATION_KEYS_FILE)).map(|m| m.len()).unwrap_or(0);
@@ -464,15 +468,17 @@ fn submit(
     registering.finish_and_clear();
     let registered = registered?.is_some();
 
-    let compiled = keys.compiled_model()?;
     let spinner = spinner(output, "reading and preprocessing images".into());
-    let intake = blindfold_client::read_inputs(
-        compiled.manifest(),
-        &inputs.inputs,
-        IntakeOptions { split: inputs.split, limit: inputs.limit },
-    );
+    let intake = keys.compiled_model().and_then(|m| {
+        blindfold_client::read_inputs(
+            m.manifest(),
+            &inputs.inputs,
+            IntakeOptions { split: inputs.split, limit: inputs.limit },
+        )
+    });
     spinner.finish_and_clear();
     let intake = intake?;
+    let compiled = keys.compiled_model_for(inputs.packing.packing.resolve(&keys, intake.len())?)?;
     let work = flows::work_dir(&keys)?;
     let encrypting = bar(output, 0, "encrypting");
     let batches =

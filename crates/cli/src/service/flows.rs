@@ -263,7 +263,7 @@ pub async fn upload_batch(
             key_set_id: keys.id(),
             image_count: u32::try_from(batch.images).context("too many images in one batch")?,
             size_bytes: batch.bytes,
-            packing: Some(descriptor.packing.clone()),
+            packing: Some(batch.packing.to_string()),
             idempotency_key: Some(format!("batch-{}", batch.digest)),
             priority,
         })
