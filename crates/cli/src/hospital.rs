@@ -184,7 +184,7 @@ fn encrypt(
     let intake = keys.compiled_model().and_then(|m| blindfold_client::read_inputs(m.manifest(), inputs, options));
     spinner.finish_and_clear();
     let intake = intake?;
-    let compiled = keys.compiled_model_for(packing.resolve(&keys, intake.len())?)?;
+    let compiled = packing.compile(&keys, intake.len())?;
     let bar = bar(output, 0, "encrypting");
     let batches = blindfold_client::encrypt(&keys, &compiled, &intake, out, &|done, total| {
         bar.set_length(total);

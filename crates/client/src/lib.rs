@@ -40,7 +40,7 @@ pub use keys::{
 };
 
 use blindfold_batch::Packing;
-use blindfold_evaluate::Plan;
+use blindfold_evaluate::{CompiledModel, Plan};
 
 /// The packing asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,9 +61,26 @@ impl PackingChoice {
     /// cost estimates choose: the latency packing for a few images, the throughput packing for
     /// a batch ([`blindfold_nn::encrypted::choose_packing`]).
     pub fn resolve(self, keys: &KeySet, images: usize) -> Result<Packing> {
+        match self.forced(keys)? {
+            Some(packing) => Ok(packing),
+            None => Ok(cheaper_model(keys, images)?.packing()),
+        }
+    }
+
+    /// The key set's model compiled for the packing [`resolve`](Self::resolve) picks.
+    pub fn compile(self, keys: &KeySet, images: usize) -> Result<CompiledModel> {
+        match self.forced(keys)? {
+            Some(packing) => keys.compiled_model_for(packing),
+            None => cheaper_model(keys, images),
+        }
+    }
+
+    /// The packing when the image count cannot change it (checked against the key set), or
+    /// `None` when it is for the cost estimates to choose.
+    fn forced(self, keys: &KeySet) -> Result<Option<Packing>> {
         let of_keys = keys.descriptor().packing()?;
         let wanted = match self {
-            PackingChoice::Auto if of_keys == Packing::Latency => return cheaper_packing(keys, images),
+            PackingChoice::Auto if of_keys == Packing::Latency => return Ok(None),
             PackingChoice::Auto => of_keys,
             PackingChoice::Throughput => Packing::Throughput,
             PackingChoice::Latency => Packing::Latency,
@@ -74,28 +91,26 @@ impl PackingChoice {
                 keys.dir().display()
             )));
         }
-        Ok(wanted)
+        Ok(Some(wanted))
     }
 }
 
-/// The cheaper packing for `images` images under a latency key set: the throughput packing only
-/// when its plan runs under the key set's parameters too.
-fn cheaper_packing(keys: &KeySet, images: usize) -> Result<Packing> {
+/// The model compiled for the cheaper packing for `images` images under a latency key set: the
+/// throughput packing only when its plan runs under the key set's parameters too.
+fn cheaper_model(keys: &KeySet, images: usize) -> Result<CompiledModel> {
     let latency = keys.compiled_model_for(Packing::Latency)?;
     let Ok(throughput) = keys.compiled_model_for(Packing::Throughput) else {
-        return Ok(Packing::Latency);
+        return Ok(latency);
     };
     let choice = match (throughput.plan(), latency.plan()) {
-        (Plan::Throughput(throughput), Plan::Latency(latency)) => {
-            match blindfold_nn::encrypted::choose_packing(images, throughput, latency) {
-                blindfold_nn::encrypted::Packing::Throughput => Packing::Throughput,
-                blindfold_nn::encrypted::Packing::Latency => Packing::Latency,
-            }
-        }
-        _ => Packing::Latency,
+        (Plan::Throughput(t), Plan::Latency(l)) => blindfold_nn::encrypted::choose_packing(images, t, l),
+        _ => blindfold_nn::encrypted::Packing::Latency,
     };
-    tracing::info!(images, packing = %choice, "packing chosen by estimated cost");
-    Ok(choice)
+    tracing::info!(images, packing = choice.name(), "packing chosen by estimated cost");
+    Ok(match choice {
+        blindfold_nn::encrypted::Packing::Throughput => throughput,
+        blindfold_nn::encrypted::Packing::Latency => latency,
+    })
 }
 
 impl std::str::FromStr for PackingChoice {

@@ -478,7 +478,7 @@ fn submit(
     });
     spinner.finish_and_clear();
     let intake = intake?;
-    let compiled = keys.compiled_model_for(inputs.packing.packing.resolve(&keys, intake.len())?)?;
+    let compiled = inputs.packing.packing.compile(&keys, intake.len())?;
     let work = flows::work_dir(&keys)?;
     let encrypting = bar(output, 0, "encrypting");
     let batches =

@@ -76,7 +76,7 @@ pub fn break_even_images(throughput: &ThroughputPlan, latency: &LatencyPlan) -> 
 /// on each other (a rotation's decomposition before its products, a layer before the next)
 /// and stream plaintext diagonals from memory. Measured on the 2-core machine (2026-12-02,
 /// `blindfold bench infer`): 1.4 (mnist-cryptonets) to 2.1 (the LeNet-5 models); with 1.8 the
-/// estimated break-even is 29, 47 and 72 images against 38, 40 and 62 measured.
+/// estimated break-even is 29, 46 and 71 images against 38, 40 and 62 measured.
 const LATENCY_WALL_FACTOR: f64 = 1.8;
 
 /// A parameter set in a plan summary: ring degree, primes, digits, log2(Q·P) against its bound.
