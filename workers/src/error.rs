@@ -56,13 +56,19 @@ impl JobError {
     /// cancellation means stop, anything else (an internal failure of the engine) is worth
     /// another attempt.
     pub(crate) fn from_evaluate(error: blindfold_evaluate::Error) -> Self {
+        use blindfold_compiler::Error as Compiler;
         use blindfold_evaluate::Error as E;
         match error {
-            E::Plan(blindfold_nn::encrypted::Error::Cancelled) => Self::Stopped,
+            E::Plan(Compiler::Cancelled) => Self::Stopped,
             // The batch is read from memory: even an I/O error means a truncated object.
-            E::Batch(_) => Self::permanent("bad_input", error.to_string()),
+            E::Batch(_) | E::Plan(Compiler::Input(_)) => Self::permanent("bad_input", error.to_string()),
             E::Mismatch { .. } => Self::permanent("mismatch", error.to_string()),
-            E::UnknownPacking(_) | E::Model(_) => Self::permanent("unknown_model", error.to_string()),
+            E::Plan(Compiler::Model(_)) => Self::permanent("unknown_model", error.to_string()),
+            E::Plan(Compiler::DoesNotFit { .. } | Compiler::Unsupported { .. }) => {
+                Self::permanent("unsupported_model", error.to_string())
+            }
+            // A broken invariant is a bug: the same job would hit it again.
+            E::Plan(Compiler::Internal(_)) => Self::permanent("internal", error.to_string()),
             _ => Self::transient("engine", error.to_string()),
         }
     }

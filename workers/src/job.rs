@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use blindfold_batch::{InputBatchReader, KeyBundle, KeyBundleExpect, Packing};
-use blindfold_evaluate::{BatchEvaluator, CompiledModel};
-use blindfold_nn::encrypted::Control;
+use blindfold_compiler::Control;
+use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
 use blindfold_queue::{Claimed, Completion, FailOutcome, Heartbeat, JobState, Lease, Progress, tenants};
 use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, StoreError, TenantId as StoreTenant};
 use bytes::Bytes;

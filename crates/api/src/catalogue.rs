@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use blindfold_ckks::{Parameters, Preset};
-use blindfold_nn::encrypted::{LatencyPlan, ThroughputPlan};
+use blindfold_compiler::{LatencyPlan, Packing, ThroughputPlan};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -14,7 +14,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PackingInfo {
     /// `throughput` or `latency`.
-    pub packing: String,
+    #[schema(value_type = String, example = "throughput")]
+    pub packing: Packing,
     /// The parameter preset name (`n13-d2`, …) or `custom`.
     pub parameter_preset: String,
     /// The parameter fingerprint (hex) key sets and batches must carry.
@@ -74,7 +75,7 @@ impl Catalogue {
             let mut packings = Vec::new();
             match ThroughputPlan::compile(name, &model.network) {
                 Ok(plan) => packings.push(packing_info(
-                    "throughput",
+                    Packing::Throughput,
                     plan.params(),
                     plan.batch_capacity(),
                     plan.rotation_steps(),
@@ -82,7 +83,7 @@ impl Catalogue {
                 Err(error) => tracing::warn!(model = name, %error, "no throughput plan"),
             }
             match LatencyPlan::compile(name, &model.network) {
-                Ok(plan) => packings.push(packing_info("latency", plan.params(), 1, plan.rotation_steps())),
+                Ok(plan) => packings.push(packing_info(Packing::Latency, plan.params(), 1, plan.rotation_steps())),
                 Err(error) => tracing::warn!(model = name, %error, "no latency plan"),
             }
             models.push(ModelInfo {
@@ -114,20 +115,20 @@ impl Catalogue {
 }
 
 impl ModelInfo {
-    /// The packing by name.
-    pub fn packing(&self, name: &str) -> Option<&PackingInfo> {
-        self.packings.iter().find(|packing| packing.packing == name)
+    /// The model's plan for a packing, if it compiles for it.
+    pub fn packing(&self, packing: Packing) -> Option<&PackingInfo> {
+        self.packings.iter().find(|info| info.packing == packing)
     }
 }
 
-fn packing_info(packing: &str, params: &Parameters, images: usize, rotation_steps: Vec<i64>) -> PackingInfo {
+fn packing_info(packing: Packing, params: &Parameters, images: usize, rotation_steps: Vec<i64>) -> PackingInfo {
     let fingerprint = params.fingerprint();
     let preset = Preset::ALL
         .into_iter()
         .find(|preset| preset.parameters().is_ok_and(|p| p.fingerprint() == fingerprint))
         .map_or("custom", Preset::name);
     PackingInfo {
-        packing: packing.to_owned(),
+        packing,
         parameter_preset: preset.to_owned(),
         params_fingerprint: fingerprint.to_string(),
         log_n: params.log_n(),

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::io::Read;
-use std::str::FromStr;
 
 use blindfold_ckks::Fingerprint;
 use uuid::Uuid;
@@ -59,57 +58,8 @@ impl BatchKind {
     }
 }
 
-/// How images are laid out in ciphertexts (decided by the model compiler).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Packing {
-    /// Slot i of every ciphertext holds image i; one ciphertext per input value.
-    Throughput,
-    /// One image in one or a few ciphertexts; evaluated with rotations.
-    Latency,
-}
-
-impl Packing {
-    /// The stable name (`throughput`, `latency`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Packing::Throughput => "throughput",
-            Packing::Latency => "latency",
-        }
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            Packing::Throughput => 1,
-            Packing::Latency => 2,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Packing::Throughput),
-            2 => Some(Packing::Latency),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Packing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Packing {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "throughput" => Ok(Packing::Throughput),
-            "latency" => Ok(Packing::Latency),
-            _ => Err(Error::InvalidHeader { field: "packing", reason: format!("{s:?} is not throughput or latency") }),
-        }
-    }
-}
+/// How images are laid out in ciphertexts: the one packing vocabulary of every crate.
+pub use blindfold_packing::Packing;
 
 /// What a batch holds. The writer takes one; the reader returns the one in the file.
 ///

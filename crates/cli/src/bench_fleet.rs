@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use blindfold_batch::InputBatchReader;
 use blindfold_client::{KeySet, PackingChoice};
-use blindfold_evaluate::BatchEvaluator;
+use blindfold_compiler::Control;
+use blindfold_evaluate::{BatchEvaluator, BatchExpect};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::Control;
 use clap::Args;
 use secrecy::SecretString;
 

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor, SeededCiphertext};
+use blindfold_compiler::{Control, LatencyEngine, LatencyPlan, Packing, ThroughputEngine, ThroughputPlan};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::{Control, LatencyEngine, LatencyPlan, Packing, ThroughputEngine, ThroughputPlan};
 use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;

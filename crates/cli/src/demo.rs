@@ -204,7 +204,7 @@ fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
 /// 9.8 GB for the whole demo process with derma-lenet5).
 fn throughput_memory(model: &str) -> anyhow::Result<u64> {
     let network = blindfold_nn::registry::load(model)?.network;
-    let plan = blindfold_nn::encrypted::ThroughputPlan::compile(model, &network)?;
+    let plan = blindfold_compiler::ThroughputPlan::compile(model, &network)?;
     let input_bytes = plan.input_count() * 2 * (plan.input_level() + 1) * plan.params().n() * 8;
     Ok(input_bytes as u64 * 3)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use blindfold_client::{IntakeOptions, KeySet, PackingChoice, Split};
-use blindfold_nn::encrypted::Control;
+use blindfold_compiler::Control;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use blindfold_compiler as encrypted;
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::{encrypted, metrics, onnx, registry};
+use blindfold_nn::{metrics, onnx, registry};
 use serde_json::json;
 
 /// The `model` subcommands.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use blindfold_batch::{BatchKind, ResultBatchReader, Uuid};
 use blindfold_ckks::{Context, Decryptor};
+use blindfold_evaluate::BatchExpect;
 use rayon::prelude::*;
 
 use crate::encrypt::{names_path, read_names};

@@ -120,6 +120,9 @@ pub enum Error {
     /// Compiling the model or evaluating a batch failed.
     #[error(transparent)]
     Evaluate(#[from] blindfold_evaluate::Error),
+    /// The model cannot be compiled, or its plan refused the images or results given to it.
+    #[error(transparent)]
+    Compile(#[from] blindfold_compiler::Error),
     /// A model or dataset could not be loaded.
     #[error(transparent)]
     Model(#[from] blindfold_nn::Error),

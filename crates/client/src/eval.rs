@@ -6,8 +6,8 @@ use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
 use blindfold_batch::{BatchHeader, BatchKind, InputBatchReader};
-use blindfold_evaluate::{BatchEvaluator, CompiledModel};
-use blindfold_nn::encrypted::Control;
+use blindfold_compiler::Control;
+use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
 
 use crate::encrypt::{names_path, read_names, write_names};
 use crate::error::{Error, Result};

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use blindfold_client::{IntakeOptions, KeySet, PackingChoice, decrypt, encrypt, evaluate_file, read_inputs};
-//! use blindfold_nn::encrypted::Control;
+//! use blindfold_compiler::Control;
 //! use std::path::{Path, PathBuf};
 //!
 //! let keys = KeySet::generate(Path::new("keys"), "mnist-cryptonets", PackingChoice::Auto)?;
@@ -40,7 +40,7 @@ pub use keys::{
 };
 
 use blindfold_batch::Packing;
-use blindfold_evaluate::{CompiledModel, Plan};
+use blindfold_compiler::{CompiledModel, Plan};
 
 /// The packing asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,7 +59,7 @@ impl PackingChoice {
     /// be one the key set [serves](KeySet::serves). `Auto` takes the key set's packing, except
     /// that a latency key set (which also serves the throughput packing) lets the planners'
     /// cost estimates choose: the latency packing for a few images, the throughput packing for
-    /// a batch ([`blindfold_nn::encrypted::choose_packing`]).
+    /// a batch ([`blindfold_compiler::choose_packing`]).
     pub fn resolve(self, keys: &KeySet, images: usize) -> Result<Packing> {
         match self.forced(keys)? {
             Some(packing) => Ok(packing),
@@ -103,13 +103,13 @@ fn cheaper_model(keys: &KeySet, images: usize) -> Result<CompiledModel> {
         return Ok(latency);
     };
     let choice = match (throughput.plan(), latency.plan()) {
-        (Plan::Throughput(t), Plan::Latency(l)) => blindfold_nn::encrypted::choose_packing(images, t, l),
-        _ => blindfold_nn::encrypted::Packing::Latency,
+        (Plan::Throughput(t), Plan::Latency(l)) => blindfold_compiler::choose_packing(images, t, l),
+        _ => Packing::Latency,
     };
     tracing::info!(images, packing = choice.name(), "packing chosen by estimated cost");
     Ok(match choice {
-        blindfold_nn::encrypted::Packing::Throughput => throughput,
-        blindfold_nn::encrypted::Packing::Latency => latency,
+        Packing::Throughput => throughput,
+        Packing::Latency => latency,
     })
 }
 

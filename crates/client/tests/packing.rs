@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use blindfold_batch::Packing;
 use blindfold_client::{Error, IntakeOptions, KeySet, PackingChoice, decrypt, encrypt, evaluate_file, read_inputs};
-use blindfold_nn::encrypted::Control;
+use blindfold_compiler::Control;
 
 const MODEL: &str = "mnist-cryptonets";
 

@@ -4,9 +4,6 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A packing this build does not know.
-    #[error("packing {0} is not supported by this build")]
-    UnknownPacking(String),
     /// The batch, the keys and the model disagree.
     #[error("{what}: {detail}")]
     Mismatch {
@@ -18,12 +15,9 @@ pub enum Error {
     /// The batch file or the key bundle is malformed or not what was expected.
     #[error(transparent)]
     Batch(#[from] blindfold_batch::Error),
-    /// The model cannot be loaded.
+    /// The model cannot be loaded or planned, or the evaluation failed or was cancelled.
     #[error(transparent)]
-    Model(#[from] blindfold_nn::Error),
-    /// The model cannot be planned, or the evaluation failed or was cancelled.
-    #[error(transparent)]
-    Plan(#[from] blindfold_nn::encrypted::Error),
+    Plan(#[from] blindfold_compiler::Error),
     /// A CKKS operation failed.
     #[error(transparent)]
     Ckks(#[from] blindfold_ckks::Error),

@@ -4,11 +4,10 @@ use std::io::{Read, Write};
 
 use blindfold_batch::{BatchHeader, Finished, InputBatchReader, KeyBundle, ResultBatchWriter};
 use blindfold_ckks::Ciphertext;
-use blindfold_nn::encrypted::{Control, LatencyEngine, ThroughputEngine};
+use blindfold_compiler::{CompiledModel, Control, LatencyEngine, Plan, ThroughputEngine};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::plan::{CompiledModel, Plan};
 
 /// A model compiled for one packing and bound to one key set's evaluation keys: the weights
 /// are encoded once, so a worker keeps one per (model, packing, key set) and evaluates many
@@ -95,7 +94,7 @@ impl BatchEvaluator {
     }
 
     /// Evaluates one input batch and streams the result batch into `output`. The batch must be
-    /// for this model, packing and key set (opened with [`CompiledModel::expect_input`] these
+    /// for this model, packing and key set (opened with [`crate::BatchExpect::expect_input`] these
     /// are checked before any ciphertext is read; they are checked again here). Uses rayon's
     /// current pool; `control` reports progress and can cancel.
     pub fn evaluate<R: Read, W: Write>(

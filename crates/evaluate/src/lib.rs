@@ -1,16 +1,17 @@
 //! Encrypted inference on batch files with evaluation keys only: what the worker runs, and what
 //! `blindfold eval` runs offline.
 //!
-//! [`CompiledModel`] is a registered model compiled for one packing ([`Plan`] is the one place
-//! that dispatches on the packing), so the hospital client packs and unpacks with exactly the
-//! layout the evaluator computes on. [`BatchEvaluator`] binds it to one key set's evaluation-key
+//! [`CompiledModel`] (from `blindfold-compiler`) is a model compiled for one packing ([`Plan`] is
+//! the one place that dispatches on the packing), so the hospital client packs and unpacks with
+//! exactly the layout the evaluator computes on; [`BatchExpect`] says what its batch headers
+//! must carry. [`BatchEvaluator`] binds it to one key set's evaluation-key
 //! bundle and turns an input batch into a result batch, streaming both files;
 //! [`evaluate_batch`] does the same for one batch, reading the model from the batch header.
 //!
 //! ```no_run
 //! use blindfold_batch::{InputBatchReader, KeyBundle, KeyBundleExpect, Packing};
-//! use blindfold_evaluate::{BatchEvaluator, CompiledModel};
-//! use blindfold_nn::encrypted::Control;
+//! use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
+//! use blindfold_compiler::Control;
 //! use std::{fs::File, io::{BufReader, BufWriter}};
 //!
 //! let keys = KeyBundle::read(BufReader::new(File::open("keys/evaluation.keys")?), &KeyBundleExpect::new())?;
@@ -28,8 +29,9 @@
 
 mod error;
 mod evaluate;
-mod plan;
+mod expect;
 
+pub use blindfold_compiler::{CompiledModel, Plan};
 pub use error::{Error, Result};
 pub use evaluate::{BatchEvaluator, Evaluated, evaluate_batch};
-pub use plan::{CompiledModel, Plan};
+pub use expect::BatchExpect;

@@ -25,7 +25,6 @@
 //! ```
 
 pub mod data;
-pub mod encrypted;
 mod error;
 mod eval;
 pub mod ir;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use blindfold_batch::{InputBatchReader, Packing};
 use blindfold_client::{Intake, IntakeOptions, KeySet, PackingChoice, read_inputs};
-use blindfold_evaluate::{BatchEvaluator, CompiledModel};
-use blindfold_nn::encrypted::Control;
+use blindfold_compiler::Control;
+use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
 use blindfold_queue::{Job, JobId, JobState, NewJob, Queue, QueueConfig, TenantId, tenants};
 use blindfold_store::{EmbeddedS3, ObjectKey, ObjectName, Store, StoreConfig};
 use blindfold_testkit::TestDatabase;

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use blindfold_batch::{BatchKind, Expect, RawBatchReader};
+use blindfold_batch::{BatchKind, Expect, Packing, RawBatchReader};
 use blindfold_queue::{CancelOutcome, Job, JobId, KeySetId, NewJob};
 use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, Prefix};
 use bytes::Bytes;
@@ -143,7 +143,7 @@ pub async fn create(
     };
     if fingerprint != packing.params_fingerprint
         || ks_model.as_deref().is_some_and(|m| m != model.name)
-        || ks_packing.as_deref().is_some_and(|p| !key_set_serves(p, &packing.packing))
+        || ks_packing.as_deref().is_some_and(|p| !key_set_serves(p, packing.packing))
     {
         return Err(ApiError::unprocessable(
             "key_set_mismatch",
@@ -164,7 +164,7 @@ pub async fn create(
     if let Some(key) = &body.idempotency_key {
         let same = |m: &str, p: &str, ks: Option<Uuid>, n: i32, prio: i16| {
             m == model.name
-                && p == packing.packing
+                && p == packing.packing.name()
                 && ks == Some(body.key_set_id)
                 && n == image_count
                 && prio == priority
@@ -226,7 +226,7 @@ pub async fn create(
     .bind(id)
     .bind(tenant.0)
     .bind(&model.name)
-    .bind(&packing.packing)
+    .bind(packing.packing.name())
     .bind(&packing.params_fingerprint)
     .bind(body.key_set_id)
     .bind(image_count)
@@ -311,8 +311,8 @@ async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey) -> A
     let size = u64::try_from(row.size_bytes).unwrap_or(0);
     let head = state.store.get_range(object, 0..size.min(HEADER_PROBE)).await?;
     let version = state.catalogue.versions().get(row.model.as_str()).copied().unwrap_or(0);
-    let packing = blindfold_batch::Packing::from_str(&row.packing)
-        .map_err(|_| ApiError::internal("reading a job's packing", &row.packing))?;
+    let packing =
+        Packing::from_str(&row.packing).map_err(|_| ApiError::internal("reading a job's packing", &row.packing))?;
     let mut expect = Expect::new()
         .model(row.model.clone(), version.to_string())
         .packing(packing)
@@ -502,19 +502,20 @@ pub async fn result(
 /// own packing, and a latency key set also the throughput packing (same parameters, checked by
 /// fingerprint; its relinearization key is all a throughput batch needs), which lets a client
 /// choose per job by image count.
-fn key_set_serves(key_set_packing: &str, job_packing: &str) -> bool {
-    key_set_packing == job_packing || (key_set_packing == "latency" && job_packing == "throughput")
+fn key_set_serves(key_set_packing: &str, job_packing: Packing) -> bool {
+    key_set_packing.parse::<Packing>().is_ok_and(|packing| packing.serves(job_packing))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::key_set_serves;
+    use super::{Packing, key_set_serves};
 
     #[test]
     fn a_latency_key_set_also_serves_throughput_jobs_but_not_the_reverse() {
-        assert!(key_set_serves("throughput", "throughput"));
-        assert!(key_set_serves("latency", "latency"));
-        assert!(key_set_serves("latency", "throughput"));
-        assert!(!key_set_serves("throughput", "latency"));
+        assert!(key_set_serves("throughput", Packing::Throughput));
+        assert!(key_set_serves("latency", Packing::Latency));
+        assert!(key_set_serves("latency", Packing::Throughput));
+        assert!(!key_set_serves("throughput", Packing::Latency));
+        assert!(!key_set_serves("sideways", Packing::Throughput));
     }
 }

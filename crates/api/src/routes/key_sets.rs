@@ -122,7 +122,7 @@ pub async fn create(
     .bind(id)
     .bind(tenant.0)
     .bind(&model.name)
-    .bind(&packing.packing)
+    .bind(packing.packing.name())
     .bind(&packing.params_fingerprint)
     .bind(key.as_str())
     .bind(size)

@@ -141,12 +141,12 @@ fn model_packing<'a>(
             format!("unknown model {model:?}; known models: {}", state.catalogue.names().join(", ")),
         ));
     };
-    let packing = packing.unwrap_or("throughput");
-    let Some(packing_info) = info.packing(packing) else {
-        let known: Vec<&str> = info.packings.iter().map(|p| p.packing.as_str()).collect();
+    let name = packing.unwrap_or("throughput");
+    let Some(packing_info) = name.parse().ok().and_then(|packing| info.packing(packing)) else {
+        let known: Vec<&str> = info.packings.iter().map(|p| p.packing.name()).collect();
         return Err(ApiError::unprocessable(
             "unknown_packing",
-            format!("model {model} has no packing {packing:?}; it supports: {}", known.join(", ")),
+            format!("model {model} has no packing {name:?}; it supports: {}", known.join(", ")),
         ));
     };
     Ok((info, packing_info))

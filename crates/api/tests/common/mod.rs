@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use blindfold_api::{Application, CompletedPart, Config, Upload};
 use blindfold_batch::{BatchHeader, InputBatchWriter, KeyBundle, Packing};
 use blindfold_ckks::{Context, GaloisKeys, KeyGenerator, SecretKeyEncryptor};
-use blindfold_nn::encrypted::ThroughputPlan;
+use blindfold_compiler::ThroughputPlan;
 use blindfold_store::{EmbeddedS3, StoreConfig};
 use blindfold_testkit::TestDatabase;
 use reqwest::{Method, StatusCode};

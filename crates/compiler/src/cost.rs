@@ -1,4 +1,4 @@
-//! The cost model both packings plan with, in one unit so that [`super::choose_packing`] can
+//! The cost model both packings plan with, in one unit so that [`crate::choose_packing`] can
 //! compare a throughput batch with single latency images.
 //!
 //! The unit is one multiply-accumulate of one coefficient in the register-blocked linear kernel

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
+use blindfold_compiler::{Control, ThroughputEngine, ThroughputPlan};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::{Control, ThroughputEngine, ThroughputPlan};
 use blindfold_nn::registry;
 
 fn data_dir() -> PathBuf {

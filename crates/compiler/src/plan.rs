@@ -1,20 +1,18 @@
 //! A registered model compiled for one packing: the single place that dispatches on the packing,
 //! so the client (keys, packing, unpacking) and the evaluator agree on the layout.
 
-use blindfold_batch::{Expect, Packing, Uuid};
 use blindfold_ckks::{Fingerprint, Parameters};
-use blindfold_nn::encrypted::{LatencyPlan, ThroughputPlan};
 use blindfold_nn::registry::{self, Model};
 use blindfold_nn::{Manifest, Network};
+use blindfold_packing::Packing;
 
-use crate::error::{Error, Result};
+use crate::{LatencyPlan, Result, ThroughputPlan};
 
 /// Images per batch file in the latency packing (each is one ciphertext, evaluated in turn).
 pub const LATENCY_BATCH_IMAGES: usize = 64;
 
 /// The execution plan of one packing.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Plan {
     /// Slot i of every ciphertext holds image i (no rotations).
     Throughput(ThroughputPlan),
@@ -28,7 +26,6 @@ impl Plan {
         match packing {
             Packing::Throughput => Ok(Plan::Throughput(ThroughputPlan::compile(model, network)?)),
             Packing::Latency => Ok(Plan::Latency(LatencyPlan::compile(model, network)?)),
-            other => Err(Error::UnknownPacking(other.to_string())),
         }
     }
 
@@ -99,15 +96,15 @@ impl Plan {
     /// slot vector per input ciphertext.
     pub fn pack<I: AsRef<[f64]>>(&self, images: &[I]) -> Result<Vec<Vec<f64>>> {
         match self {
-            Plan::Throughput(plan) => Ok(plan.pack(images)?),
-            Plan::Latency(plan) => images.iter().map(|image| Ok(plan.pack(image.as_ref())?)).collect(),
+            Plan::Throughput(plan) => plan.pack(images),
+            Plan::Latency(plan) => images.iter().map(|image| plan.pack(image.as_ref())).collect(),
         }
     }
     /// Turns decrypted output slot vectors into logits per image.
     pub fn unpack(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Vec<f64>>> {
         match self {
-            Plan::Throughput(plan) => Ok(plan.unpack(outputs, images)?),
-            Plan::Latency(plan) => outputs.iter().take(images).map(|slots| Ok(plan.unpack(slots)?)).collect(),
+            Plan::Throughput(plan) => plan.unpack(outputs, images),
+            Plan::Latency(plan) => outputs.iter().take(images).map(|slots| plan.unpack(slots)).collect(),
         }
     }
 }
@@ -163,33 +160,5 @@ impl CompiledModel {
     /// The output shape (number of classes), as result batch headers carry it.
     pub fn output_shape(&self) -> Vec<u32> {
         vec![self.model.manifest.classes.len() as u32]
-    }
-
-    /// What an input batch for this model under `key_set` must say.
-    pub fn expect_input(&self, key_set: Uuid) -> Expect {
-        let expect = Expect::new()
-            .model(self.name(), self.version())
-            .packing(self.packing())
-            .key_set(key_set)
-            .shape(self.input_shape())
-            .level(self.plan.input_level());
-        match &self.plan {
-            Plan::Throughput(plan) => expect.ciphertext_count(plan.input_count() as u64),
-            // One ciphertext per image: checked against the header's image count on evaluation.
-            Plan::Latency(_) => expect,
-        }
-    }
-
-    /// What a result batch for this model under `key_set` must say.
-    pub fn expect_result(&self, key_set: Uuid) -> Expect {
-        let expect = Expect::new()
-            .model(self.name(), self.version())
-            .packing(self.packing())
-            .key_set(key_set)
-            .shape(self.output_shape());
-        match &self.plan {
-            Plan::Throughput(plan) => expect.ciphertext_count(plan.output_count() as u64),
-            Plan::Latency(_) => expect,
-        }
     }
 }

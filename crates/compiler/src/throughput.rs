@@ -26,9 +26,9 @@ use blindfold_ckks::{
 };
 use rayon::prelude::*;
 
-use super::cost::Costs;
-use super::{Control, Error, Packing, Progress, Result};
-use crate::ir::{Layer, Network, Shape};
+use crate::cost::Costs;
+use crate::{Control, Error, Packing, Progress, Result};
+use blindfold_nn::ir::{Layer, Network, Shape};
 
 /// Bits of every ciphertext prime. Small residues are what makes the linear layers fast: the
 /// kernel multiplies 32-bit lanes and sums 64 or more products in a 64-bit word before reducing.
@@ -240,7 +240,7 @@ impl ThroughputPlan {
         self.input_level
     }
     /// Estimated work of one batch, in multiply-adds of one coefficient (the unit
-    /// [`super::choose_packing`] compares packings in).
+    /// [`crate::choose_packing`] compares packings in).
     pub fn estimated_cost(&self) -> f64 {
         self.stages.iter().map(|stage| stage.cost).sum::<f64>() * self.params.n() as f64
     }
@@ -284,7 +284,7 @@ impl ThroughputPlan {
         let mut out = format!(
             "throughput plan for {}: {}, {} slots, input level {}, scale 2^{:.1}\n",
             self.model,
-            super::parameter_line(&self.params),
+            crate::parameter_line(&self.params),
             self.batch_capacity(),
             self.input_level,
             self.input_scale.log2()
@@ -303,7 +303,7 @@ impl ThroughputPlan {
                     format!("settle: relinearize {relinearize}, rescale ×{rescales}")
                 }
             };
-            out.push_str(&super::stage_line(
+            out.push_str(&crate::stage_line(
                 i,
                 stage.layer,
                 &stage.name,
@@ -454,7 +454,7 @@ impl ThroughputEngine {
                     settle_all(ev, current, *relinearize, *rescales, relin, control)?
                 }
                 (StageOp::Linear { .. }, None) => {
-                    return Err(Error::Input("engine has no map for a linear stage".into()));
+                    return Err(Error::Internal("engine has no map for a linear stage".into()));
                 }
             };
             done += stage.cost;
@@ -518,7 +518,7 @@ impl ThroughputEngine {
                 }
                 sums.into_iter()
                     .map(|sum| {
-                        let sum = sum.ok_or_else(|| Error::Input("empty pooling window".into()))?;
+                        let sum = sum.ok_or_else(|| Error::Internal("empty pooling window".into()))?;
                         settle(ev, sum, last, relin)
                     })
                     .collect::<Result<Vec<_>>>()
@@ -531,7 +531,7 @@ impl ThroughputEngine {
         let mut outputs = Vec::with_capacity(channels * segment.positions);
         for _ in 0..channels {
             for position in &mut by_position {
-                outputs.push(position.next().ok_or_else(|| Error::Input("short pooled position".into()))?);
+                outputs.push(position.next().ok_or_else(|| Error::Internal("short pooled position".into()))?);
             }
         }
         Ok(outputs)
@@ -570,7 +570,7 @@ fn segment_map(stages: &[Stage], segment: &Segment, context: &Context) -> Result
     let (StageOp::Linear { inputs, rows, bias, order, weight_scale, .. }, StageOp::Linear { rows: pool_rows, .. }) =
         (&stages[segment.conv].op, &stages[segment.pool].op)
     else {
-        return Err(Error::Input("a segment does not start with a convolution and end with a pool".into()));
+        return Err(Error::Internal("a segment does not start with a convolution and end with a pool".into()));
     };
     // Tensor index → row of the convolution's map.
     let mut row_of = vec![usize::MAX; rows.len()];
@@ -585,7 +585,7 @@ fn segment_map(stages: &[Stage], segment: &Segment, context: &Context) -> Result
             for channel in 0..segment.channels {
                 let tensor = pool_rows[channel * segment.positions + position][element].0;
                 let row = *row_of.get(tensor).filter(|&&r| r != usize::MAX).ok_or_else(|| {
-                    Error::Input(format!("pool reads convolution output {tensor}, which does not exist"))
+                    Error::Internal(format!("pool reads convolution output {tensor}, which does not exist"))
                 })?;
                 fused_rows.push(rows[row].clone());
                 fused_bias.push(bias[row]);

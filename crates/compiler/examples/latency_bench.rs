@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
+use blindfold_compiler::{Control, LatencyEngine, LatencyPlan};
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::{Control, LatencyEngine, LatencyPlan};
 use blindfold_nn::registry;
 
 fn main() -> anyhow::Result<()> {

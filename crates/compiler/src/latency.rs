@@ -35,10 +35,10 @@ use std::sync::Arc;
 use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, Parameters, Plaintext, RelinKey};
 use rayon::prelude::*;
 
-use super::cost::Costs;
-use super::throughput::{LOG_TARGET_SCALE, LOGIT_HEADROOM_BITS, Lowered, choose_parameters, lower, op_layer};
-use super::{Control, Error, Packing, Progress, Result};
-use crate::ir::{Layer, Network, Shape};
+use crate::cost::Costs;
+use crate::throughput::{LOG_TARGET_SCALE, LOGIT_HEADROOM_BITS, Lowered, choose_parameters, lower, op_layer};
+use crate::{Control, Error, Packing, Progress, Result};
+use blindfold_nn::ir::{Layer, Network, Shape};
 
 /// Where a vector's elements sit in the slots.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,7 +301,7 @@ impl LatencyPlan {
                 best = Some(plan);
             }
         }
-        best.ok_or_else(|| Error::Input("no input layout".into()))
+        best.ok_or_else(|| Error::Internal("no input layout".into()))
     }
 
     /// The model's name.
@@ -371,7 +371,7 @@ impl LatencyPlan {
     }
 
     /// Estimated work of one image, in multiply-adds of one coefficient (the unit of
-    /// [`super::choose_packing`]).
+    /// [`crate::choose_packing`]).
     pub fn estimated_cost(&self) -> f64 {
         self.stages.iter().map(|stage| stage.cost).sum::<f64>() * self.params.n() as f64
     }
@@ -428,7 +428,7 @@ impl LatencyPlan {
             "latency plan for {}: {}, input period {} in {} slots{}, input level {}, scale 2^{:.1}, {} rotation keys \
              ({:.1} MB), {:.0} MB of plaintext diagonals\n",
             self.model,
-            super::parameter_line(&self.params),
+            crate::parameter_line(&self.params),
             self.input.period,
             self.params.slots(),
             match &self.input.grid {
@@ -460,7 +460,7 @@ impl LatencyPlan {
                 ),
                 StageOp::Square { shift } => format!("(x + {shift:.4})², relinearize, rescale"),
             };
-            out.push_str(&super::stage_line(
+            out.push_str(&crate::stage_line(
                 i,
                 stage.layer,
                 &stage.name,
@@ -557,7 +557,9 @@ impl LatencyEngine {
                     ev.rescale_assign(&mut squared)?;
                     squared
                 }
-                (StageOp::Linear(_), None) => return Err(Error::Input("engine has no diagonals for a stage".into())),
+                (StageOp::Linear(_), None) => {
+                    return Err(Error::Internal("engine has no diagonals for a stage".into()));
+                }
             };
             done += stage.cost;
         }
@@ -619,7 +621,7 @@ fn apply_linear(
             Some(acc) => ev.add_assign(acc, &partial)?,
         }
     }
-    let mut sum = sum.ok_or_else(|| Error::Input("a linear stage has no diagonals".into()))?;
+    let mut sum = sum.ok_or_else(|| Error::Internal("a linear stage has no diagonals".into()))?;
     // Rotate-and-sum before rescaling: the key-switching noise is then small against the scale.
     for &step in &encoded.sum_steps {
         let rotated = ev.rotate(&sum, step, galois)?;

@@ -1,5 +1,6 @@
-//! Encrypted inference: compiling a [`Network`](crate::Network) to a CKKS execution plan and
-//! running it on ciphertexts.
+//! The HE model compiler: compiles a [`Network`](blindfold_nn::Network) to a CKKS execution
+//! plan and runs it on ciphertexts. The network IR (`blindfold-nn`) knows nothing of
+//! encryption; this crate is where it meets CKKS.
 //!
 //! Two packings serve two promises. **Throughput** ([`ThroughputPlan`]): slot i of every
 //! ciphertext holds image i, one ciphertext per input value, so convolutions and dense layers
@@ -13,44 +14,18 @@
 //! up to how many images the latency packing wins).
 
 mod cost;
+mod error;
 mod latency;
+mod plan;
 mod throughput;
 
+pub use blindfold_packing::Packing;
+pub use error::{Error, Result};
 pub use latency::{LatencyEngine, LatencyPlan};
+pub use plan::{CompiledModel, LATENCY_BATCH_IMAGES, Plan};
 pub use throughput::{ThroughputEngine, ThroughputPlan};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Which packing a job uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Packing {
-    /// One image per slot: thousands of images per batch.
-    Throughput,
-    /// One image per ciphertext: one image answers quickly.
-    Latency,
-}
-
-impl Packing {
-    /// `throughput` or `latency`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Packing::Throughput => "throughput",
-            Packing::Latency => "latency",
-        }
-    }
-}
-
-impl std::str::FromStr for Packing {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "throughput" => Ok(Packing::Throughput),
-            "latency" => Ok(Packing::Latency),
-            other => Err(format!("unknown packing '{other}' (throughput or latency)")),
-        }
-    }
-}
 
 /// The cheaper packing for a job of `images` images, from both plans' cost estimates: the
 /// throughput packing pays a whole batch per started batch, the latency packing one evaluation
@@ -110,46 +85,6 @@ pub(crate) fn stage_line(
         scale.log2()
     )
 }
-
-/// Why a model cannot be planned or evaluated encrypted.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The model needs more levels (or bits) than any 128-bit parameter set offers.
-    #[error("layer {index} ({layer}) does not fit: {reason}")]
-    DoesNotFit {
-        /// Index of the layer in the network.
-        index: usize,
-        /// The layer.
-        layer: String,
-        /// By how much, and what would fit.
-        reason: String,
-    },
-    /// A layer this packing cannot evaluate.
-    #[error("layer {index} ({layer}) is not supported in the {packing} packing: {reason}")]
-    Unsupported {
-        /// Index of the layer.
-        index: usize,
-        /// The layer.
-        layer: String,
-        /// The packing.
-        packing: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// Inputs that do not match the plan.
-    #[error("input mismatch: {0}")]
-    Input(String),
-    /// The caller cancelled the evaluation.
-    #[error("cancelled")]
-    Cancelled,
-    /// A CKKS operation failed.
-    #[error(transparent)]
-    Ckks(#[from] blindfold_ckks::Error),
-}
-
-/// The encrypted-inference result type.
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// Progress of one evaluation: which stage, and how far through the whole plan.
 #[derive(Debug, Clone, Copy)]

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
-use blindfold_nn::data::{self, Split};
-use blindfold_nn::encrypted::{
+use blindfold_compiler::{
     Control, LatencyEngine, LatencyPlan, Packing, ThroughputPlan, break_even_images, choose_packing,
 };
+use blindfold_nn::data::{self, Split};
 use blindfold_nn::registry;
 
 fn data_dir() -> PathBuf {
@@ -120,7 +120,7 @@ fn a_cancelled_evaluation_stops() {
     let flag = AtomicBool::new(true);
     let error =
         engine.evaluate(ct, &keys.relin_key(), &Default::default(), &Control::none().cancelled_by(&flag)).unwrap_err();
-    assert!(matches!(error, blindfold_nn::encrypted::Error::Cancelled), "{error}");
+    assert!(matches!(error, blindfold_compiler::Error::Cancelled), "{error}");
 }
 
 fn run_network(network: &blindfold_nn::Network, input: &[f64]) -> (Vec<f64>, Vec<f64>) {
