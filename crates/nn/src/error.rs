@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A layer's input does not have the shape the layer needs.
-    #[error("layer {index} ({layer}): {reason}")]
+    /// A node does not fit the graph: its inputs' shapes, its weights or its place.
+    #[error("node {node} ({layer}): {reason}")]
     Shape {
-        /// Position of the layer in the network (0-based).
-        index: usize,
-        /// The layer's kind and parameters.
+        /// The node's name.
+        node: String,
+        /// The node's layer and parameters.
         layer: String,
         /// What does not fit.
         reason: String,

@@ -4,12 +4,19 @@
 
 use rayon::prelude::*;
 
-use crate::ir::{AvgPool2d, Conv2d, Dense, Layer, Network, Shape};
+use crate::ir::{AvgPool2d, Conv2d, ConvTranspose2d, Dense, Layer, Network, Shape, TensorId, Upsample};
 use crate::{Error, Result};
 
 impl Network {
     /// Evaluates the network on one image given in the input shape's CHW order.
     pub fn forward(&self, input: &[f64]) -> Result<Vec<f64>> {
+        let mut values = self.forward_all(input)?;
+        Ok(values.swap_remove(self.output_tensor().index()))
+    }
+
+    /// Every tensor of the network on one image, indexed by [`TensorId::index`]: what the
+    /// compiler measures activation ranges and tests intermediate results with.
+    pub fn forward_all(&self, input: &[f64]) -> Result<Vec<Vec<f64>>> {
         if input.len() != self.input().len() {
             return Err(Error::InputSize {
                 expected: self.input().len(),
@@ -17,13 +24,14 @@ impl Network {
                 shape: self.input().to_string(),
             });
         }
-        let mut x = input.to_vec();
-        let mut shape = self.input();
-        for (layer, out) in self.layers().iter().zip(self.shapes()) {
-            x = apply(layer, &x, shape, *out);
-            shape = *out;
+        let mut values: Vec<Vec<f64>> = Vec::with_capacity(self.nodes().len() + 1);
+        values.push(input.to_vec());
+        for (index, node) in self.nodes().iter().enumerate() {
+            let inputs: Vec<(&[f64], Shape)> =
+                node.inputs.iter().map(|&t| (values[t.index()].as_slice(), self.shape(t))).collect();
+            values.push(apply(&node.layer, &inputs, self.shape(TensorId::of_node(index))));
         }
-        Ok(x)
+        Ok(values)
     }
 
     /// Evaluates the network on many images in parallel; results keep the input order.
@@ -33,13 +41,25 @@ impl Network {
 }
 
 /// Shapes were checked when the network was built, so indexing stays in bounds.
-fn apply(layer: &Layer, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
+fn apply(layer: &Layer, inputs: &[(&[f64], Shape)], output: Shape) -> Vec<f64> {
+    let (x, input) = inputs[0];
     match layer {
         Layer::Conv2d(c) => conv2d(c, x, input, output),
+        Layer::ConvTranspose2d(c) => conv_transpose2d(c, x, input, output),
         Layer::AvgPool2d(p) => avg_pool(p, x, input, output),
+        Layer::Upsample(u) => upsample(u, x, input, output),
         Layer::Dense(d) => dense(d, x),
         Layer::Activation(p) => x.iter().map(|v| p.eval(*v)).collect(),
         Layer::Flatten => x.to_vec(),
+        Layer::Add => {
+            let mut sum = x.to_vec();
+            for (other, _) in &inputs[1..] {
+                sum.iter_mut().zip(*other).for_each(|(s, v)| *s += v);
+            }
+            sum
+        }
+        // CHW order: concatenating channels is concatenating the flat tensors.
+        Layer::Concat => inputs.iter().flat_map(|(values, _)| values.iter().copied()).collect(),
     }
 }
 
@@ -51,27 +71,62 @@ fn dims(shape: Shape) -> (usize, usize, usize) {
 }
 
 fn conv2d(c: &Conv2d, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
-    let (cin, h, w) = dims(input);
+    let (_, h, w) = dims(input);
     let (cout, oh, ow) = dims(output);
     let [kh, kw] = c.kernel;
     let [sh, sw] = c.stride;
     let (pt, pl) = (c.padding[0], c.padding[1]);
+    let (group_in, group_out) = (c.in_channels / c.groups, c.out_channels / c.groups);
     let mut y = vec![0.0; cout * oh * ow];
     for o in 0..cout {
+        let first = (o / group_out) * group_in;
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut acc = c.bias[o];
-                for i in 0..cin {
+                for j in 0..group_in {
+                    let i = first + j;
                     for ky in 0..kh {
                         // Row in the unpadded input; padding rows contribute zero.
                         let Some(iy) = (oy * sh + ky).checked_sub(pt).filter(|r| *r < h) else { continue };
                         for kx in 0..kw {
                             let Some(ix) = (ox * sw + kx).checked_sub(pl).filter(|c| *c < w) else { continue };
-                            acc += c.weights[((o * cin + i) * kh + ky) * kw + kx] * x[(i * h + iy) * w + ix];
+                            acc += c.weights[((o * group_in + j) * kh + ky) * kw + kx] * x[(i * h + iy) * w + ix];
                         }
                     }
                 }
                 y[(o * oh + oy) * ow + ox] = acc;
+            }
+        }
+    }
+    y
+}
+
+fn conv_transpose2d(c: &ConvTranspose2d, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
+    let (cin, h, w) = dims(input);
+    let (cout, oh, ow) = dims(output);
+    let [kh, kw] = c.kernel;
+    let [sh, sw] = c.stride;
+    let (pt, pl) = (c.padding[0], c.padding[1]);
+    let (group_in, group_out) = (c.in_channels / c.groups, c.out_channels / c.groups);
+    let mut y = vec![0.0; cout * oh * ow];
+    for o in 0..cout {
+        y[o * oh * ow..(o + 1) * oh * ow].iter_mut().for_each(|v| *v = c.bias[o]);
+    }
+    for i in 0..cin {
+        let group = i / group_in;
+        for iy in 0..h {
+            for ix in 0..w {
+                let v = x[(i * h + iy) * w + ix];
+                for k in 0..group_out {
+                    let o = group * group_out + k;
+                    for ky in 0..kh {
+                        let Some(oy) = (iy * sh + ky).checked_sub(pt).filter(|r| *r < oh) else { continue };
+                        for kx in 0..kw {
+                            let Some(ox) = (ix * sw + kx).checked_sub(pl).filter(|c| *c < ow) else { continue };
+                            y[(o * oh + oy) * ow + ox] += c.weights[((i * group_out + k) * kh + ky) * kw + kx] * v;
+                        }
+                    }
+                }
             }
         }
     }
@@ -100,6 +155,20 @@ fn avg_pool(p: &AvgPool2d, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
     y
 }
 
+fn upsample(u: &Upsample, x: &[f64], input: Shape, output: Shape) -> Vec<f64> {
+    let (_, h, w) = dims(input);
+    let (ch, oh, ow) = dims(output);
+    let mut y = Vec::with_capacity(ch * oh * ow);
+    for c in 0..ch {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                y.push(x[(c * h + oy / u.scale[0]) * w + ox / u.scale[1]]);
+            }
+        }
+    }
+    y
+}
+
 fn dense(d: &Dense, x: &[f64]) -> Vec<f64> {
     d.weights
         .chunks_exact(d.inputs)
@@ -111,7 +180,7 @@ fn dense(d: &Dense, x: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::Polynomial;
+    use crate::ir::{Node, Polynomial};
 
     #[test]
     fn conv_with_padding_and_stride_matches_hand_computation() {
@@ -124,6 +193,7 @@ mod tests {
                 kernel: [2, 2],
                 stride: [2, 2],
                 padding: [1, 1, 1, 1],
+                groups: 1,
                 weights: vec![1.0; 4],
                 bias: vec![0.5],
             })],
@@ -142,7 +212,7 @@ mod tests {
                 Layer::AvgPool2d(AvgPool2d { kernel: [2, 2], stride: [2, 2] }),
                 Layer::Flatten,
                 Layer::Dense(Dense { inputs: 1, outputs: 2, weights: vec![2.0, -1.0], bias: vec![0.0, 1.0] }),
-                Layer::Activation(Polynomial { coefficients: vec![1.0, 0.0, 1.0] }),
+                Layer::Activation(Polynomial::power(vec![1.0, 0.0, 1.0])),
             ],
         )
         .unwrap();
@@ -151,5 +221,48 @@ mod tests {
         let batch = net.forward_batch(&[vec![0.0; 4], vec![1.0; 4]]).unwrap();
         assert_eq!(batch, vec![vec![1.0, 2.0], vec![5.0, 1.0]]);
         assert!(matches!(net.forward(&[1.0]), Err(Error::InputSize { expected: 4, actual: 1, .. })));
+    }
+
+    #[test]
+    fn transposed_convolution_scatters_each_pixel_over_its_kernel() {
+        // 1x2x2 input, kernel 2x2 of [1, 2; 3, 4], stride 2: each pixel becomes its own 2x2 block.
+        let up = Layer::ConvTranspose2d(ConvTranspose2d {
+            in_channels: 1,
+            out_channels: 1,
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0; 4],
+            output_padding: [0; 2],
+            groups: 1,
+            weights: vec![1.0, 2.0, 3.0, 4.0],
+            bias: vec![0.0],
+        });
+        let net = Network::new(Shape::Image { channels: 1, height: 2, width: 2 }, vec![up]).unwrap();
+        let y = net.forward(&[1.0, 10.0, 100.0, 1000.0]).unwrap();
+        assert_eq!(&y[..4], &[1.0, 2.0, 10.0, 20.0]);
+        assert_eq!(&y[12..], &[300.0, 400.0, 3000.0, 4000.0]);
+    }
+
+    #[test]
+    fn residual_add_concat_and_upsample() {
+        let image = Shape::Image { channels: 1, height: 1, width: 2 };
+        let node = |name: &str, layer, inputs: &[usize]| Node {
+            name: name.into(),
+            layer,
+            inputs: inputs.iter().map(|&i| if i == 0 { TensorId::INPUT } else { TensorId::of_node(i - 1) }).collect(),
+        };
+        let net = Network::graph(
+            image,
+            vec![
+                node("sq", Layer::Activation(Polynomial::square()), &[0]),
+                node("sum", Layer::Add, &[1, 0]),
+                node("both", Layer::Concat, &[0, 2]),
+                node("up", Layer::Upsample(Upsample { scale: [1, 2] }), &[3]),
+            ],
+            TensorId::of_node(3),
+        )
+        .unwrap();
+        // x = [2, 3]: sum = [6, 12]; concat = [2, 3 | 6, 12]; upsample columns twice.
+        assert_eq!(net.forward(&[2.0, 3.0]).unwrap(), vec![2.0, 2.0, 3.0, 3.0, 6.0, 6.0, 12.0, 12.0]);
     }
 }

@@ -34,5 +34,7 @@ pub mod onnx;
 pub mod registry;
 
 pub use error::{Error, Refusal, Result};
-pub use ir::{AvgPool2d, Conv2d, Dense, Layer, Network, Polynomial, Shape};
+pub use ir::{
+    AvgPool2d, Basis, Conv2d, ConvTranspose2d, Dense, Layer, Network, Node, Polynomial, Shape, TensorId, Upsample,
+};
 pub use manifest::Manifest;

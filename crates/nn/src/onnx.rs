@@ -1,14 +1,19 @@
 //! ONNX import: turns an exported graph into a [`Network`], or refuses it node by node.
 //!
-//! The graph is read with the `onnx-protobuf` message types. Import walks the nodes in their
-//! (topological) order and tracks every tensor symbolically: a constant (initializer or
-//! `Constant` node), or a polynomial of the current chain tensor. Element-wise `Mul`, `Add`,
-//! `Sub`, `Div` by a constant, `Neg`, `Pow` and `Identity` only grow that polynomial, so any
+//! The graph is read with the `onnx-protobuf` message types and walked in its (topological)
+//! node order. Every ONNX value is tracked symbolically: a constant (initializer or `Constant`
+//! node), a polynomial of a network tensor, or a zero-padded network tensor waiting for the
+//! convolution that absorbs the padding. Element-wise `Mul`, `Add`, `Sub`, `Div` by a
+//! constant, `Neg`, `Pow` and `Identity` on one tensor only grow its polynomial, so any
 //! arrangement of them (`x*x`, `Pow(x, 2)`, `a*x*x + b*x + c`, …) becomes one `Activation`
-//! layer when a structural operator (Conv, Gemm, MatMul, AveragePool, Flatten, Reshape)
-//! consumes it. BatchNormalization and a bias `Add` right after Conv/Gemm/MatMul fold into that
-//! layer. Branches (a tensor feeding two structural operators, or two different tensors
-//! combined) are refused: the IR is a chain.
+//! node when a structural operator consumes it. `Add`/`Sum` of two different tensors is a
+//! residual `Add` node and `Concat` on the channels a `Concat` node, so graphs with skip
+//! connections import as they are. BatchNormalization, a per-channel `Mul` and a bias `Add`
+//! right after Conv, ConvTranspose, Gemm or MatMul fold into that node when it has no other
+//! consumer; `Pad` with zeros folds into the Conv that reads it; `Resize`/`Upsample` by whole
+//! factors with nearest-neighbour sampling become `Upsample`. Blindfold's own operator
+//! `ai.blindfold::Polynomial` carries activations of any degree up to 63, in the power or the
+//! Chebyshev basis, with their input interval (`crates/nn/README.md`, "ONNX import").
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,11 +21,18 @@ use std::path::Path;
 use onnx_protobuf::{Message, ModelProto, NodeProto, TensorProto};
 
 use crate::error::Refusal;
-use crate::ir::{AvgPool2d, Conv2d, Dense, Layer, MAX_TENSOR_VALUES, Network, Polynomial, Shape};
+use crate::ir::{
+    AvgPool2d, Basis, Conv2d, ConvTranspose2d, Dense, Layer, MAX_TENSOR_VALUES, Network, Node, Polynomial, Shape,
+    TensorId, Upsample,
+};
 use crate::{Error, Result};
 
-/// Highest polynomial degree an activation may reach.
+/// Highest degree an activation built from element-wise ONNX operators may reach (higher
+/// degrees come as `ai.blindfold::Polynomial` nodes, in the Chebyshev basis).
 pub const MAX_DEGREE: usize = 8;
+
+/// The operator domain of Blindfold's own ONNX operators.
+pub const BLINDFOLD_DOMAIN: &str = "ai.blindfold";
 
 /// Imports an ONNX model file.
 pub fn import_file(path: &Path) -> Result<Network> {
@@ -49,9 +61,10 @@ pub fn import(bytes: &[u8]) -> Result<Network> {
         .iter()
         .find(|i| !im.values.contains_key(&i.name))
         .ok_or_else(|| one("graph", "input", "the graph has no input that is not an initializer".into()))?;
-    im.shape = input_shape(input).map_err(|reason| one("graph input", &input.name, reason))?;
-    im.input = im.shape;
-    im.values.insert(input.name.clone(), Value::Sym(Sym { head: 0, poly: identity() }));
+    let input_shape = input_shape(input).map_err(|reason| one("graph input", &input.name, reason))?;
+    im.shapes.push(input_shape);
+    im.values.insert(input.name.clone(), Value::Sym(Sym::of(TensorId::INPUT, &input.name)));
+    im.count_uses(graph);
 
     for node in &graph.node {
         im.node(node).map_err(|reason| one(&node_name(node), &node.op_type, reason))?;
@@ -60,11 +73,36 @@ pub fn import(bytes: &[u8]) -> Result<Network> {
     let [output] = graph.output.as_slice() else {
         return Err(one("graph", "output", format!("has {} outputs; exactly one is supported", graph.output.len())));
     };
-    match im.values.get(&output.name).cloned() {
-        Some(Value::Sym(sym)) => im.take(&sym).map_err(|reason| one("graph output", &output.name, reason))?,
+    let output = match im.values.get(&output.name).cloned() {
+        Some(Value::Sym(sym)) => im.materialize(&sym).map_err(|reason| one("graph output", &output.name, reason))?,
         _ => return Err(one("graph output", &output.name, "does not depend on the input".into())),
+    };
+    let (nodes, output) = prune(im.nodes, output);
+    Network::graph(input_shape, nodes, output)
+}
+
+/// Drops the nodes the output does not depend on (an exported graph may compute values nobody
+/// reads, and an absorbed Pad or a folded bias leaves none), renumbering the tensors.
+fn prune(nodes: Vec<Node>, output: TensorId) -> (Vec<Node>, TensorId) {
+    let mut used = vec![false; nodes.len()];
+    let mut stack = vec![output];
+    while let Some(tensor) = stack.pop() {
+        if let Some(n) = tensor.node().filter(|&n| !used[n]) {
+            used[n] = true;
+            stack.extend(&nodes[n].inputs);
+        }
     }
-    Network::new(im.input, im.layers)
+    let mut renumbered = vec![TensorId::INPUT; nodes.len() + 1];
+    let mut kept = Vec::new();
+    for (index, mut node) in nodes.into_iter().enumerate() {
+        if !used[index] {
+            continue;
+        }
+        node.inputs.iter_mut().for_each(|t| *t = renumbered[t.index()]);
+        renumbered[index + 1] = TensorId::of_node(kept.len());
+        kept.push(node);
+    }
+    (kept, renumbered[output.index()])
 }
 
 fn one(node: &str, op: &str, reason: String) -> Error {
@@ -78,12 +116,22 @@ fn node_name(node: &NodeProto) -> String {
 /// Operators refused whatever their inputs, with the reason and the alternative.
 fn unsupported(node: &NodeProto) -> Option<Refusal> {
     let op = node.op_type.as_str();
+    if node.domain == BLINDFOLD_DOMAIN {
+        return match op {
+            "Polynomial" => None,
+            _ => Some(Refusal {
+                node: node_name(node),
+                op: op.to_string(),
+                reason: format!("is not an operator of domain {BLINDFOLD_DOMAIN} (it has: Polynomial)"),
+            }),
+        };
+    }
     let reason = match op {
         "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Celu" | "Gelu" | "Sigmoid" | "HardSigmoid" | "Tanh"
         | "Softplus" | "Softsign" | "HardSwish" | "Mish" | "Exp" | "Log" | "Abs" | "Sign" | "Clip" | "Sqrt"
-        | "Reciprocal" | "Erf" => {
-            "is not a polynomial; use x^2 or a quadratic activation (a*x^2 + b*x + c)".to_string()
-        }
+        | "Reciprocal" | "Erf" => "is not a polynomial; use x^2, a quadratic activation (a*x^2 + b*x + c) or a \
+                                   polynomial approximation on its input interval (an ai.blindfold Polynomial node)"
+            .to_string(),
         "MaxPool" | "GlobalMaxPool" | "LpPool" | "GlobalLpPool" | "Max" | "Min" => {
             "is not linear (it takes a maximum, which CKKS cannot compute); use AveragePool".to_string()
         }
@@ -96,18 +144,19 @@ fn unsupported(node: &NodeProto) -> Option<Refusal> {
         _ if !node.domain.is_empty() && node.domain != "ai.onnx" => {
             format!("is from operator domain '{}', which is not supported", node.domain)
         }
-        "Conv" | "Gemm" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Neg" | "Pow" | "AveragePool"
-        | "GlobalAveragePool" | "Flatten" | "Reshape" | "BatchNormalization" | "Identity" | "Dropout" | "Constant" => {
+        "Conv" | "ConvTranspose" | "Gemm" | "MatMul" | "Add" | "Sum" | "Sub" | "Mul" | "Div" | "Neg" | "Pow"
+        | "AveragePool" | "GlobalAveragePool" | "Flatten" | "Reshape" | "BatchNormalization" | "Identity"
+        | "Dropout" | "Constant" | "Concat" | "Resize" | "Upsample" | "Pad" => {
             return None;
         }
-        _ => "is not supported by the HE importer (supported: Conv, Gemm, MatMul, Add, Sub, Mul, Div by a constant, \
-              Neg, Pow, AveragePool, GlobalAveragePool, Flatten, Reshape, BatchNormalization, Identity, Dropout, \
-              Constant)"
+        _ => "is not supported by the HE importer (supported: Conv, ConvTranspose, Gemm, MatMul, Add, Sum, Sub, Mul, \
+              Div by a constant, Neg, Pow, AveragePool, GlobalAveragePool, Flatten, Reshape, BatchNormalization, \
+              Concat, Resize and Upsample (nearest, whole factors), Pad (zeros), Identity, Dropout, Constant, \
+              ai.blindfold Polynomial)"
             .to_string(),
     };
     Some(Refusal { node: node_name(node), op: op.to_string(), reason })
 }
-
 /// A constant tensor as f64.
 #[derive(Debug, Clone)]
 struct Tensor {
@@ -196,17 +245,34 @@ fn input_shape(input: &onnx_protobuf::ValueInfoProto) -> Result<Shape, String> {
     }
 }
 
-/// A polynomial of the chain tensor as it was at version `head`.
-#[derive(Debug, Clone)]
+/// A polynomial (power basis) of a network tensor; `name` is the ONNX value it was last
+/// changed in, which names the activation node it becomes.
+#[derive(Debug, Clone, PartialEq)]
 struct Sym {
-    head: usize,
+    base: TensorId,
     poly: Vec<f64>,
+    name: String,
+}
+
+impl Sym {
+    fn of(base: TensorId, name: &str) -> Self {
+        Self { base, poly: identity(), name: name.to_owned() }
+    }
+
+    fn with(&self, poly: Vec<f64>, name: &str) -> Self {
+        Self { base: self.base, poly, name: name.to_owned() }
+    }
 }
 
 #[derive(Debug, Clone)]
 enum Value {
     Const(Tensor),
     Sym(Sym),
+    /// A tensor zero-padded by (top, left, bottom, right): only a Conv may read it.
+    Padded {
+        tensor: TensorId,
+        pads: [usize; 4],
+    },
 }
 
 fn identity() -> Vec<f64> {
@@ -224,7 +290,11 @@ fn trim(mut p: Vec<f64>) -> Vec<f64> {
 /// otherwise double its size at every node).
 fn bounded(p: Vec<f64>) -> Step<Vec<f64>> {
     if p.len() > MAX_DEGREE + 1 {
-        return Err(format!("builds a polynomial of degree {} (at most {MAX_DEGREE} is supported)", p.len() - 1));
+        return Err(format!(
+            "builds a polynomial of degree {} from element-wise operators (at most {MAX_DEGREE}; higher degrees \
+             belong in an ai.blindfold Polynomial node, in the Chebyshev basis)",
+            p.len() - 1
+        ));
     }
     Ok(p)
 }
@@ -250,27 +320,21 @@ fn poly_mul(a: &[f64], b: &[f64]) -> Vec<f64> {
     trim(out)
 }
 
-#[derive(Debug)]
+type Step<T = ()> = std::result::Result<T, String>;
+
+#[derive(Debug, Default)]
 struct Importer {
     values: HashMap<String, Value>,
-    layers: Vec<Layer>,
-    input: Shape,
-    /// Shape of the chain tensor.
-    shape: Shape,
-    /// Version of the chain tensor; bumped by every layer pushed or folded into.
-    head: usize,
-    /// Whether a structural operator already consumed the current version.
-    consumed: bool,
+    /// How many node inputs (and graph outputs) read each value, through Identity/Dropout.
+    uses: HashMap<String, usize>,
+    /// Identity/Dropout outputs → the value they pass on.
+    aliases: HashMap<String, String>,
+    nodes: Vec<Node>,
+    /// Shape of every tensor made so far.
+    shapes: Vec<Shape>,
+    /// The activation node each ONNX value's polynomial became, so two readers share it.
+    materialized: HashMap<String, TensorId>,
 }
-
-impl Default for Importer {
-    fn default() -> Self {
-        let shape = Shape::Vector { len: 1 };
-        Self { values: HashMap::new(), layers: Vec::new(), input: shape, shape, head: 0, consumed: false }
-    }
-}
-
-type Step<T = ()> = std::result::Result<T, String>;
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a onnx_protobuf::AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
@@ -284,6 +348,10 @@ fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<usize>> {
     attr(node, name).map(|a| a.ints.iter().map(|v| usize::try_from(*v).unwrap_or(usize::MAX)).collect())
 }
 
+fn attr_string(node: &NodeProto, name: &str) -> Option<String> {
+    attr(node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+}
+
 fn pair(v: Option<Vec<usize>>, default: usize, what: &str) -> Step<[usize; 2]> {
     match v.as_deref() {
         None => Ok([default; 2]),
@@ -292,7 +360,51 @@ fn pair(v: Option<Vec<usize>>, default: usize, what: &str) -> Step<[usize; 2]> {
     }
 }
 
+fn pads4(v: Option<Vec<usize>>) -> Step<[usize; 4]> {
+    match v.as_deref() {
+        None => Ok([0; 4]),
+        // ONNX order: top, left, bottom, right.
+        Some([t, l, b, r]) if [t, l, b, r].iter().all(|p| **p < 1 << 16) => Ok([*t, *l, *b, *r]),
+        Some(other) => Err(format!("pads {other:?}: four small values expected")),
+    }
+}
+
+fn no_auto_pad(node: &NodeProto) -> Step {
+    let auto_pad = attr_string(node, "auto_pad").unwrap_or_default();
+    if !(auto_pad.is_empty() || auto_pad == "NOTSET" || auto_pad == "VALID") {
+        return Err(format!("auto_pad {auto_pad} is not supported; export explicit pads"));
+    }
+    Ok(())
+}
+
 impl Importer {
+    fn count_uses(&mut self, graph: &onnx_protobuf::GraphProto) {
+        for node in &graph.node {
+            if matches!(node.op_type.as_str(), "Identity" | "Dropout")
+                && let (Some(input), Some(output)) = (node.input.first(), node.output.first())
+            {
+                self.aliases.insert(output.clone(), input.clone());
+            }
+        }
+        let reads = graph.node.iter().flat_map(|n| n.input.iter()).chain(graph.output.iter().map(|o| &o.name));
+        for name in reads.filter(|n| !n.is_empty()).cloned().collect::<Vec<_>>() {
+            let root = self.root(&name);
+            *self.uses.entry(root).or_insert(0) += 1;
+        }
+    }
+
+    /// The value an alias chain ends at.
+    fn root(&self, name: &str) -> String {
+        let mut name = name;
+        for _ in 0..self.aliases.len() {
+            match self.aliases.get(name) {
+                Some(next) => name = next,
+                None => break,
+            }
+        }
+        name.to_owned()
+    }
+
     fn get(&self, name: &str) -> Step<&Value> {
         self.values.get(name).ok_or_else(|| format!("input '{name}' is not produced by any earlier node"))
     }
@@ -304,10 +416,17 @@ impl Importer {
         }
     }
 
+    fn optional_constant(&self, node: &NodeProto, i: usize) -> Step<Option<&Tensor>> {
+        match node.input.get(i).filter(|n| !n.is_empty()) {
+            None => Ok(None),
+            Some(_) => self.constant(node, i).map(Some),
+        }
+    }
+
     fn constant(&self, node: &NodeProto, i: usize) -> Step<&Tensor> {
         match self.input(node, i)? {
             Value::Const(t) => Ok(t),
-            Value::Sym(_) => Err(format!("input {i} must be a constant (weights), but it depends on the image")),
+            _ => Err(format!("input {i} must be a constant (weights), but it depends on the image")),
         }
     }
 
@@ -317,102 +436,135 @@ impl Importer {
         Ok(())
     }
 
-    fn check_head(&self, sym: &Sym) -> Step {
-        if sym.head != self.head {
-            return Err(
-                "uses an earlier tensor of the chain again (a branch or skip connection); the model must be a \
-                        single chain of layers"
-                    .into(),
-            );
+    fn output_name(node: &NodeProto) -> String {
+        node.output.first().cloned().unwrap_or_default()
+    }
+
+    /// Appends a node reading `inputs`, named after the ONNX node (made unique).
+    fn push(&mut self, name: &str, layer: Layer, inputs: Vec<TensorId>) -> Step<TensorId> {
+        let shapes: Vec<Shape> = inputs.iter().map(|t| self.shapes[t.index()]).collect();
+        let shape = layer.output_shape(&shapes)?;
+        let mut unique = if name.is_empty() { format!("node{}", self.nodes.len()) } else { name.to_owned() };
+        while unique == crate::ir::INPUT_NAME || self.nodes.iter().any(|n| n.name == unique) {
+            unique = format!("{unique}'");
         }
-        Ok(())
+        self.nodes.push(Node { name: unique, layer, inputs });
+        self.shapes.push(shape);
+        Ok(TensorId::of_node(self.nodes.len() - 1))
     }
 
-    /// Consumes `sym` as the input of a structural layer: its polynomial becomes an Activation.
-    fn take(&mut self, sym: &Sym) -> Step {
-        self.check_head(sym)?;
-        if self.consumed {
-            return Err("the tensor feeds two layers (a branch); the model must be a single chain of layers".into());
+    /// The network tensor holding `sym`: its base, or an activation node computing its
+    /// polynomial (made once per ONNX value).
+    fn materialize(&mut self, sym: &Sym) -> Step<TensorId> {
+        if sym.poly == identity() {
+            return Ok(sym.base);
         }
-        if sym.poly != identity() {
-            if sym.poly.len() > MAX_DEGREE + 1 {
-                return Err(format!("the activation has degree {} (at most {MAX_DEGREE})", sym.poly.len() - 1));
-            }
-            self.push(Layer::Activation(Polynomial { coefficients: sym.poly.clone() }))?;
+        if let Some(&t) = self.materialized.get(&sym.name) {
+            return Ok(t);
         }
-        self.consumed = true;
-        Ok(())
+        if sym.poly.len() > MAX_DEGREE + 1 {
+            return Err(format!("the activation has degree {} (at most {MAX_DEGREE})", sym.poly.len() - 1));
+        }
+        let t = self.push(&sym.name, Layer::Activation(Polynomial::power(sym.poly.clone())), vec![sym.base])?;
+        self.materialized.insert(sym.name.clone(), t);
+        Ok(t)
     }
 
-    fn push(&mut self, layer: Layer) -> Step {
-        self.shape = layer.output_shape(self.shape)?;
-        self.layers.push(layer);
-        self.head += 1;
-        self.consumed = false;
-        Ok(())
-    }
-
-    /// The chain tensor as input of a structural layer, materialising any pending polynomial.
-    fn chain_input(&mut self, node: &NodeProto) -> Step {
-        match self.input(node, 0)?.clone() {
-            Value::Sym(sym) => self.take(&sym),
-            Value::Const(_) => Err("input 0 is a constant; it must depend on the image".into()),
+    /// Input `i` as a network tensor for a structural operator.
+    fn tensor(&mut self, node: &NodeProto, i: usize) -> Step<TensorId> {
+        match self.input(node, i)?.clone() {
+            Value::Sym(sym) => self.materialize(&sym),
+            Value::Const(_) => Err(format!("input {i} is a constant; it must depend on the image")),
+            Value::Padded { .. } => Err(format!("input {i} comes from a Pad; only a Conv may read a padded tensor")),
         }
     }
 
-    fn output_chain(&mut self, node: &NodeProto) -> Step {
-        let head = self.head;
-        self.set(node, Value::Sym(Sym { head, poly: identity() }))
+    fn shape_of(&self, tensor: TensorId) -> Shape {
+        self.shapes[tensor.index()]
     }
 
-    /// The last layer, when `v` is its raw output (so a bias or batch norm can fold into it).
-    fn foldable(&self, v: &Value) -> Option<usize> {
-        match v {
-            Value::Sym(s) if s.head == self.head && !self.consumed && s.poly == identity() => {
-                match self.layers.last() {
-                    Some(Layer::Conv2d(_) | Layer::Dense(_)) => Some(self.layers.len() - 1),
-                    _ => None,
+    /// The weighted node whose raw output `v` is, when nothing else reads that output (so a
+    /// per-channel scale or shift can fold into its weights and bias).
+    fn foldable(&self, node: &NodeProto, v: &Value) -> Option<usize> {
+        let Value::Sym(sym) = v else { return None };
+        let reader = node.input.first().map(|n| self.root(n))?;
+        let index = sym.base.node()?;
+        (sym.poly == identity() && self.uses.get(&reader) == Some(&1) && self.nodes[index].layer.is_weighted())
+            .then_some(index)
+    }
+
+    /// Folds `y = scale[o]·y + shift[o]` per output channel into node `at`.
+    fn fold_affine(&mut self, at: usize, scale: Option<&[f64]>, shift: Option<&[f64]>) -> Step {
+        let outputs = match &self.nodes[at].layer {
+            Layer::Conv2d(c) => c.out_channels,
+            Layer::ConvTranspose2d(c) => c.out_channels,
+            Layer::Dense(d) => d.outputs,
+            _ => return Err("internal: fold target is not weighted".into()),
+        };
+        let s = |o: usize| scale.map_or(1.0, |s| s[o]);
+        let t = |o: usize| shift.map_or(0.0, |t| t[o]);
+        match &mut self.nodes[at].layer {
+            Layer::Conv2d(c) => {
+                let per = c.weights.len() / outputs;
+                for (o, row) in c.weights.chunks_mut(per).enumerate() {
+                    row.iter_mut().for_each(|w| *w *= s(o));
                 }
             }
-            _ => None,
+            Layer::ConvTranspose2d(c) => {
+                let per_group = c.out_channels / c.groups;
+                let per_input = c.in_channels / c.groups;
+                let kernel = c.kernel[0] * c.kernel[1];
+                for (i, block) in c.weights.chunks_mut(per_group * kernel).enumerate() {
+                    for (k, taps) in block.chunks_mut(kernel).enumerate() {
+                        let o = (i / per_input) * per_group + k;
+                        taps.iter_mut().for_each(|w| *w *= s(o));
+                    }
+                }
+            }
+            Layer::Dense(d) => {
+                for (o, row) in d.weights.chunks_mut(d.inputs).enumerate() {
+                    row.iter_mut().for_each(|w| *w *= s(o));
+                }
+            }
+            _ => {}
         }
+        let bias = match &mut self.nodes[at].layer {
+            Layer::Conv2d(c) => &mut c.bias,
+            Layer::ConvTranspose2d(c) => &mut c.bias,
+            Layer::Dense(d) => &mut d.bias,
+            _ => return Err("internal: fold target is not weighted".into()),
+        };
+        for (o, b) in bias.iter_mut().enumerate() {
+            *b = *b * s(o) + t(o);
+        }
+        Ok(())
     }
 
-    /// Adds a per-channel (Conv) or per-output (Dense) vector to the last layer's bias.
-    fn fold_bias(&mut self, at: usize, c: &Tensor, sign: f64) -> Step {
-        let is_conv = matches!(self.layers[at], Layer::Conv2d(_));
-        let bias = match &mut self.layers[at] {
-            Layer::Conv2d(conv) => &mut conv.bias,
-            Layer::Dense(d) => &mut d.bias,
-            _ => return Err("internal: fold target is not linear".into()),
+    /// A constant of one value per output channel of node `at` (C,1,1 for images, C for
+    /// vectors), or why not.
+    fn per_channel(&self, at: usize, c: &Tensor) -> Step<Vec<f64>> {
+        let (n, image) = match self.shapes[at + 1] {
+            Shape::Image { channels, .. } => (channels, true),
+            Shape::Vector { len } => (len, false),
         };
-        let n = bias.len();
-        let per_output = match c.dims.as_slice() {
-            // ONNX broadcasts from the last axis: a vector of length C only lines up with the
-            // channels of a (N, C) dense output; a convolution needs (C, 1, 1).
-            [m] | [1, m] if *m == n && !is_conv => true,
-            [m, 1, 1] | [1, m, 1, 1] if *m == n && is_conv => true,
+        // ONNX broadcasts from the last axis: a vector of length C only lines up with the
+        // channels of a (N, C) dense output; an image needs (C, 1, 1).
+        let fits = match c.dims.as_slice() {
+            [m] | [1, m] => *m == n && !image,
+            [m, 1, 1] | [1, m, 1, 1] => *m == n && image,
             _ => false,
         };
-        if !per_output {
+        if !fits {
             return Err(format!(
-                "adds a constant of dims {:?}, which is not one value per channel/output ({n})",
+                "combines with a constant of dims {:?}, not one value per channel/output ({n})",
                 c.dims
             ));
         }
-        for (b, v) in bias.iter_mut().zip(&c.data) {
-            *b += sign * v;
-        }
-        self.head += 1;
-        self.output_chain_after_fold()
-    }
-
-    fn output_chain_after_fold(&mut self) -> Step {
-        self.consumed = false;
-        Ok(())
+        Ok(c.data.clone())
     }
 
     fn node(&mut self, node: &NodeProto) -> Step {
+        let out = Self::output_name(node);
         match node.op_type.as_str() {
             "Constant" => self.constant_node(node),
             "Identity" | "Dropout" => {
@@ -420,7 +572,7 @@ impl Importer {
                 self.set(node, v)
             }
             "Mul" => self.mul(node),
-            "Add" => self.add(node, 1.0),
+            "Add" | "Sum" => self.add(node, 1.0),
             "Sub" => self.add(node, -1.0),
             "Div" => {
                 let Value::Const(c) = self.input(node, 1)?.clone() else {
@@ -429,24 +581,22 @@ impl Importer {
                 let d =
                     c.scalar().filter(|d| *d != 0.0).ok_or("divides by a constant that is not one non-zero value")?;
                 match self.input(node, 0)?.clone() {
-                    Value::Sym(s) => {
-                        self.set(node, Value::Sym(Sym { head: s.head, poly: s.poly.iter().map(|v| v / d).collect() }))
-                    }
+                    Value::Sym(s) => self.set(node, Value::Sym(s.with(s.poly.iter().map(|v| v / d).collect(), &out))),
                     Value::Const(t) => self
                         .set(node, Value::Const(Tensor { dims: t.dims, data: t.data.iter().map(|v| v / d).collect() })),
+                    Value::Padded { .. } => Err("divides a padded tensor; only a Conv may read one".into()),
                 }
             }
             "Neg" => match self.input(node, 0)?.clone() {
-                Value::Sym(s) => {
-                    self.set(node, Value::Sym(Sym { head: s.head, poly: s.poly.iter().map(|v| -v).collect() }))
-                }
+                Value::Sym(s) => self.set(node, Value::Sym(s.with(s.poly.iter().map(|v| -v).collect(), &out))),
                 Value::Const(t) => {
                     self.set(node, Value::Const(Tensor { dims: t.dims, data: t.data.iter().map(|v| -v).collect() }))
                 }
+                Value::Padded { .. } => Err("negates a padded tensor; only a Conv may read one".into()),
             },
             "Pow" => {
                 let Value::Sym(s) = self.input(node, 0)?.clone() else {
-                    return Err("raises a constant to a power".into());
+                    return Err("raises a constant or padded tensor to a power".into());
                 };
                 let e = self.constant(node, 1)?.scalar().ok_or("the exponent must be one constant")?;
                 if e.fract() != 0.0 || !(1.0..=MAX_DEGREE as f64).contains(&e) {
@@ -456,9 +606,10 @@ impl Importer {
                 for _ in 0..e as usize {
                     p = bounded(poly_mul(&p, &s.poly))?;
                 }
-                self.set(node, Value::Sym(Sym { head: s.head, poly: p }))
+                self.set(node, Value::Sym(s.with(p, &out)))
             }
             "Conv" => self.conv(node),
+            "ConvTranspose" => self.conv_transpose(node),
             "Gemm" => self.gemm(node),
             "MatMul" => self.matmul(node),
             "AveragePool" | "GlobalAveragePool" => self.avg_pool(node),
@@ -466,28 +617,34 @@ impl Importer {
                 if attr_int(node, "axis", 1) != 1 {
                     return Err("only axis = 1 (keep the batch dimension) is supported".into());
                 }
-                self.chain_input(node)?;
-                if matches!(self.shape, Shape::Image { .. }) {
-                    self.push(Layer::Flatten)?;
-                }
-                self.output_chain(node)
+                self.flatten(node)
             }
             "Reshape" => {
                 let target = self.constant(node, 1)?.data.clone();
-                let len = self.shape.len() as f64;
+                let input = self.tensor(node, 0)?;
+                let len = self.shape_of(input).len() as f64;
                 let ok = matches!(target.as_slice(), [b, n] if (*b == -1.0 || *b == 0.0 || *b == 1.0) && (*n == -1.0 || *n == len) && !(*b == -1.0 && *n == -1.0));
                 if !ok {
                     return Err(format!("reshapes to {target:?}; only flattening to (batch, {len}) is supported"));
                 }
-                self.chain_input(node)?;
-                if matches!(self.shape, Shape::Image { .. }) {
-                    self.push(Layer::Flatten)?;
-                }
-                self.output_chain(node)
+                self.flatten(node)
             }
             "BatchNormalization" => self.batch_norm(node),
+            "Concat" => self.concat(node),
+            "Resize" | "Upsample" => self.resize(node),
+            "Pad" => self.pad(node),
+            "Polynomial" if node.domain == BLINDFOLD_DOMAIN => self.polynomial(node),
             other => Err(format!("{other} is not supported")),
         }
+    }
+
+    fn flatten(&mut self, node: &NodeProto) -> Step {
+        let input = self.tensor(node, 0)?;
+        let t = match self.shape_of(input) {
+            Shape::Image { .. } => self.push(&node_name(node), Layer::Flatten, vec![input])?,
+            Shape::Vector { .. } => input,
+        };
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
     }
 
     fn constant_node(&mut self, node: &NodeProto) -> Step {
@@ -506,118 +663,186 @@ impl Importer {
     }
 
     fn mul(&mut self, node: &NodeProto) -> Step {
+        let out = Self::output_name(node);
         let (a, b) = (self.input(node, 0)?.clone(), self.input(node, 1)?.clone());
         let v = match (a, b) {
             (Value::Sym(x), Value::Sym(y)) => {
-                if x.head != y.head {
-                    return Err(
-                        "multiplies two different tensors of the chain; only polynomials of one tensor are supported"
-                            .into(),
-                    );
+                if x.base != y.base {
+                    return Err("multiplies two different tensors; only polynomials of one tensor are supported".into());
                 }
-                self.check_head(&x)?;
-                Value::Sym(Sym { head: x.head, poly: bounded(poly_mul(&x.poly, &y.poly))? })
+                Value::Sym(x.with(bounded(poly_mul(&x.poly, &y.poly))?, &out))
             }
-            (Value::Sym(s), Value::Const(c)) | (Value::Const(c), Value::Sym(s)) => {
-                let k = c.scalar().ok_or_else(|| {
-                    format!("multiplies by a constant of dims {:?}; only a single scalar factor is supported", c.dims)
-                })?;
-                Value::Sym(Sym { head: s.head, poly: trim(s.poly.iter().map(|v| v * k).collect()) })
-            }
+            (Value::Sym(s), Value::Const(c)) | (Value::Const(c), Value::Sym(s)) => match c.scalar() {
+                Some(k) => Value::Sym(s.with(trim(s.poly.iter().map(|v| v * k).collect()), &out)),
+                None => {
+                    let v = Value::Sym(s.clone());
+                    let at = self.foldable(node, &v).ok_or_else(|| {
+                        format!(
+                            "multiplies by a constant of dims {:?} that is not right after a Conv, ConvTranspose, \
+                             Gemm or MatMul read by nothing else",
+                            c.dims
+                        )
+                    })?;
+                    let scale = self.per_channel(at, &c)?;
+                    self.fold_affine(at, Some(&scale), None)?;
+                    Value::Sym(Sym::of(s.base, &out))
+                }
+            },
             (Value::Const(x), Value::Const(y)) => Value::Const(const_binary(&x, &y, |p, q| p * q)?),
+            _ => return Err("multiplies a padded tensor; only a Conv may read one".into()),
         };
         self.set(node, v)
     }
 
     fn add(&mut self, node: &NodeProto, sign: f64) -> Step {
+        let out = Self::output_name(node);
+        if node.input.len() > 2 {
+            // Sum of three or more: the tensors' network Add.
+            let inputs = (0..node.input.len()).map(|i| self.tensor(node, i)).collect::<Step<Vec<_>>>()?;
+            let t = self.push(&node_name(node), Layer::Add, inputs)?;
+            return self.set(node, Value::Sym(Sym::of(t, &out)));
+        }
         let (a, b) = (self.input(node, 0)?.clone(), self.input(node, 1)?.clone());
         let v = match (a, b) {
+            (Value::Sym(x), Value::Sym(y)) if x.base == y.base => {
+                Value::Sym(x.with(poly_add(&x.poly, &y.poly, sign), &out))
+            }
             (Value::Sym(x), Value::Sym(y)) => {
-                if x.head != y.head {
-                    return Err(
-                        "adds two different tensors of the chain (a skip connection); the model must be a single chain"
-                            .into(),
-                    );
-                }
-                Value::Sym(Sym { head: x.head, poly: poly_add(&x.poly, &y.poly, sign) })
+                // Two different tensors: a residual connection.
+                let left = self.materialize(&x)?;
+                let right = if sign < 0.0 {
+                    let negated = y.with(y.poly.iter().map(|v| -v).collect(), &format!("{out}/negated"));
+                    self.materialize(&negated)?
+                } else {
+                    self.materialize(&y)?
+                };
+                let t = self.push(&node_name(node), Layer::Add, vec![left, right])?;
+                Value::Sym(Sym::of(t, &out))
             }
             (Value::Sym(s), Value::Const(c)) => match c.scalar() {
-                Some(k) => Value::Sym(Sym { head: s.head, poly: poly_add(&s.poly, &[k], sign) }),
+                Some(k) => Value::Sym(s.with(poly_add(&s.poly, &[k], sign), &out)),
                 None => {
-                    let at = self.foldable(&Value::Sym(s)).ok_or_else(|| {
-                        format!("adds a constant of dims {:?} that is not right after a Conv, Gemm or MatMul", c.dims)
+                    let v = Value::Sym(s.clone());
+                    let at = self.foldable(node, &v).ok_or_else(|| {
+                        format!(
+                            "adds a constant of dims {:?} that is not right after a Conv, ConvTranspose, Gemm or \
+                             MatMul read by nothing else",
+                            c.dims
+                        )
                     })?;
-                    self.fold_bias(at, &c, sign)?;
-                    Value::Sym(Sym { head: self.head, poly: identity() })
+                    let shift: Vec<f64> = self.per_channel(at, &c)?.iter().map(|v| sign * v).collect();
+                    self.fold_affine(at, None, Some(&shift))?;
+                    Value::Sym(Sym::of(s.base, &out))
                 }
             },
             (Value::Const(c), Value::Sym(s)) => {
                 let neg: Vec<f64> = s.poly.iter().map(|v| sign * v).collect();
                 match c.scalar() {
-                    Some(k) => Value::Sym(Sym { head: s.head, poly: poly_add(&neg, &[k], 1.0) }),
+                    Some(k) => Value::Sym(s.with(poly_add(&neg, &[k], 1.0), &out)),
                     None if sign > 0.0 => {
-                        let at = self.foldable(&Value::Sym(s)).ok_or_else(|| {
+                        let probe = NodeProto { input: node.input[1..].to_vec(), ..NodeProto::default() };
+                        let at = self.foldable(&probe, &Value::Sym(s.clone())).ok_or_else(|| {
                             format!(
-                                "adds a constant of dims {:?} that is not right after a Conv, Gemm or MatMul",
+                                "adds a constant of dims {:?} that is not right after a Conv, ConvTranspose, Gemm or \
+                                 MatMul read by nothing else",
                                 c.dims
                             )
                         })?;
-                        self.fold_bias(at, &c, 1.0)?;
-                        Value::Sym(Sym { head: self.head, poly: identity() })
+                        let shift = self.per_channel(at, &c)?;
+                        self.fold_affine(at, None, Some(&shift))?;
+                        Value::Sym(Sym::of(s.base, &out))
                     }
                     None => return Err("subtracts the image-dependent tensor from a non-scalar constant".into()),
                 }
             }
             (Value::Const(x), Value::Const(y)) => Value::Const(const_binary(&x, &y, |p, q| p + sign * q)?),
+            _ => return Err("adds to a padded tensor; only a Conv may read one".into()),
         };
         self.set(node, v)
     }
 
-    fn conv(&mut self, node: &NodeProto) -> Step {
-        let w = self.constant(node, 1)?.clone();
-        let b = match node.input.get(2).filter(|n| !n.is_empty()) {
-            Some(_) => Some(self.constant(node, 2)?.clone()),
-            None => None,
-        };
-        let [out_channels, in_channels, kh, kw] = w.dims[..] else {
-            return Err(format!("weights have dims {:?}; a 2-D convolution (O, I, kH, kW) expected", w.dims));
-        };
-        if attr_int(node, "group", 1) != 1 {
-            return Err("grouped or depthwise convolution (group != 1) is not supported".into());
-        }
+    fn dilations_one(node: &NodeProto) -> Step {
         if attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|v| *v != 1)) {
             return Err("dilated convolution is not supported".into());
         }
-        let auto_pad = attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
-        if !(auto_pad.is_empty() || auto_pad == "NOTSET" || auto_pad == "VALID") {
-            return Err(format!("auto_pad {auto_pad} is not supported; export explicit pads"));
+        Ok(())
+    }
+
+    fn bias(&self, node: &NodeProto, outputs: usize) -> Step<Vec<f64>> {
+        match self.optional_constant(node, 2)? {
+            Some(b) if b.data.len() == outputs => Ok(b.data.clone()),
+            Some(b) => Err(format!("bias has {} values for {outputs} output channels", b.data.len())),
+            None => Ok(vec![0.0; outputs]),
         }
+    }
+
+    fn conv(&mut self, node: &NodeProto) -> Step {
+        let w = self.constant(node, 1)?.clone();
+        let [out_channels, per_group, kh, kw] = w.dims[..] else {
+            return Err(format!("weights have dims {:?}; a 2-D convolution (O, I, kH, kW) expected", w.dims));
+        };
+        let groups = usize::try_from(attr_int(node, "group", 1)).map_err(|_| "negative group")?;
+        Self::dilations_one(node)?;
+        no_auto_pad(node)?;
         if let Some(k) = attr_ints(node, "kernel_shape").filter(|k| k.as_slice() != [kh, kw]) {
             return Err(format!("kernel_shape {k:?} disagrees with the weights {kh}x{kw}"));
         }
         let stride = pair(attr_ints(node, "strides"), 1, "strides")?;
-        let padding = match attr_ints(node, "pads").as_deref() {
-            None => [0; 4],
-            // ONNX order: top, left, bottom, right.
-            Some([t, l, b, r]) if [t, l, b, r].iter().all(|p| **p < 1 << 16) => [*t, *l, *b, *r],
-            Some(other) => return Err(format!("pads {other:?}: four small values expected")),
+        let mut padding = pads4(attr_ints(node, "pads"))?;
+        let bias = self.bias(node, out_channels)?;
+        let input = match self.input(node, 0)?.clone() {
+            Value::Padded { tensor, pads } => {
+                padding.iter_mut().zip(pads).for_each(|(p, extra)| *p += extra);
+                tensor
+            }
+            _ => self.tensor(node, 0)?,
         };
-        let bias = match b {
-            Some(b) if b.data.len() == out_channels => b.data,
-            Some(b) => return Err(format!("bias has {} values for {out_channels} output channels", b.data.len())),
-            None => vec![0.0; out_channels],
-        };
-        self.chain_input(node)?;
-        self.push(Layer::Conv2d(Conv2d {
-            in_channels,
+        let conv = Conv2d {
+            in_channels: per_group.saturating_mul(groups),
             out_channels,
             kernel: [kh, kw],
             stride,
             padding,
+            groups,
             weights: w.data,
             bias,
-        }))?;
-        self.output_chain(node)
+        };
+        let t = self.push(&node_name(node), Layer::Conv2d(conv), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
+    }
+
+    fn conv_transpose(&mut self, node: &NodeProto) -> Step {
+        let w = self.constant(node, 1)?.clone();
+        let [in_channels, per_group, kh, kw] = w.dims[..] else {
+            return Err(format!(
+                "weights have dims {:?}; a 2-D transposed convolution (I, O, kH, kW) expected",
+                w.dims
+            ));
+        };
+        let groups = usize::try_from(attr_int(node, "group", 1)).map_err(|_| "negative group")?;
+        Self::dilations_one(node)?;
+        no_auto_pad(node)?;
+        if attr(node, "output_shape").is_some() {
+            return Err("output_shape is not supported; export pads and output_padding instead".into());
+        }
+        if let Some(k) = attr_ints(node, "kernel_shape").filter(|k| k.as_slice() != [kh, kw]) {
+            return Err(format!("kernel_shape {k:?} disagrees with the weights {kh}x{kw}"));
+        }
+        let out_channels = per_group.saturating_mul(groups);
+        let layer = ConvTranspose2d {
+            in_channels,
+            out_channels,
+            kernel: [kh, kw],
+            stride: pair(attr_ints(node, "strides"), 1, "strides")?,
+            padding: pads4(attr_ints(node, "pads"))?,
+            output_padding: pair(attr_ints(node, "output_padding"), 0, "output_padding")?,
+            groups,
+            weights: w.data,
+            bias: self.bias(node, out_channels)?,
+        };
+        let input = self.tensor(node, 0)?;
+        let t = self.push(&node_name(node), Layer::ConvTranspose2d(layer), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
     }
 
     fn gemm(&mut self, node: &NodeProto) -> Step {
@@ -638,20 +863,17 @@ impl Importer {
                 .map(|(o, i)| alpha * b.data[i * outputs + o])
                 .collect()
         };
-        let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
+        let bias = match self.optional_constant(node, 2)? {
             None => vec![0.0; outputs],
-            Some(_) => {
-                let c = self.constant(node, 2)?;
-                match c.data.len() {
-                    1 => vec![beta * c.data[0]; outputs],
-                    n if n == outputs => c.data.iter().map(|v| beta * v).collect(),
-                    n => return Err(format!("C has {n} values for {outputs} outputs")),
-                }
-            }
+            Some(c) => match c.data.len() {
+                1 => vec![beta * c.data[0]; outputs],
+                n if n == outputs => c.data.iter().map(|v| beta * v).collect(),
+                n => return Err(format!("C has {n} values for {outputs} outputs")),
+            },
         };
-        self.chain_input(node)?;
-        self.push(Layer::Dense(Dense { inputs, outputs, weights, bias }))?;
-        self.output_chain(node)
+        let input = self.tensor(node, 0)?;
+        let t = self.push(&node_name(node), Layer::Dense(Dense { inputs, outputs, weights, bias }), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
     }
 
     fn matmul(&mut self, node: &NodeProto) -> Step {
@@ -659,15 +881,18 @@ impl Importer {
         let [inputs, outputs] = b.dims[..] else { return Err(format!("B has dims {:?}; a matrix expected", b.dims)) };
         let weights =
             (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| b.data[i * outputs + o]).collect();
-        self.chain_input(node)?;
-        self.push(Layer::Dense(Dense { inputs, outputs, weights, bias: vec![0.0; outputs] }))?;
-        self.output_chain(node)
+        let input = self.tensor(node, 0)?;
+        let dense = Dense { inputs, outputs, weights, bias: vec![0.0; outputs] };
+        let t = self.push(&node_name(node), Layer::Dense(dense), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
     }
 
     fn avg_pool(&mut self, node: &NodeProto) -> Step {
-        self.chain_input(node)?;
+        let input = self.tensor(node, 0)?;
         let (kernel, stride) = if node.op_type == "GlobalAveragePool" {
-            let Shape::Image { height, width, .. } = self.shape else { return Err("input is not an image".into()) };
+            let Shape::Image { height, width, .. } = self.shape_of(input) else {
+                return Err("input is not an image".into());
+            };
             ([height, width], [1, 1])
         } else {
             let kernel = pair(attr_ints(node, "kernel_shape"), 0, "kernel_shape")?;
@@ -675,13 +900,9 @@ impl Importer {
             if attr_ints(node, "pads").is_some_and(|p| p.iter().any(|v| *v != 0)) {
                 return Err("padded average pooling is not supported; pad the previous convolution instead".into());
             }
-            let auto_pad =
-                attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
-            if !(auto_pad.is_empty() || auto_pad == "NOTSET" || auto_pad == "VALID") {
-                return Err(format!("auto_pad {auto_pad} is not supported"));
-            }
+            no_auto_pad(node)?;
             if attr_int(node, "ceil_mode", 0) != 0
-                && let Shape::Image { height, width, .. } = self.shape
+                && let Shape::Image { height, width, .. } = self.shape_of(input)
             {
                 let exact = |n: usize, k: usize, s: usize| n >= k && (n - k).is_multiple_of(s.max(1));
                 if !(exact(height, kernel[0], stride[0]) && exact(width, kernel[1], stride[1])) {
@@ -690,40 +911,179 @@ impl Importer {
             }
             (kernel, stride)
         };
-        self.push(Layer::AvgPool2d(AvgPool2d { kernel, stride }))?;
-        self.output_chain(node)
+        let t = self.push(&node_name(node), Layer::AvgPool2d(AvgPool2d { kernel, stride }), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
     }
 
     fn batch_norm(&mut self, node: &NodeProto) -> Step {
         let x = self.input(node, 0)?.clone();
-        let at =
-            self.foldable(&x).ok_or("BatchNormalization must directly follow a Conv, Gemm or MatMul to be folded")?;
+        let at = self.foldable(node, &x).ok_or(
+            "BatchNormalization must directly follow a Conv, ConvTranspose, Gemm or MatMul read by nothing else, to \
+             be folded into it",
+        )?;
         let eps = attr(node, "epsilon").map_or(1e-5, |a| f64::from(a.f));
         let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|i| self.constant(node, i).map(|t| t.data.clone()));
         let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
-        let (weights, bias, per) = match &mut self.layers[at] {
-            Layer::Conv2d(c) => {
-                let per = c.in_channels * c.kernel[0] * c.kernel[1];
-                (&mut c.weights, &mut c.bias, per)
-            }
-            Layer::Dense(d) => (&mut d.weights, &mut d.bias, d.inputs),
-            _ => return Err("internal: fold target is not linear".into()),
+        let n = match self.shapes[at + 1] {
+            Shape::Image { channels, .. } => channels,
+            Shape::Vector { len } => len,
         };
-        let n = bias.len();
         if [&gamma, &beta, &mean, &var].iter().any(|v| v.len() != n) {
             return Err(format!("statistics do not have one value per channel ({n})"));
         }
-        for o in 0..n {
-            let scale = gamma[o] / (var[o] + eps).sqrt();
-            for w in &mut weights[o * per..(o + 1) * per] {
-                *w *= scale;
-            }
-            bias[o] = (bias[o] - mean[o]) * scale + beta[o];
-        }
-        self.head += 1;
-        self.consumed = false;
-        self.output_chain(node)
+        let scale: Vec<f64> = (0..n).map(|o| gamma[o] / (var[o] + eps).sqrt()).collect();
+        let shift: Vec<f64> = (0..n).map(|o| beta[o] - mean[o] * scale[o]).collect();
+        self.fold_affine(at, Some(&scale), Some(&shift))?;
+        let Value::Sym(sym) = x else { return Err("internal: folded a non-tensor".into()) };
+        self.set(node, Value::Sym(Sym::of(sym.base, &Self::output_name(node))))
     }
+
+    fn concat(&mut self, node: &NodeProto) -> Step {
+        let inputs = (0..node.input.len()).map(|i| self.tensor(node, i)).collect::<Step<Vec<_>>>()?;
+        let rank = match inputs.first().map(|&t| self.shape_of(t)) {
+            Some(Shape::Image { .. }) => 4,
+            _ => 2,
+        };
+        let axis = attr_int(node, "axis", 1);
+        if axis != 1 && axis != 1 - rank {
+            return Err(format!("concatenates along axis {axis}; only the channels (axis 1) are supported"));
+        }
+        let t = self.push(&node_name(node), Layer::Concat, inputs)?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
+    }
+
+    /// `Resize` (opset ≥ 10) and the legacy `Upsample`: nearest-neighbour by whole factors,
+    /// with a coordinate mode that maps output pixel Y to input pixel Y / s exactly.
+    fn resize(&mut self, node: &NodeProto) -> Step {
+        let mode = attr_string(node, "mode").unwrap_or_else(|| "nearest".into());
+        if mode != "nearest" {
+            return Err(format!("mode {mode} is not supported; only nearest-neighbour up-sampling is"));
+        }
+        let input = self.tensor(node, 0)?;
+        let Shape::Image { channels, height, width } = self.shape_of(input) else {
+            return Err("input is not an image".into());
+        };
+        let (scales, sizes) = if node.op_type == "Upsample" {
+            let scales = match attr(node, "scales") {
+                Some(a) => a.floats.iter().map(|v| f64::from(*v)).collect(),
+                None => self.constant(node, 1)?.data.clone(),
+            };
+            (scales, Vec::new())
+        } else {
+            let scales = self.optional_constant(node, 2)?.map(|t| t.data.clone()).unwrap_or_default();
+            let sizes = self.optional_constant(node, 3)?.map(|t| t.data.clone()).unwrap_or_default();
+            (scales, sizes)
+        };
+        let factors: [f64; 2] = match (scales.as_slice(), sizes.as_slice()) {
+            ([n, c, h, w], []) if *n == 1.0 && *c == 1.0 => [*h, *w],
+            ([], [_, c, h, w]) if *c == channels as f64 => [*h / height as f64, *w / width as f64],
+            _ => {
+                return Err(format!(
+                    "scales {scales:?} / sizes {sizes:?}: only (1, 1, s_h, s_w) scales or sizes on the height and width \
+                     are supported"
+                ));
+            }
+        };
+        let scale = [0, 1].map(|axis| factors[axis] as usize);
+        if factors.iter().zip(&scale).any(|(f, s)| *f != *s as f64 || *s == 0) {
+            return Err(format!("scales {factors:?} are not whole factors"));
+        }
+        if node.op_type == "Resize" {
+            let transform = attr_string(node, "coordinate_transformation_mode").unwrap_or_else(|| "half_pixel".into());
+            let rounding = attr_string(node, "nearest_mode").unwrap_or_else(|| "round_prefer_floor".into());
+            for (axis, n) in [height, width].into_iter().enumerate() {
+                if !replicates(&transform, &rounding, n, scale[axis]) {
+                    return Err(format!(
+                        "coordinate_transformation_mode {transform} with nearest_mode {rounding} does not repeat each \
+                         pixel {} times; use asymmetric with floor",
+                        scale[axis]
+                    ));
+                }
+            }
+        }
+        let t = self.push(&node_name(node), Layer::Upsample(Upsample { scale }), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
+    }
+
+    fn pad(&mut self, node: &NodeProto) -> Step {
+        let mode = attr_string(node, "mode").unwrap_or_else(|| "constant".into());
+        if mode != "constant" {
+            return Err(format!("mode {mode} is not supported; only zero padding is"));
+        }
+        let (pads, value) = match attr_ints(node, "pads") {
+            Some(pads) => {
+                (pads.iter().map(|&p| p as f64).collect(), attr(node, "value").map_or(0.0, |a| f64::from(a.f)))
+            }
+            None => {
+                let pads = self.constant(node, 1)?.data.clone();
+                let value = self.optional_constant(node, 2)?.and_then(Tensor::scalar).unwrap_or(0.0);
+                (pads, value)
+            }
+        };
+        if node.input.get(3).is_some_and(|n| !n.is_empty()) {
+            return Err("the axes input is not supported; pad all four axes".into());
+        }
+        if value != 0.0 {
+            return Err(format!("pads with {value}; only zeros are supported"));
+        }
+        let pads: [f64; 8] =
+            pads.try_into().map_err(|p: Vec<f64>| format!("{} pads; 8 expected (N, C, H, W)", p.len()))?;
+        let [n0, c0, t, l, n1, c1, b, r] = pads;
+        if [n0, c0, n1, c1] != [0.0; 4] || [t, l, b, r].iter().any(|p| *p < 0.0 || p.fract() != 0.0 || *p > 65535.0) {
+            return Err(format!("pads {pads:?}: only non-negative padding of the height and width is supported"));
+        }
+        let tensor = self.tensor(node, 0)?;
+        self.set(node, Value::Padded { tensor, pads: [t as usize, l as usize, b as usize, r as usize] })
+    }
+
+    fn polynomial(&mut self, node: &NodeProto) -> Step {
+        let coefficients: Vec<f64> = attr(node, "coefficients")
+            .map(|a| a.floats.iter().map(|v| f64::from(*v)).collect())
+            .ok_or("has no coefficients attribute")?;
+        let basis = match attr_string(node, "basis").as_deref() {
+            None | Some("power") => Basis::Power,
+            Some("chebyshev") => Basis::Chebyshev,
+            Some(other) => return Err(format!("basis {other:?} is not power or chebyshev")),
+        };
+        let interval = match attr(node, "interval").map(|a| a.floats.as_slice()) {
+            None => None,
+            Some([lo, hi]) => Some([f64::from(*lo), f64::from(*hi)]),
+            Some(other) => return Err(format!("interval has {} values; [lo, hi] expected", other.len())),
+        };
+        let poly = Polynomial { basis, coefficients, interval };
+        poly.check()?;
+        let input = self.tensor(node, 0)?;
+        let t = self.push(&node_name(node), Layer::Activation(poly), vec![input])?;
+        self.set(node, Value::Sym(Sym::of(t, &Self::output_name(node))))
+    }
+}
+
+/// Whether ONNX Resize's nearest sampling with these modes maps every output index Y of an
+/// axis of `n` pixels up-sampled `scale` times to input Y / scale.
+fn replicates(transform: &str, rounding: &str, n: usize, scale: usize) -> bool {
+    let out = n * scale;
+    (0..out).all(|y| {
+        let (y, s) = (y as f64, scale as f64);
+        let x = match transform {
+            "asymmetric" => y / s,
+            "half_pixel" => (y + 0.5) / s - 0.5,
+            "pytorch_half_pixel" if out > 1 => (y + 0.5) / s - 0.5,
+            "pytorch_half_pixel" => 0.0,
+            "tf_half_pixel_for_nn" => (y + 0.5) / s,
+            "align_corners" if out > 1 => y * (n as f64 - 1.0) / (out as f64 - 1.0),
+            "align_corners" => 0.0,
+            _ => return false,
+        };
+        let i = match rounding {
+            "floor" => x.floor(),
+            "ceil" => x.ceil(),
+            "round_prefer_floor" if x.fract().abs() == 0.5 => x.floor(),
+            "round_prefer_ceil" if x.fract().abs() == 0.5 => x.ceil(),
+            "round_prefer_floor" | "round_prefer_ceil" => x.round(),
+            _ => return false,
+        };
+        i.clamp(0.0, n as f64 - 1.0) as usize == (y as usize) / scale
+    })
 }
 
 fn const_binary(x: &Tensor, y: &Tensor, f: impl Fn(f64, f64) -> f64) -> Step<Tensor> {
@@ -808,10 +1168,32 @@ mod tests {
     }
 
     #[test]
-    fn skip_connections_are_refused() {
+    fn a_skip_connection_imports_as_an_add_node() {
         let nodes = vec![node("MatMul", &["x", "w"], "y"), node("Add", &["y", "x"], "z")];
-        let err = import(&model(nodes, vec![matrix("w", 4, 4)], "z")).unwrap_err().to_string();
-        assert!(err.contains("node 'z'") && err.contains("single chain"), "{err}");
+        let net = import(&model(nodes, vec![matrix("w", 4, 4)], "z")).unwrap();
+        assert!(matches!(net.nodes()[1].layer, Layer::Add), "{}", net.summary());
+        assert_eq!(net.nodes()[1].inputs, vec![TensorId::of_node(0), TensorId::INPUT]);
+        let y = net.forward(&[1.0, 0.0, 0.0, 0.0]).unwrap();
+        assert!((y[0] - 1.0).abs() < 1e-6 && (y[1] - 0.1).abs() < 1e-6, "{y:?}");
+    }
+
+    #[test]
+    fn a_bias_is_not_folded_into_a_node_that_something_else_reads() {
+        let mut bias = matrix("b", 1, 4);
+        bias.dims = vec![4];
+        let nodes =
+            vec![node("MatMul", &["x", "w"], "y"), node("Add", &["y", "b"], "z"), node("Add", &["z", "y"], "s")];
+        let err = import(&model(nodes, vec![matrix("w", 4, 4), bias], "s")).unwrap_err().to_string();
+        assert!(err.contains("node 'z'") && err.contains("read by nothing else"), "{err}");
+    }
+
+    #[test]
+    fn resize_modes_that_repeat_pixels_are_recognised() {
+        assert!(replicates("asymmetric", "floor", 4, 2));
+        assert!(replicates("half_pixel", "round_prefer_floor", 4, 2));
+        assert!(replicates("half_pixel", "round_prefer_floor", 5, 3));
+        assert!(!replicates("half_pixel", "floor", 5, 3));
+        assert!(!replicates("align_corners", "round_prefer_floor", 3, 3));
     }
 
     #[test]
@@ -825,10 +1207,10 @@ mod tests {
         let nodes =
             vec![node("MatMul", &["x", "w"], "y"), node("Add", &["y", "b"], "z"), node("Pow", &["z", "two"], "p")];
         let net = import(&model(nodes, vec![matrix("w", 4, 4), bias, two], "p")).unwrap();
-        assert_eq!(net.layers().len(), 2);
-        let Layer::Dense(d) = &net.layers()[0] else { panic!("{}", net.summary()) };
+        assert_eq!(net.nodes().len(), 2);
+        let Layer::Dense(d) = &net.nodes()[0].layer else { panic!("{}", net.summary()) };
         assert!((d.bias[3] - 0.3).abs() < 1e-6 && (d.weights[1] - 0.4).abs() < 1e-6, "{d:?}");
-        assert_eq!(net.layers()[1], Layer::Activation(Polynomial::square()));
+        assert_eq!(net.nodes()[1].layer, Layer::Activation(Polynomial::square()));
         let y = net.forward(&[1.0, 0.0, 0.0, 0.0]).unwrap();
         assert!((y[1] - (0.1f64 + 0.1).powi(2)).abs() < 1e-6, "{y:?}");
     }

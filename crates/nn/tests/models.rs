@@ -26,8 +26,11 @@ fn registry_holds_the_three_models_with_their_depths() {
     let depths: Vec<usize> = registry::all().unwrap().iter().map(|m| m.network.depth()).collect();
     assert_eq!(depths, [5, 7, 7]);
     let cryptonets = registry::load("mnist-cryptonets").unwrap();
-    assert_eq!(cryptonets.network.shapes()[0], Shape::Image { channels: 5, height: 13, width: 13 });
-    assert!(cryptonets.network.layers().iter().all(|l| !matches!(l, Layer::AvgPool2d(_))));
+    assert_eq!(
+        cryptonets.network.shape(blindfold_nn::TensorId::of_node(0)),
+        Shape::Image { channels: 5, height: 13, width: 13 }
+    );
+    assert!(cryptonets.network.nodes().iter().all(|n| !matches!(n.layer, Layer::AvgPool2d(_))));
     let err = registry::load("resnet").unwrap_err().to_string();
     assert!(err.contains("no model named 'resnet'") && err.contains("mnist-lenet5"), "{err}");
 }
