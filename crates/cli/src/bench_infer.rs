@@ -243,13 +243,19 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let decryptor = Decryptor::new(&context, keys.secret_key().clone())?;
     let (level, scale) = (plan.input_level(), plan.input_scale());
     let engine = LatencyEngine::new(plan, &context)?;
-    let encrypt = |input: &[f64]| -> anyhow::Result<SeededCiphertext> {
-        Ok(encryptor.encrypt_seeded(&context.encode(&engine.plan().pack(input)?, level, scale)?)?)
+    let encrypt = |input: &[f64]| -> anyhow::Result<Vec<SeededCiphertext>> {
+        engine
+            .plan()
+            .pack(input)?
+            .iter()
+            .map(|slots| Ok(encryptor.encrypt_seeded(&context.encode(slots, level, scale)?)?))
+            .collect()
     };
+    let expand = |seeded: &[SeededCiphertext]| seeded.iter().map(|s| s.expand(&context)).collect::<Vec<_>>();
     let started = Instant::now();
     let first = encrypt(&inputs[0])?;
     let encrypt_seconds = started.elapsed().as_secs_f64();
-    let upload_bytes = first.to_bytes(&context).len();
+    let upload_bytes: usize = first.iter().map(|s| s.to_bytes(&context).len()).sum();
 
     let clock = StageClock::default();
     let control = clock.control();
@@ -259,12 +265,12 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let mut finished = Instant::now();
     for _ in 0..runs {
         clock.reset();
-        let ciphertext = first.expand(&context);
+        let ciphertexts = expand(&first);
         let started = Instant::now();
-        let output = engine.evaluate(ciphertext, &relin, &galois, &control)?;
+        let output = engine.evaluate(ciphertexts, &relin, &galois, &control)?;
         finished = Instant::now();
         times.push(finished.duration_since(started).as_secs_f64());
-        result_bytes = output.to_bytes(&context).len();
+        result_bytes = output.iter().map(|ct| ct.to_bytes(&context).len()).sum();
     }
     drop(control);
     times.sort_by(f64::total_cmp);
@@ -274,9 +280,10 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let mut logits = Vec::with_capacity(inputs.len());
     let mut decrypt_seconds = 0.0;
     for input in &inputs {
-        let output = engine.evaluate(encrypt(input)?.expand(&context), &relin, &galois, &Control::none())?;
+        let output = engine.evaluate(expand(&encrypt(input)?), &relin, &galois, &Control::none())?;
         let decrypting = Instant::now();
-        logits.push(engine.plan().unpack(&decryptor.decrypt_values(&output)?)?);
+        let slots = output.iter().map(|ct| decryptor.decrypt_values(ct)).collect::<Result<Vec<_>, _>>()?;
+        logits.push(engine.plan().unpack(&slots)?);
         decrypt_seconds = decrypting.elapsed().as_secs_f64();
     }
     let batch_seconds = started.elapsed().as_secs_f64();

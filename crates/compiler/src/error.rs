@@ -9,22 +9,23 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The model needs more levels (or bits) than any 128-bit parameter set offers.
-    #[error("layer {index} ({layer}) does not fit: {reason}")]
+    /// The model needs more levels, slots or memory than any 128-bit parameter set (or the
+    /// memory budget) offers.
+    #[error("node {node} ({layer}) does not fit: {reason}")]
     DoesNotFit {
-        /// Index of the layer (node) in the network.
-        index: usize,
-        /// The layer.
+        /// The node's name.
+        node: String,
+        /// The node's layer.
         layer: String,
         /// By how much, and what would fit.
         reason: String,
     },
-    /// A layer this packing cannot evaluate.
-    #[error("layer {index} ({layer}) is not supported in the {packing} packing: {reason}")]
+    /// A node this packing cannot evaluate.
+    #[error("node {node} ({layer}) is not supported in the {packing} packing: {reason}")]
     Unsupported {
-        /// Index of the layer (node).
-        index: usize,
-        /// The layer.
+        /// The node's name.
+        node: String,
+        /// The node's layer.
         layer: String,
         /// The packing.
         packing: &'static str,
@@ -38,6 +39,19 @@ pub enum Error {
     /// An invariant of the compiler or an engine broke: a bug, not bad input.
     #[error("internal error in the model compiler (please report it): {0}")]
     Internal(String),
+    /// A decrypted output is beyond the range the plan left room for: the encrypted values
+    /// left their planned range (an input far from what the model was calibrated on), so the
+    /// result is noise and must not be used.
+    #[error(
+        "a decrypted output ({value:.3e}) exceeds the planned bound ±{bound}: the encrypted values overflowed; \
+         check that the input image is like the model's training data"
+    )]
+    Overflow {
+        /// The decrypted value (before the plan's output map).
+        value: f64,
+        /// The bound.
+        bound: f64,
+    },
     /// The caller cancelled the evaluation.
     #[error("cancelled")]
     Cancelled,

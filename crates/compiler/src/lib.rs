@@ -14,18 +14,23 @@
 //! up to how many images the latency packing wins).
 
 mod cost;
+mod elementwise;
 mod error;
 mod latency;
+mod lower;
+mod params;
 mod plan;
+mod poly;
+mod progress;
+mod stage;
 mod throughput;
 
 pub use blindfold_packing::Packing;
 pub use error::{Error, Result};
 pub use latency::{LatencyEngine, LatencyPlan};
 pub use plan::{CompiledModel, LATENCY_BATCH_IMAGES, Plan};
+pub use progress::{Control, Progress};
 pub use throughput::{ThroughputEngine, ThroughputPlan};
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The cheaper packing for a job of `images` images, from both plans' cost estimates: the
 /// throughput packing pays a whole batch per started batch, the latency packing one evaluation
@@ -53,90 +58,3 @@ pub fn break_even_images(throughput: &ThroughputPlan, latency: &LatencyPlan) -> 
 /// `blindfold bench infer`): 1.4 (mnist-cryptonets) to 2.1 (the LeNet-5 models); with 1.8 the
 /// estimated break-even is 29, 46 and 71 images against 38, 40 and 62 measured.
 const LATENCY_WALL_FACTOR: f64 = 1.8;
-
-/// A parameter set in a plan summary: ring degree, primes, digits, log2(Q·P) against its bound.
-pub(crate) fn parameter_line(params: &blindfold_ckks::Parameters) -> String {
-    let special = params.special_moduli().len();
-    format!(
-        "N = 2^{}, {} primes + {} special{} ({:.0} bits, bound {})",
-        params.log_n(),
-        params.moduli().len(),
-        special,
-        match params.digit_primes() {
-            1 => String::new(),
-            alpha => format!(", key-switching digits of {alpha} primes"),
-        },
-        params.log_qp(),
-        blindfold_ckks::security_bound(params.log_n()).unwrap_or(0)
-    )
-}
-
-/// One line of a plan summary: stage, layer, levels in and out, scale after, what it does.
-pub(crate) fn stage_line(
-    index: usize,
-    layer: usize,
-    name: &str,
-    (level_in, level_out): (usize, usize),
-    scale: f64,
-    what: &str,
-) -> String {
-    format!(
-        "{index:>3}  layer {layer:>2} {name:<36} level {level_in} -> {level_out}  scale 2^{:<6.1} {what}\n",
-        scale.log2()
-    )
-}
-
-/// Progress of one evaluation: which stage, and how far through the whole plan.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress<'a> {
-    /// Index of the stage running now.
-    pub stage: usize,
-    /// Number of stages.
-    pub stages: usize,
-    /// A short name ("conv2d 1->5", "square", …).
-    pub name: &'a str,
-    /// Fraction of the whole evaluation done, 0 to 1.
-    pub fraction: f64,
-}
-
-/// How the caller watches and stops an evaluation: a progress callback and a cancellation flag
-/// checked between work units.
-pub struct Control<'a> {
-    progress: Box<dyn Fn(Progress<'_>) + Send + Sync + 'a>,
-    cancel: Option<&'a AtomicBool>,
-}
-
-impl std::fmt::Debug for Control<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control").field("cancellable", &self.cancel.is_some()).finish()
-    }
-}
-
-impl<'a> Control<'a> {
-    /// No progress reports, no cancellation.
-    pub fn none() -> Self {
-        Self { progress: Box::new(|_| {}), cancel: None }
-    }
-
-    /// Reports progress to `callback`.
-    pub fn with_progress(callback: impl Fn(Progress<'_>) + Send + Sync + 'a) -> Self {
-        Self { progress: Box::new(callback), cancel: None }
-    }
-
-    /// Also stops at the next check once `flag` is set.
-    pub fn cancelled_by(mut self, flag: &'a AtomicBool) -> Self {
-        self.cancel = Some(flag);
-        self
-    }
-
-    pub(crate) fn report(&self, progress: Progress<'_>) {
-        (self.progress)(progress);
-    }
-
-    pub(crate) fn check(&self) -> Result<()> {
-        match self.cancel {
-            Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Cancelled),
-            _ => Ok(()),
-        }
-    }
-}

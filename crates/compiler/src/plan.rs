@@ -51,19 +51,29 @@ impl Plan {
         }
     }
     /// Input ciphertexts in a batch of `images` images: one per input value (throughput),
-    /// one per image (latency).
+    /// the plan's ciphertexts per image, image after image (latency).
     pub fn input_ciphertexts(&self, images: usize) -> usize {
         match self {
             Plan::Throughput(plan) => plan.input_count(),
-            Plan::Latency(_) => images,
+            Plan::Latency(plan) => images * plan.input_ciphertexts(),
         }
     }
-    /// Result ciphertexts for a batch of `images` images: one per logit (throughput), one per
-    /// image (latency).
+    /// Result ciphertexts for a batch of `images` images: one per output value (throughput),
+    /// the plan's ciphertexts per image, image after image (latency).
     pub fn output_ciphertexts(&self, images: usize) -> usize {
         match self {
             Plan::Throughput(plan) => plan.output_count(),
-            Plan::Latency(_) => images,
+            Plan::Latency(plan) => images * plan.output_ciphertexts(),
+        }
+    }
+    /// Images in a batch of `ciphertexts` input ciphertexts, if that is a whole number of
+    /// images (latency); `None` for the throughput packing, whose count does not tell.
+    pub fn images_in(&self, ciphertexts: usize) -> Option<usize> {
+        match self {
+            Plan::Throughput(_) => None,
+            Plan::Latency(plan) => {
+                ciphertexts.is_multiple_of(plan.input_ciphertexts()).then(|| ciphertexts / plan.input_ciphertexts())
+            }
         }
     }
     /// The level inputs are encrypted at.
@@ -97,14 +107,30 @@ impl Plan {
     pub fn pack<I: AsRef<[f64]>>(&self, images: &[I]) -> Result<Vec<Vec<f64>>> {
         match self {
             Plan::Throughput(plan) => plan.pack(images),
-            Plan::Latency(plan) => images.iter().map(|image| plan.pack(image.as_ref())).collect(),
+            Plan::Latency(plan) => {
+                let mut slots = Vec::with_capacity(images.len() * plan.input_ciphertexts());
+                for image in images {
+                    slots.extend(plan.pack(image.as_ref())?);
+                }
+                Ok(slots)
+            }
         }
     }
-    /// Turns decrypted output slot vectors into logits per image.
+    /// Turns decrypted output slot vectors into outputs per image, refusing any that
+    /// overflowed ([`crate::Error::Overflow`]).
     pub fn unpack(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Vec<f64>>> {
         match self {
             Plan::Throughput(plan) => plan.unpack(outputs, images),
-            Plan::Latency(plan) => outputs.iter().take(images).map(|slots| plan.unpack(slots)).collect(),
+            Plan::Latency(plan) => {
+                let per = plan.output_ciphertexts();
+                if outputs.len() < images * per {
+                    return Err(crate::Error::Input(format!(
+                        "{} result ciphertexts for {images} images of {per} each",
+                        outputs.len()
+                    )));
+                }
+                outputs.chunks(per).take(images).map(|cts| plan.unpack(cts)).collect()
+            }
         }
     }
 }

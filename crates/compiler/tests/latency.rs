@@ -17,9 +17,8 @@ fn data_dir() -> PathBuf {
     dir
 }
 
-fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
-}
+mod common;
+use common::argmax;
 
 #[test]
 fn mnist_cryptonets_single_images_match_the_plaintext_model() {
@@ -57,11 +56,11 @@ fn single_images_match(name: &str, count: usize) {
     let mut max_error = 0f64;
     for input in &inputs {
         let slots = engine.plan().pack(input).unwrap();
-        let plaintext = context.encode(&slots, engine.plan().input_level(), engine.plan().input_scale()).unwrap();
+        let plaintext = context.encode(&slots[0], engine.plan().input_level(), engine.plan().input_scale()).unwrap();
         let ct = encryptor.encrypt(&plaintext).unwrap();
-        let out = engine.evaluate(ct, &relin, &galois, &Control::none()).unwrap();
-        assert_eq!(out.level(), 0);
-        let logits = engine.plan().unpack(&decryptor.decrypt_values(&out).unwrap()).unwrap();
+        let out = engine.evaluate(vec![ct], &relin, &galois, &Control::none()).unwrap();
+        assert_eq!(out[0].level(), 0);
+        let logits = engine.plan().unpack(&[decryptor.decrypt_values(&out[0]).unwrap()]).unwrap();
         let reference = model.network.forward(input).unwrap();
         assert_eq!(argmax(&logits), argmax(&reference), "{logits:?} vs {reference:?}");
         for (a, b) in logits.iter().zip(&reference) {
@@ -114,31 +113,20 @@ fn a_cancelled_evaluation_stops() {
     let keys = KeyGenerator::new(&context);
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
     let slots = plan.pack(&vec![0.5; model.network.input().len()]).unwrap();
-    let ct = encryptor.encrypt(&context.encode(&slots, plan.input_level(), plan.input_scale()).unwrap()).unwrap();
+    let ct = encryptor.encrypt(&context.encode(&slots[0], plan.input_level(), plan.input_scale()).unwrap()).unwrap();
     // Without keys the first stage would fail; a set flag stops it before.
     let engine = LatencyEngine::new(plan, &context).unwrap();
     let flag = AtomicBool::new(true);
-    let error =
-        engine.evaluate(ct, &keys.relin_key(), &Default::default(), &Control::none().cancelled_by(&flag)).unwrap_err();
+    let error = engine
+        .evaluate(vec![ct], &keys.relin_key(), &Default::default(), &Control::none().cancelled_by(&flag))
+        .unwrap_err();
     assert!(matches!(error, blindfold_compiler::Error::Cancelled), "{error}");
 }
 
 fn run_network(network: &blindfold_nn::Network, input: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let plan = LatencyPlan::compile("tiny", network).unwrap();
-    println!("{}", plan.summary());
-    let context = Context::new(plan.params().clone()).unwrap();
-    let keys = KeyGenerator::new(&context);
-    let galois = keys.galois_keys_at(&plan.rotation_keys());
-    let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone()).unwrap();
-    let decryptor = Decryptor::new(&context, keys.secret_key().clone()).unwrap();
-    let engine = LatencyEngine::new(plan, &context).unwrap();
-    let slots = engine.plan().pack(input).unwrap();
-    let ct = encryptor
-        .encrypt(&context.encode(&slots, engine.plan().input_level(), engine.plan().input_scale()).unwrap())
-        .unwrap();
-    let out = engine.evaluate(ct, &keys.relin_key(), &galois, &Control::none()).unwrap();
-    let logits = engine.plan().unpack(&decryptor.decrypt_values(&out).unwrap()).unwrap();
-    (logits, network.forward(input).unwrap())
+    let (mut got, summary) = common::latency(network, &[input.to_vec()]);
+    println!("{summary}");
+    (got.remove(0), network.forward(input).unwrap())
 }
 
 #[test]
@@ -170,6 +158,7 @@ fn a_small_convolution_matches() {
             kernel: [3, 3],
             stride: [stride, stride],
             padding: [padding; 4],
+            groups: 1,
             weights,
             bias: vec![0.1, -0.2, 0.3],
         };
@@ -199,11 +188,12 @@ fn a_lenet_shaped_network_matches() {
             kernel: [3, 3],
             stride: [1, 1],
             padding: [0; 4],
+            groups: 1,
             weights,
             bias,
         })
     };
-    let square = || Layer::Activation(Polynomial { coefficients: vec![0.1, 0.5, 0.3] });
+    let square = || Layer::Activation(Polynomial::power(vec![0.1, 0.5, 0.3]));
     let pool = || Layer::AvgPool2d(AvgPool2d { kernel: [2, 2], stride: [2, 2] });
     let dense = Dense {
         inputs: 12,

@@ -93,10 +93,11 @@ fn a_streamed_segment_matches_the_plaintext_network() {
             kernel: [3, 3],
             stride: [1, 1],
             padding: [0, 0, 0, 0],
+            groups: 1,
             weights: weights(5 * 3 * 9, 1),
             bias: weights(5, 2),
         }),
-        Layer::Activation(Polynomial { coefficients: vec![0.1, 0.5, 0.25] }),
+        Layer::Activation(Polynomial::power(vec![0.1, 0.5, 0.25])),
         Layer::AvgPool2d(AvgPool2d { kernel: [2, 2], stride: [2, 2] }),
         Layer::Flatten,
         Layer::Dense(Dense { inputs: 5 * 2 * 2, outputs: 3, weights: weights(60, 3), bias: weights(3, 4) }),
@@ -153,13 +154,15 @@ fn every_model_compiles_to_a_128_bit_plan_with_relinearization_only() {
 fn a_model_too_deep_for_any_set_is_refused_naming_the_layer() {
     use blindfold_nn::{Dense, Layer, Network, Polynomial, Shape};
     let mut layers = Vec::new();
-    for _ in 0..20 {
+    // 61 levels: more than N = 2^16 holds with 29-bit primes.
+    for _ in 0..30 {
         layers.push(Layer::Dense(Dense { inputs: 4, outputs: 4, weights: vec![0.1; 16], bias: vec![0.0; 4] }));
         layers.push(Layer::Activation(Polynomial::square()));
     }
     layers.push(Layer::Dense(Dense { inputs: 4, outputs: 2, weights: vec![0.1; 8], bias: vec![0.0; 2] }));
     let network = Network::new(Shape::Vector { len: 4 }, layers).unwrap();
     let error = ThroughputPlan::compile("deep", &network).unwrap_err().to_string();
-    assert!(error.contains("does not fit") && error.contains("levels"), "{error}");
-    assert!(error.contains("layer "), "{error}");
+    assert!(error.contains("does not fit") && error.contains("levels") && error.contains("N = 2^16"), "{error}");
+    // The node at which the depth passes what the largest set holds.
+    assert!(error.contains("node 5") || error.contains("node 5"), "{error}");
 }

@@ -114,11 +114,21 @@ impl BatchEvaluator {
         drop(seeded);
         let outputs = match &self.engine {
             Engine::Throughput(engine) => engine.evaluate(ciphertexts, self.keys.relin_key(), control)?,
-            // One image per ciphertext, each using every core in turn.
-            Engine::Latency(engine) => ciphertexts
-                .into_iter()
-                .map(|ciphertext| engine.evaluate(ciphertext, self.keys.relin_key(), self.keys.galois_keys(), control))
-                .collect::<std::result::Result<Vec<_>, _>>()?,
+            // One image (its ciphertexts) after the other, each using every core in turn.
+            Engine::Latency(engine) => {
+                let per = engine.plan().input_ciphertexts();
+                let mut outputs = Vec::new();
+                let mut ciphertexts = ciphertexts.into_iter();
+                loop {
+                    let image: Vec<Ciphertext> = ciphertexts.by_ref().take(per).collect();
+                    if image.is_empty() {
+                        break;
+                    }
+                    let keys = (self.keys.relin_key(), self.keys.galois_keys());
+                    outputs.extend(engine.evaluate(image, keys.0, keys.1, control)?);
+                }
+                outputs
+            }
         };
         let first = outputs.first().ok_or_else(|| Error::Mismatch {
             what: "plan",
