@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor, SeededCiphertext};
-use blindfold_compiler::{Control, LatencyEngine, LatencyPlan, Packing, ThroughputEngine, ThroughputPlan};
-use blindfold_nn::data::{self, Split};
+use blindfold_compiler::{
+    CompileOptions, Control, LatencyEngine, LatencyPlan, Packing, ThroughputEngine, ThroughputPlan,
+};
+use blindfold_nn::Task;
 use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;
@@ -16,7 +18,8 @@ use rayon::prelude::*;
 /// Options of `bench infer`.
 #[derive(Debug, Args)]
 pub struct InferBench {
-    /// Model name (see `blindfold model list`).
+    /// Model: a registered name (see `blindfold model list`) or a model directory
+    /// (`model.onnx` + `manifest.json`).
     #[arg(long)]
     model: String,
     /// Packing to measure.
@@ -38,9 +41,14 @@ pub struct InferBench {
     #[arg(long, default_value_t = 0)]
     offset: usize,
     /// Dataset directory with `mnist/` and `dermamnist/` (default: ../shared/data, then
-    /// ./shared/data); test-split images are reused cyclically to fill the batch.
+    /// ./shared/data); test-split images of the manifest's data set are reused cyclically to
+    /// fill the batch.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Refuse a plan whose estimated peak memory exceeds this (bytes, or with a K/M/G suffix),
+    /// naming the layer where it does [default: the memory available on this machine].
+    #[arg(long, value_parser = crate::memory::parse_bytes)]
+    memory_budget: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -54,6 +62,10 @@ pub struct InferBench {
 struct InferReport {
     model: String,
     packing: &'static str,
+    /// `classification` or `segmentation`: what `agreement` counts.
+    task: &'static str,
+    /// Levels the plan uses.
+    depth: usize,
     images: usize,
     threads: usize,
     log_n: u32,
@@ -62,9 +74,16 @@ struct InferReport {
     batch_seconds: f64,
     images_per_second: f64,
     peak_rss_bytes: u64,
+    /// The plan's own estimate of its peak memory (one batch, or one image).
+    estimated_peak_bytes: usize,
+    /// Evaluation keys (relinearization and, for latency, rotation keys), as serialized.
+    key_bytes: usize,
     upload_bytes_per_image: f64,
     result_bytes_per_image: f64,
+    /// Classification: the fraction of images whose predicted class matches the plaintext
+    /// model's. Segmentation: the fraction of pixels whose thresholded prediction matches.
     agreement: f64,
+    /// Largest absolute difference of an output from the plaintext model's.
     max_logit_error: f64,
     keygen_seconds: f64,
     encrypt_seconds: f64,
@@ -78,8 +97,12 @@ struct InferReport {
     cold_batch_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_seconds: Option<f64>,
+    /// Latency: the bytes of the plaintext diagonals the engine holds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    eval_key_bytes: Option<usize>,
+    plaintext_bytes: Option<usize>,
+    /// Latency: ciphertexts per image in and out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ciphertexts_per_image: Option<[usize; 2]>,
     layers: Vec<LayerTime>,
 }
 
@@ -93,9 +116,11 @@ struct LayerTime {
 pub fn run(options: &InferBench) -> anyhow::Result<()> {
     let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let budget = options.memory_budget.or_else(crate::memory::available);
+    let compile = CompileOptions { memory_budget: budget };
     let report = pool.install(|| match options.packing {
-        Packing::Throughput => throughput(options, threads),
-        Packing::Latency => latency(options, threads),
+        Packing::Throughput => throughput(options, threads, &compile),
+        Packing::Latency => latency(options, threads, &compile),
     })?;
     if options.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -125,8 +150,14 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
                 report.expand_seconds.unwrap_or(0.0)
             );
         }
-        if let (Some(latency), Some(keys)) = (report.latency_seconds, report.eval_key_bytes) {
-            println!("  latency {latency:.3} s per image (median), evaluation keys {:.1} MB", keys as f64 / 1e6);
+        println!(
+            "  depth {}, evaluation keys {:.1} MB, estimated peak memory {:.2} GB",
+            report.depth,
+            report.key_bytes as f64 / 1e6,
+            report.estimated_peak_bytes as f64 / 1e9
+        );
+        if let Some(latency) = report.latency_seconds {
+            println!("  latency {latency:.3} s per image (median)");
         }
         for layer in &report.layers {
             println!("  {:<60} {:>8.3} s", layer.stage, layer.seconds);
@@ -135,9 +166,10 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> {
+fn throughput(options: &InferBench, threads: usize, compile: &CompileOptions) -> anyhow::Result<InferReport> {
     let model = registry::load(&options.model)?;
-    let plan = ThroughputPlan::compile(&options.model, &model.network)?;
+    let plan = ThroughputPlan::compile_with(&model.manifest.name, &model.network, compile)?;
+    let (estimated_peak_bytes, key_bytes, depth) = (plan.peak_memory_bytes(), plan.key_bytes(), plan.depth());
     let images = options.images.unwrap_or(plan.batch_capacity());
     if images == 0 || images > plan.batch_capacity() {
         bail!("--images must be between 1 and the batch capacity {}", plan.batch_capacity());
@@ -198,12 +230,16 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
     let decrypt_seconds = started.elapsed().as_secs_f64();
 
     let reference = model.network.forward_batch(&inputs)?;
-    let (agreement, max_logit_error) = compare(&logits, &reference);
+    let (agreement, max_logit_error) = compare(&model.manifest.task, &logits, &reference);
     let params = engine.plan().params();
     let layers = clock.stage_times(finished);
     Ok(InferReport {
-        model: options.model.clone(),
+        model: model.manifest.name.clone(),
         packing: Packing::Throughput.name(),
+        task: task_name(&model.manifest.task),
+        depth,
+        estimated_peak_bytes,
+        key_bytes,
         images,
         threads,
         log_n: params.log_n(),
@@ -222,14 +258,18 @@ fn throughput(options: &InferBench, threads: usize) -> anyhow::Result<InferRepor
         expand_seconds: Some(expand_seconds),
         cold_batch_seconds: Some(cold_batch_seconds),
         latency_seconds: None,
-        eval_key_bytes: None,
+        plaintext_bytes: None,
+        ciphertexts_per_image: None,
         layers,
     })
 }
 
-fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> {
+fn latency(options: &InferBench, threads: usize, compile: &CompileOptions) -> anyhow::Result<InferReport> {
     let model = registry::load(&options.model)?;
-    let plan = LatencyPlan::compile(&options.model, &model.network)?;
+    let plan = LatencyPlan::compile_with(&model.manifest.name, &model.network, compile)?;
+    let (estimated_peak_bytes, depth, plaintext_bytes) =
+        (plan.peak_memory_bytes(), plan.depth(), plan.plaintext_bytes());
+    let ciphertexts_per_image = [plan.input_ciphertexts(), plan.output_ciphertexts()];
     let images = options.images.unwrap_or(100).max(1);
     let inputs = test_inputs(&model, options.data.as_deref(), options.offset, images)?;
     let context = Context::new(plan.params().clone())?;
@@ -238,7 +278,7 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     let relin = keys.relin_key();
     let galois = keys.galois_keys_at(&plan.rotation_keys());
     let keygen_seconds = started.elapsed().as_secs_f64();
-    let eval_key_bytes = relin.to_bytes(&context).len() + galois.to_bytes(&context).len();
+    let key_bytes = relin.to_bytes(&context).len() + galois.to_bytes(&context).len();
     let encryptor = SecretKeyEncryptor::new(&context, keys.secret_key().clone())?;
     let decryptor = Decryptor::new(&context, keys.secret_key().clone())?;
     let (level, scale) = (plan.input_level(), plan.input_scale());
@@ -288,12 +328,16 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
     }
     let batch_seconds = started.elapsed().as_secs_f64();
     let reference = model.network.forward_batch(&inputs)?;
-    let (agreement, max_logit_error) = compare(&logits, &reference);
+    let (agreement, max_logit_error) = compare(&model.manifest.task, &logits, &reference);
     let params = engine.plan().params();
     let layers = clock.stage_times(finished);
     Ok(InferReport {
-        model: options.model.clone(),
+        model: model.manifest.name.clone(),
         packing: Packing::Latency.name(),
+        task: task_name(&model.manifest.task),
+        depth,
+        estimated_peak_bytes,
+        key_bytes,
         images,
         threads,
         log_n: params.log_n(),
@@ -312,7 +356,8 @@ fn latency(options: &InferBench, threads: usize) -> anyhow::Result<InferReport> 
         expand_seconds: None,
         cold_batch_seconds: None,
         latency_seconds: Some(latency_seconds),
-        eval_key_bytes: Some(eval_key_bytes),
+        plaintext_bytes: Some(plaintext_bytes),
+        ciphertexts_per_image: Some(ciphertexts_per_image),
         layers,
     })
 }
@@ -366,11 +411,7 @@ fn test_inputs(
     count: usize,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
     let dir = data_dir(data)?;
-    let images = if model.manifest.name.starts_with("derma") {
-        data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
-    } else {
-        data::mnist(&dir.join("mnist"), Split::Test)?
-    };
+    let images = crate::model::load_test_split(&model.manifest, &dir)?;
     let inputs = model.manifest.inputs(&images)?;
     if inputs.is_empty() {
         bail!("no test images in {}", dir.display());
@@ -396,15 +437,40 @@ pub(crate) fn argmax(values: &[f64]) -> usize {
     values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-/// (fraction of images whose argmax agrees, largest absolute logit difference).
-fn compare(encrypted: &[Vec<f64>], reference: &[Vec<f64>]) -> (f64, f64) {
-    let agree = encrypted.iter().zip(reference).filter(|(e, r)| argmax(e) == argmax(r)).count();
+fn task_name(task: &Task) -> &'static str {
+    match task {
+        Task::Classification => "classification",
+        Task::Segmentation { .. } => "segmentation",
+    }
+}
+
+/// (agreement, largest absolute output difference). Classification: the fraction of images
+/// whose argmax agrees; segmentation: the fraction of pixels on the same side of the
+/// threshold (a logit at or above logit(threshold)).
+fn compare(task: &Task, encrypted: &[Vec<f64>], reference: &[Vec<f64>]) -> (f64, f64) {
+    let agreement = match task {
+        Task::Classification => {
+            let agree = encrypted.iter().zip(reference).filter(|(e, r)| argmax(e) == argmax(r)).count();
+            agree as f64 / encrypted.len().max(1) as f64
+        }
+        Task::Segmentation { threshold } => {
+            let cut = (threshold / (1.0 - threshold)).ln();
+            let pixels = encrypted.iter().map(Vec::len).sum::<usize>().max(1);
+            let agree = encrypted
+                .iter()
+                .zip(reference)
+                .flat_map(|(e, r)| e.iter().zip(r))
+                .filter(|(a, b)| (**a >= cut) == (**b >= cut))
+                .count();
+            agree as f64 / pixels as f64
+        }
+    };
     let max_error = encrypted
         .iter()
         .zip(reference)
         .flat_map(|(e, r)| e.iter().zip(r).map(|(a, b)| (a - b).abs()))
         .fold(0.0, f64::max);
-    (agree as f64 / encrypted.len().max(1) as f64, max_error)
+    (agreement, max_error)
 }
 
 /// The process's peak resident set (VmHWM), 0 where /proc is not available.

@@ -16,7 +16,8 @@ use serde_json::json;
 pub enum Hospital {
     /// Make a key set for a model: secret key (mode 0600), evaluation-key bundle, descriptor.
     Keygen {
-        /// Model name (see `blindfold model list`).
+        /// Model: a registered name (see `blindfold model list`) or a model directory
+        /// (`model.onnx` + `manifest.json`), which the key set remembers.
         #[arg(long)]
         model: String,
         /// The keys directory to create (must not hold a key set).
@@ -33,7 +34,7 @@ pub enum Hospital {
         /// The keys directory from `blindfold keygen`.
         #[arg(long)]
         keys: PathBuf,
-        /// Model name; must be the key set's [default: the key set's model].
+        /// Model name or directory; must be the key set's [default: the key set's model].
         #[arg(long)]
         model: Option<String>,
         /// PNG/JPEG files of any size, directories of them, an MNIST IDX images file
@@ -173,6 +174,8 @@ fn encrypt(
     let keys = KeySet::open(keys_dir)?;
     if let Some(model) = model
         && model != keys.descriptor().model
+        && blindfold_nn::registry::load(model).map(|m| m.manifest.name).ok().as_deref()
+            != Some(&keys.descriptor().model)
     {
         anyhow::bail!(
             "the key set in {} is for {}, not {model}; make one with `blindfold keygen --model {model} --out DIR`",

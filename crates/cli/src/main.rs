@@ -11,6 +11,7 @@ mod demo;
 mod dev;
 mod hospital;
 mod logs;
+mod memory;
 mod model;
 mod service;
 mod stack;

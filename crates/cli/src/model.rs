@@ -15,14 +15,16 @@ use serde_json::json;
 pub enum Model {
     /// List the registered models.
     List,
-    /// Show a model's manifest, its layer-by-layer IR, and its throughput and latency plans.
+    /// Show a model's manifest, its graph, and its throughput and latency plans (levels,
+    /// scales, layouts, keys, estimated memory).
     Show {
-        /// Model name (see `blindfold model list`).
+        /// Model name (see `blindfold model list`) or a model directory (`model.onnx` +
+        /// `manifest.json`).
         name: String,
     },
     /// Evaluate a model in plaintext on its dataset's test split.
     Eval {
-        /// Model name (see `blindfold model list`).
+        /// Model name (see `blindfold model list`) or a model directory.
         #[arg(long)]
         model: String,
         /// The data directory holding `mnist/` and `dermamnist/` [default: `$BLINDFOLD_DATA`, else
@@ -89,8 +91,8 @@ fn show(name: &str) -> anyhow::Result<()> {
     println!("onnx: {} bytes\n", m.onnx.len());
     print!("{}", m.network.summary());
     // The encrypted plans: what each packing costs in levels, keys and parameters.
-    let throughput = encrypted::ThroughputPlan::compile(name, &m.network);
-    let latency = encrypted::LatencyPlan::compile(name, &m.network);
+    let throughput = encrypted::ThroughputPlan::compile(&m.manifest.name, &m.network);
+    let latency = encrypted::LatencyPlan::compile(&m.manifest.name, &m.network);
     for summary in [throughput.as_ref().map(|p| p.summary()), latency.as_ref().map(|p| p.summary())] {
         match summary {
             Ok(summary) => print!("\n{summary}"),
@@ -124,21 +126,21 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn load_test_split(name: &str, dir: &Path) -> anyhow::Result<data::Images> {
-    if name.starts_with("mnist") {
-        data::mnist(&dir.join("mnist"), Split::Test).context("reading the MNIST test split")
-    } else if name.starts_with("derma") {
-        data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)
-            .context("reading the DermaMNIST test split")
-    } else {
-        bail!("model {name} names no known dataset")
-    }
+/// The test split of the data set the model's manifest names.
+pub(crate) fn load_test_split(manifest: &blindfold_nn::Manifest, dir: &Path) -> anyhow::Result<data::Images> {
+    let Some(dataset) = manifest.dataset() else {
+        bail!("the manifest of {} names no data set (its \"dataset\" field)", manifest.name)
+    };
+    data::dataset(dir, dataset, Split::Test).with_context(|| format!("reading the {dataset} test split"))
 }
 
 fn eval(name: &str, data: Option<PathBuf>, limit: Option<usize>, as_json: bool) -> anyhow::Result<()> {
     let m = registry::load(name)?;
+    if let blindfold_nn::Task::Segmentation { .. } = m.manifest.task {
+        bail!("{name} is a segmentation model; `model eval` reports classification metrics (accuracy, recall, AUC)");
+    }
     let dir = data_dir(data)?;
-    let mut images = load_test_split(name, &dir)?;
+    let mut images = load_test_split(&m.manifest, &dir)?;
     if let Some(n) = limit {
         images = images.take(n);
     }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use blindfold_batch::{BatchKind, Expect, KeyBundle, KeyBundleExpect, Packing, RawBatchReader};
 use blindfold_ckks::{Context, KeyGenerator, SecretKey};
 use blindfold_evaluate::CompiledModel;
+use blindfold_nn::registry::Source;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -43,8 +44,12 @@ pub struct KeySetDescriptor {
     pub format: String,
     /// The key-set id every batch made with these keys carries.
     pub key_set: Uuid,
-    /// The model the keys are for.
+    /// The model the keys are for (its manifest name).
     pub model: String,
+    /// The directory the model was read from, when it is not a registered model: `encrypt`,
+    /// `eval` and `decrypt` read the same files again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_dir: Option<PathBuf>,
     /// Its version.
     pub model_version: String,
     /// The packing (`throughput` or `latency`).
@@ -75,7 +80,8 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Makes a key set for `model` in `dir` (created if missing; must not hold a key set):
+    /// Makes a key set for `model` (a registered name or a model directory) in `dir` (created
+    /// if missing; must not hold a key set):
     /// the plan for the chosen packing decides the parameters and which evaluation keys are
     /// needed (relinearization always, rotations only for latency).
     pub fn generate(dir: &Path, model: &str, packing: PackingChoice) -> Result<KeySet> {
@@ -116,6 +122,10 @@ impl KeySet {
             format: DESCRIPTOR_FORMAT.into(),
             key_set,
             model: compiled.name().into(),
+            model_dir: match compiled.source() {
+                Source::Directory(dir) => Some(dir.clone()),
+                Source::Embedded => None,
+            },
             model_version: compiled.version(),
             packing: compiled.packing().to_string(),
             fingerprint: compiled.fingerprint().to_string(),
@@ -174,8 +184,15 @@ impl KeySet {
     /// throughput batch needs; [`compiled_model_for`](Self::compiled_model_for) checks that the
     /// parameters agree).
     pub fn serves(&self, packing: Packing) -> Result<bool> {
-        let own = self.descriptor.packing()?;
-        Ok(own == packing || (own == Packing::Latency && packing == Packing::Throughput))
+        Ok(self.descriptor.packing()?.serves(packing))
+    }
+
+    /// What `CompiledModel::load` takes for the key set's model: its directory, or its name.
+    pub fn model_source(&self) -> String {
+        match &self.descriptor.model_dir {
+            Some(dir) => dir.display().to_string(),
+            None => self.descriptor.model.clone(),
+        }
     }
 
     /// Compiles the key set's model for its packing and checks that the parameters are still
@@ -196,7 +213,16 @@ impl KeySet {
                 self.descriptor.model
             )));
         }
-        let compiled = CompiledModel::load(&self.descriptor.model, packing)?;
+        let compiled = CompiledModel::load(&self.model_source(), packing)?;
+        if compiled.name() != self.descriptor.model {
+            return Err(Error::KeySetMismatch(format!(
+                "the key set in {} is for {}, but {} now holds {}; make a new key set",
+                self.dir.display(),
+                self.descriptor.model,
+                self.model_source(),
+                compiled.name()
+            )));
+        }
         if compiled.version() != self.descriptor.model_version {
             return Err(Error::KeySetMismatch(format!(
                 "the key set in {} is for {} version {}, this build has version {}; make a new key set",

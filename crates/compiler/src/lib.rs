@@ -32,6 +32,15 @@ pub use plan::{CompiledModel, LATENCY_BATCH_IMAGES, Plan};
 pub use progress::{Control, Progress};
 pub use throughput::{ThroughputEngine, ThroughputPlan};
 
+/// How a model is compiled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Refuse a plan whose estimated peak memory (ciphertexts, weights or plaintext
+    /// diagonals, keys) exceeds this many bytes, naming the layer where it does; `None`: no
+    /// limit. Evaluating tools set it to what the machine has.
+    pub memory_budget: Option<u64>,
+}
+
 /// The cheaper packing for a job of `images` images, from both plans' cost estimates: the
 /// throughput packing pays a whole batch per started batch, the latency packing one evaluation
 /// per image. Callers that want a packing regardless (a forced choice) simply skip this.

@@ -6,7 +6,7 @@ use blindfold_nn::registry::{self, Model};
 use blindfold_nn::{Manifest, Network};
 use blindfold_packing::Packing;
 
-use crate::{LatencyPlan, Result, ThroughputPlan};
+use crate::{CompileOptions, LatencyPlan, Result, ThroughputPlan};
 
 /// Images per batch file in the latency packing (each is one ciphertext, evaluated in turn).
 pub const LATENCY_BATCH_IMAGES: usize = 64;
@@ -23,9 +23,38 @@ pub enum Plan {
 impl Plan {
     /// Compiles `network` (named `model`) for `packing`.
     pub fn compile(model: &str, network: &Network, packing: Packing) -> Result<Self> {
+        Self::compile_with(model, network, packing, &CompileOptions::default())
+    }
+
+    /// [`Plan::compile`] with options (a memory budget).
+    pub fn compile_with(model: &str, network: &Network, packing: Packing, options: &CompileOptions) -> Result<Self> {
         match packing {
-            Packing::Throughput => Ok(Plan::Throughput(ThroughputPlan::compile(model, network)?)),
-            Packing::Latency => Ok(Plan::Latency(LatencyPlan::compile(model, network)?)),
+            Packing::Throughput => Ok(Plan::Throughput(ThroughputPlan::compile_with(model, network, options)?)),
+            Packing::Latency => Ok(Plan::Latency(LatencyPlan::compile_with(model, network, options)?)),
+        }
+    }
+
+    /// Estimated peak memory of evaluating one batch (throughput) or one image (latency).
+    pub fn peak_memory_bytes(&self) -> usize {
+        match self {
+            Plan::Throughput(plan) => plan.peak_memory_bytes(),
+            Plan::Latency(plan) => plan.peak_memory_bytes(),
+        }
+    }
+
+    /// Bytes of the evaluation keys the plan needs.
+    pub fn key_bytes(&self) -> usize {
+        match self {
+            Plan::Throughput(plan) => plan.key_bytes(),
+            Plan::Latency(plan) => plan.key_bytes(),
+        }
+    }
+
+    /// The plan's summary (stages, levels, scales, keys, memory).
+    pub fn summary(&self) -> String {
+        match self {
+            Plan::Throughput(plan) => plan.summary(),
+            Plan::Latency(plan) => plan.summary(),
         }
     }
 
@@ -144,10 +173,16 @@ pub struct CompiledModel {
 }
 
 impl CompiledModel {
-    /// Loads the registered model `name` and compiles it for `packing`.
+    /// Loads the model `name` (a registered name or a model directory) and compiles it for
+    /// `packing`.
     pub fn load(name: &str, packing: Packing) -> Result<Self> {
+        Self::load_with(name, packing, &CompileOptions::default())
+    }
+
+    /// [`CompiledModel::load`] with options (a memory budget).
+    pub fn load_with(name: &str, packing: Packing, options: &CompileOptions) -> Result<Self> {
         let model = registry::load(name)?;
-        let plan = Plan::compile(name, &model.network, packing)?;
+        let plan = Plan::compile_with(&model.manifest.name, &model.network, packing, options)?;
         Ok(Self { model, plan })
     }
 
@@ -183,8 +218,18 @@ impl CompiledModel {
     pub fn input_shape(&self) -> Vec<u32> {
         self.model.manifest.input.shape.iter().map(|d| *d as u32).collect()
     }
-    /// The output shape (number of classes), as result batch headers carry it.
+    /// The output shape (classes, or 1 × H × W for segmentation), as result batch headers
+    /// carry it.
     pub fn output_shape(&self) -> Vec<u32> {
-        vec![self.model.manifest.classes.len() as u32]
+        match self.model.manifest.output_shape() {
+            blindfold_nn::Shape::Vector { len } => vec![len as u32],
+            blindfold_nn::Shape::Image { channels, height, width } => {
+                vec![channels as u32, height as u32, width as u32]
+            }
+        }
+    }
+    /// Where the model came from (embedded, or a directory).
+    pub fn source(&self) -> &registry::Source {
+        &self.model.source
     }
 }

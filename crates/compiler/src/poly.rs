@@ -291,15 +291,24 @@ impl Piece {
             Piece::Split { n, quotient, remainder } => {
                 let context = ev.context();
                 let giant = ev.drop_to_level(get(*n)?, level)?;
-                let q_up = context.params().moduli()[level + 1] as f64;
-                let upper = quotient.evaluate(ev, powers, level + 1, scale * q_up / giant.scale(), relin)?;
-                let mut upper = upper.ok_or_else(|| Error::Internal("a split with a constant quotient".into()))?;
-                if upper.size() == 3 {
-                    ev.relinearize_assign(&mut upper, relin)?;
-                }
-                ev.rescale_assign(&mut upper)?;
-                let mut product = ev.mul(&upper, &giant)?;
-                ev.relinearize_assign(&mut product, relin)?;
+                let mut product = match quotient.as_ref() {
+                    // c·T_n: a scalar term.
+                    Piece::Leaf { terms, constant } if terms.is_empty() => {
+                        ev.mul_scalar(&giant, *constant, scale / giant.scale())?
+                    }
+                    _ => {
+                        let q_up = context.params().moduli()[level + 1] as f64;
+                        let upper = quotient.evaluate(ev, powers, level + 1, scale * q_up / giant.scale(), relin)?;
+                        let mut upper = upper.ok_or_else(|| Error::Internal("a quotient without terms".into()))?;
+                        if upper.size() == 3 {
+                            ev.relinearize_assign(&mut upper, relin)?;
+                        }
+                        ev.rescale_assign(&mut upper)?;
+                        let mut product = ev.mul(&upper, &giant)?;
+                        ev.relinearize_assign(&mut product, relin)?;
+                        product
+                    }
+                };
                 product.set_scale(scale);
                 match remainder.evaluate(ev, powers, level, scale, relin)? {
                     Some(rest) => ev.add_assign(&mut product, &rest)?,

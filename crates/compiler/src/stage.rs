@@ -8,6 +8,8 @@ use crate::lower::Affine;
 /// What every stage says about itself, whatever it computes.
 #[derive(Debug, Clone)]
 pub(crate) struct StageHeader {
+    /// The network node it computes (refusals name it).
+    pub node: usize,
     /// What summaries and progress reports call it.
     pub name: String,
     /// Level of its (first) input and of its output.
@@ -56,4 +58,30 @@ pub(crate) fn stage_line(index: usize, header: &StageHeader, what: &str) -> Stri
         header.level_out,
         header.scale_out.log2()
     )
+}
+
+/// The refusal of a plan whose memory at some stage exceeds `budget`: names the first stage's
+/// node and says how much it needs. `profile` is (stage, bytes held while it runs), `fixed`
+/// what the plan holds throughout (weights, keys).
+pub(crate) fn check_budget(
+    profile: &[(usize, usize)],
+    fixed: usize,
+    budget: u64,
+    headers: &[&StageHeader],
+    network: &blindfold_nn::Network,
+    packing: blindfold_packing::Packing,
+) -> crate::Result<()> {
+    let peak = profile.iter().map(|(_, b)| b + fixed).max().unwrap_or(fixed);
+    let Some(&(stage, bytes)) = profile.iter().find(|(_, b)| (b + fixed) as u64 > budget) else { return Ok(()) };
+    let node = &network.nodes()[headers[stage].node];
+    Err(crate::Error::DoesNotFit {
+        node: node.name.clone(),
+        layer: node.layer.to_string(),
+        reason: format!(
+            "the {packing} plan needs {:.2} GB here ({:.2} GB at its peak) against a memory budget of {:.2} GB",
+            (bytes + fixed) as f64 / 1e9,
+            peak as f64 / 1e9,
+            budget as f64 / 1e9
+        ),
+    })
 }

@@ -244,6 +244,30 @@ pub fn dermamnist(npz: &Path, split: Split) -> Result<Images> {
     Ok(Images { channels: 3, height, width, pixels, labels: labels.data })
 }
 
+/// The data sets a manifest may name (its `dataset`), with where each lives under a data
+/// directory (`../shared/data`).
+pub const DATASETS: [(&str, &str); 3] = [
+    ("mnist", "mnist/"),
+    ("dermamnist", "dermamnist/dermamnist.npz"),
+    ("dermamnist_64", "dermamnist/dermamnist_64.npz"),
+];
+
+/// A split of the data set `name` (one of [`DATASETS`]) under the data directory `dir`.
+pub fn dataset(dir: &Path, name: &str, split: Split) -> Result<Images> {
+    match name {
+        "mnist" => mnist(&dir.join("mnist"), split),
+        "dermamnist" => dermamnist(&dir.join("dermamnist/dermamnist.npz"), split),
+        "dermamnist_64" => dermamnist(&dir.join("dermamnist/dermamnist_64.npz"), split),
+        other => Err(data_err(
+            dir,
+            format!(
+                "no data set '{other}'; known: {}",
+                DATASETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,7 @@ pub enum Error {
         reason: String,
     },
     /// No model of that name is registered.
-    #[error("no model named '{name}'; known models: {}", known.join(", "))]
+    #[error("no model named '{name}'; known models: {} (or give a directory holding model.onnx and manifest.json)", known.join(", "))]
     UnknownModel {
         /// The name asked for.
         name: String,

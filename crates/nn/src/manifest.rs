@@ -33,6 +33,14 @@ pub struct Manifest {
     pub positive_class: Option<usize>,
     /// The multiplicative depth under CKKS, as [`crate::Network::depth`] computes it.
     pub multiplicative_depth: usize,
+    /// What the outputs mean (classification when absent).
+    #[serde(default)]
+    pub task: Task,
+    /// The data set whose test split `model eval` and `bench infer` use: `mnist`,
+    /// `dermamnist`, `dermamnist_64` or `lesion-seg` (from the name when absent: `mnist…` or
+    /// `derma…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
     /// The trained coefficients of each quadratic activation (informational).
     #[serde(default)]
     pub activations: Vec<serde_json::Value>,
@@ -40,6 +48,21 @@ pub struct Manifest {
     pub metrics: serde_json::Value,
     /// How the model was trained.
     pub training: serde_json::Value,
+}
+
+/// What a model's outputs mean.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    /// One logit per class (`classes`); the prediction is the largest.
+    #[default]
+    Classification,
+    /// One logit per pixel of the input's height and width; a pixel belongs to the object
+    /// when its probability (the logit's sigmoid) reaches `threshold`.
+    Segmentation {
+        /// Probability threshold, in (0, 1).
+        threshold: f64,
+    },
 }
 
 /// The input tensor of one image.
@@ -88,7 +111,34 @@ impl Manifest {
         if self.classes.is_empty() || self.positive_class.is_some_and(|p| p >= self.classes.len()) {
             return Err(err("classes are empty or the positive class is out of range".into()));
         }
+        if let Task::Segmentation { threshold } = self.task
+            && !(threshold > 0.0 && threshold < 1.0)
+        {
+            return Err(err(format!("segmentation threshold {threshold} is not in (0, 1)")));
+        }
         Ok(())
+    }
+
+    /// The output shape the task implies: one value per class, or one per input pixel.
+    pub fn output_shape(&self) -> Shape {
+        match self.task {
+            Task::Classification => Shape::Vector { len: self.classes.len() },
+            Task::Segmentation { .. } => {
+                let [_, height, width] = self.input.shape;
+                Shape::Image { channels: 1, height, width }
+            }
+        }
+    }
+
+    /// The data set whose test split the model is evaluated on (see [`Manifest::dataset`]).
+    pub fn dataset(&self) -> Option<&str> {
+        self.dataset.as_deref().or(if self.name.starts_with("mnist") {
+            Some("mnist")
+        } else if self.name.starts_with("derma") {
+            Some("dermamnist")
+        } else {
+            None
+        })
     }
 
     /// The input shape as the IR names it.

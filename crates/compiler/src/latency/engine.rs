@@ -173,14 +173,14 @@ fn last_reads(plan: &LatencyPlan) -> Vec<usize> {
     last
 }
 
-/// Ciphertext bytes alive at the busiest stage of one image: the values still to be read,
-/// the stage's output and a linear stage's hoisted babies.
-pub(super) fn peak_memory(plan: &LatencyPlan) -> usize {
+/// Ciphertext bytes alive at each stage of one image: the values still to be read, the
+/// stage's output and a linear stage's hoisted babies.
+pub(super) fn memory_profile(plan: &LatencyPlan) -> Vec<(usize, usize)> {
     let n = plan.header.params.n();
     let bytes = |(cts, level): (usize, usize)| cts * 2 * (level + 1) * n * 8;
     let last = last_reads(plan);
     let mut live = bytes(plan.sizes[0]);
-    let mut peak = live;
+    let mut profile = Vec::with_capacity(plan.stages.len());
     for (index, stage) in plan.stages.iter().enumerate() {
         let out = bytes(plan.sizes[stage.op.writes()]);
         let babies = match &stage.op {
@@ -189,7 +189,7 @@ pub(super) fn peak_memory(plan: &LatencyPlan) -> usize {
             }
             _ => 0,
         };
-        peak = peak.max(live + out + babies);
+        profile.push((index, live + out + babies));
         live += out;
         for (v, &l) in last.iter().enumerate() {
             if l == index && v != plan.output_value {
@@ -197,5 +197,5 @@ pub(super) fn peak_memory(plan: &LatencyPlan) -> usize {
             }
         }
     }
-    peak
+    profile
 }

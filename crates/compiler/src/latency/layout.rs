@@ -58,16 +58,25 @@ impl Layout {
         out
     }
 
-    /// The concatenation of `parts`: their ciphertexts one after the other.
+    /// The concatenation of `parts`: their ciphertexts one after the other. Images on grids
+    /// with the same row and column spacing stay on one grid (the channels' bases in order),
+    /// so what reads the concatenation still works in place.
     pub(crate) fn concat(parts: &[&Layout], slots: usize) -> Self {
         let mut positions = Vec::new();
+        let mut bases = Vec::new();
         let mut cts = 0;
         for part in parts {
             positions.extend(part.positions.iter().map(|p| p + cts * slots));
+            if let Some(grid) = &part.grid {
+                bases.extend(grid.bases.iter().map(|b| b + cts * slots));
+            }
             cts += part.cts;
         }
+        let spacing = |l: &&Layout| l.grid.as_ref().map(|g| (g.row, g.column));
+        let same = parts.first().and_then(spacing).filter(|s| parts.iter().all(|p| spacing(p) == Some(*s)));
+        let grid = same.map(|(row, column)| Grid { bases, row, column });
         let period = if cts == 1 { parts.first().map_or(slots, |p| p.period) } else { slots };
-        Self { cts, positions, period, grid: None }
+        Self { cts, positions, period, grid }
     }
 }
 

@@ -37,9 +37,9 @@ use crate::elementwise::{Align, ScaleStep};
 use crate::lower::{JoinKind, Lowered, Op, OpKind, Rows, ValueId, lower};
 use crate::params::{choose_parameters, output_scale, parameter_line, target_scale};
 use crate::poly::ChebyshevPlan;
-use crate::stage::{PlanHeader, StageHeader, stage_line};
+use crate::stage::{PlanHeader, StageHeader, check_budget, stage_line};
 use crate::throughput::too_deep;
-use crate::{Error, Packing, Result};
+use crate::{CompileOptions, Error, Packing, Result};
 
 use layout::{Geometry, Layout};
 use linear::{LinearRequest, LinearStage};
@@ -108,6 +108,21 @@ pub struct LatencyPlan {
 impl LatencyPlan {
     /// Compiles `network` (named `model`) for the latency packing.
     pub fn compile(model: &str, network: &Network) -> Result<Self> {
+        Self::compile_with(model, network, &CompileOptions::default())
+    }
+
+    /// [`LatencyPlan::compile`] with options (a memory budget).
+    pub fn compile_with(model: &str, network: &Network, options: &CompileOptions) -> Result<Self> {
+        let plan = Self::plan(model, network)?;
+        if let Some(budget) = options.memory_budget {
+            let headers: Vec<&StageHeader> = plan.stages.iter().map(|s| &s.header).collect();
+            let fixed = plan.plaintext_bytes() + plan.key_bytes();
+            check_budget(&engine::memory_profile(&plan), fixed, budget, &headers, network, Packing::Latency)?;
+        }
+        Ok(plan)
+    }
+
+    fn plan(model: &str, network: &Network) -> Result<Self> {
         let lowered = compose_pools(lower(network)?, network);
         let depth = lowered.depth();
         let params = choose_parameters(depth, 12).map_err(|most| too_deep(network, &lowered, most))?;
@@ -118,13 +133,21 @@ impl LatencyPlan {
             inputs.extend(Layout::image(channels, height, width, slots));
         }
         let mut best: Option<LatencyPlan> = None;
+        let mut refusal = None;
         for input in inputs {
-            let plan = walk(model, &params, network, &lowered, input)?;
-            if best.as_ref().is_none_or(|b| plan.estimated_cost() < b.estimated_cost()) {
-                best = Some(plan);
+            match walk(model, &params, network, &lowered, input) {
+                Ok(plan) if best.as_ref().is_none_or(|b| plan.estimated_cost() < b.estimated_cost()) => {
+                    best = Some(plan);
+                }
+                Ok(_) => {}
+                Err(error) => refusal = Some(error),
             }
         }
-        best.ok_or_else(|| Error::Internal("no input layout".into()))
+        match (best, refusal) {
+            (Some(plan), _) => Ok(plan),
+            (None, Some(refusal)) => Err(refusal),
+            (None, None) => Err(Error::Internal("no input layout".into())),
+        }
     }
 
     /// The model's name.
@@ -218,7 +241,8 @@ impl LatencyPlan {
     /// diagonals and keys, plus the ciphertexts alive at the busiest stage (values a later
     /// stage still reads, and a linear stage's hoisted babies).
     pub fn peak_memory_bytes(&self) -> usize {
-        engine::peak_memory(self) + self.plaintext_bytes() + self.key_bytes()
+        let ciphertexts = engine::memory_profile(self).iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
+        ciphertexts + self.plaintext_bytes() + self.key_bytes()
     }
 
     /// The slot vectors (one per input ciphertext) of one image in the plan's input layout.
@@ -448,17 +472,35 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
                         l
                     }));
                 }
+                // A sum pool runs unmasked, in place on a grid; so does what feeds one.
+                if (pool || feeds_pool(lowered, &consumers, out)) && candidates.iter().any(|l| l.grid.is_some()) {
+                    candidates.retain(|layout| layout.grid.is_some());
+                }
                 let partner = join_partner(lowered, &consumers, &states, out);
                 let request = LinearRequest { rows: &rows, bias: &bias, slots, costs, pool };
                 let (mut linear, cost) = match partner.filter(|l| l.positions.len() == rows.len()) {
                     Some(layout) => linear::plan(&request, &first.layout, layout),
-                    None => linear::best(&request, &first.layout, candidates)
-                        .ok_or_else(|| Error::Internal("no output layout".into()))?,
+                    None => linear::best(&request, &first.layout, candidates).ok_or_else(|| Error::Unsupported {
+                        node: network.nodes()[op.node].name.clone(),
+                        layer: network.nodes()[op.node].layer.to_string(),
+                        packing: "latency",
+                        reason: "no slot layout for its output".into(),
+                    })?,
                 };
+                if pool && !linear.unmasked {
+                    let node = &network.nodes()[op.node];
+                    return Err(Error::Unsupported {
+                        node: node.name.clone(),
+                        layer: node.layer.to_string(),
+                        packing: "latency",
+                        reason: "average pooling needs its input on a grid, to sum windows in place".into(),
+                    });
+                }
                 if pool {
                     let layout = linear.output.clone();
                     (
                         StageHeader {
+                            node: op.node,
                             name,
                             level_in: first.level,
                             level_out: first.level,
@@ -484,7 +526,14 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
                     // Exactly what the evaluator computes: (scale · weight scale) / q_level.
                     let scale = first.scale * weight_scale / moduli[first.level] as f64;
                     (
-                        StageHeader { name, level_in: first.level, level_out: first.level - 1, scale_out: scale, cost },
+                        StageHeader {
+                            node: op.node,
+                            name,
+                            level_in: first.level,
+                            level_out: first.level - 1,
+                            scale_out: scale,
+                            cost,
+                        },
                         StageOp::Linear { input: op.inputs[0], output: out, linear: Box::new(linear) },
                         ValueState { level: first.level - 1, scale, layout },
                     )
@@ -497,7 +546,14 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
                 let squared = first.scale * first.scale / moduli[first.level] as f64;
                 let cost = cts * (costs.square() + costs.key_switch() + costs.rescale(2));
                 (
-                    StageHeader { name, level_in: first.level, level_out: first.level - 1, scale_out: squared, cost },
+                    StageHeader {
+                        node: op.node,
+                        name,
+                        level_in: first.level,
+                        level_out: first.level - 1,
+                        scale_out: squared,
+                        cost,
+                    },
                     StageOp::Square { input: op.inputs[0], output: out, shift: *shift },
                     ValueState { level: first.level - 1, scale: squared, layout: first.layout.clone() },
                 )
@@ -511,7 +567,7 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
                 let cost = cts * plan.products() as f64 * (costs.square() + costs.key_switch() + costs.rescale(2))
                     + cts * plan.scalar_terms() as f64 * costs.product();
                 (
-                    StageHeader { name, level_in: first.level, level_out, scale_out: scale, cost },
+                    StageHeader { node: op.node, name, level_in: first.level, level_out, scale_out: scale, cost },
                     StageOp::Chebyshev { input: op.inputs[0], output: out, plan: plan.clone(), scale },
                     ValueState { level: level_out, scale, layout: first.layout.clone() },
                 )
@@ -524,6 +580,7 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
                 let step = ScaleStep::plan(*factor, *shift, first.level, first.scale, scale, &moduli);
                 (
                     StageHeader {
+                        node: op.node,
                         name,
                         level_in: first.level,
                         level_out: first.level - 1,
@@ -564,7 +621,7 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
                     JoinKind::Concat => Layout::concat(&layouts.iter().collect::<Vec<_>>(), slots),
                 };
                 (
-                    StageHeader { name, level_in: top, level_out: at.0, scale_out: at.1, cost },
+                    StageHeader { node: op.node, name, level_in: top, level_out: at.0, scale_out: at.1, cost },
                     StageOp::Join { kind: *kind, inputs, output: out },
                     ValueState { level: at.0, scale: at.1, layout },
                 )
@@ -601,6 +658,17 @@ fn tensor_bias(bias: &[f64], order: &Option<Vec<usize>>) -> Vec<f64> {
         }
         None => bias.to_vec(),
     }
+}
+
+/// Whether `v` reaches a sum pool directly or through slot-wise ops (which keep its layout).
+fn feeds_pool(lowered: &Lowered, consumers: &[Vec<usize>], v: ValueId) -> bool {
+    consumers[v].iter().any(|&reader| match lowered.ops[reader].kind {
+        OpKind::SumPool { .. } => true,
+        OpKind::Square { .. } | OpKind::Chebyshev(_) | OpKind::Scale { .. } => {
+            feeds_pool(lowered, consumers, reader + 1)
+        }
+        _ => false,
+    })
 }
 
 /// When `v`'s only reader is an add whose other branch is already laid out: that layout.

@@ -259,8 +259,9 @@ fn last_reads(plan: &ThroughputPlan, steps: &[Step]) -> Vec<usize> {
 }
 
 /// The estimate behind [`ThroughputPlan::peak_memory_bytes`]: replays the steps' allocations
-/// (a value is freed after its last reader, as the engine does).
-pub(super) fn peak_memory(plan: &ThroughputPlan) -> usize {
+/// (a value is freed after its last reader, as the engine does). Per step: its first stage and
+/// the bytes of ciphertexts and weights held while it runs.
+pub(super) fn memory_profile(plan: &ThroughputPlan) -> Vec<(usize, usize)> {
     let n = plan.header.params.n();
     let bytes = |v: ValueId, parts: usize, level: usize| plan.lens[v] * parts * (level + 1) * n * 8;
     let mut steps: Vec<std::ops::RangeInclusive<usize>> = Vec::new();
@@ -281,7 +282,8 @@ pub(super) fn peak_memory(plan: &ThroughputPlan) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let mut size = vec![0usize; plan.values];
     size[0] = bytes(0, 2, plan.header.input_level);
-    let (mut live, mut peak, mut weights) = (size[0], size[0], 0usize);
+    let (mut live, mut weights) = (size[0], 0usize);
+    let mut profile = Vec::with_capacity(steps.len());
     for (s, range) in steps.iter().enumerate() {
         let mut buffers = 0;
         for stage in range.clone() {
@@ -301,7 +303,7 @@ pub(super) fn peak_memory(plan: &ThroughputPlan) -> usize {
         if range.start() == range.end() && matches!(end.op, StageOp::Settle { .. }) {
             live -= size[out].min(live);
         }
-        peak = peak.max(live + out_bytes + buffers);
+        profile.push((*range.start(), live + out_bytes + buffers + weights));
         live += out_bytes;
         size[out] = out_bytes;
         for (v, &l) in last.iter().enumerate() {
@@ -311,5 +313,5 @@ pub(super) fn peak_memory(plan: &ThroughputPlan) -> usize {
             }
         }
     }
-    peak + weights
+    profile
 }

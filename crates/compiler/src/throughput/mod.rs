@@ -33,8 +33,8 @@ use crate::elementwise::{Align, ScaleStep};
 use crate::lower::{JoinKind, Lowered, OpKind, Rows, ValueId, lower};
 use crate::params::{choose_parameters, output_scale, parameter_line, target_scale};
 use crate::poly::ChebyshevPlan;
-use crate::stage::{PlanHeader, StageHeader, stage_line};
-use crate::{Error, Packing, Result};
+use crate::stage::{PlanHeader, StageHeader, check_budget, stage_line};
+use crate::{CompileOptions, Error, Packing, Result};
 
 use segment::Segment;
 
@@ -153,10 +153,20 @@ pub struct ThroughputPlan {
 impl ThroughputPlan {
     /// Compiles `network` (named `model`) for the throughput packing.
     pub fn compile(model: &str, network: &Network) -> Result<Self> {
+        Self::compile_with(model, network, &CompileOptions::default())
+    }
+
+    /// [`ThroughputPlan::compile`] with options (a memory budget).
+    pub fn compile_with(model: &str, network: &Network, options: &CompileOptions) -> Result<Self> {
         let lowered = lower(network)?;
         let depth = lowered.depth();
         let params = choose_parameters(depth, 12).map_err(|most| too_deep(network, &lowered, most))?;
-        walk(model, params, network, &lowered)
+        let plan = walk(model, params, network, &lowered)?;
+        if let Some(budget) = options.memory_budget {
+            let headers: Vec<&StageHeader> = plan.stages.iter().map(|s| &s.header).collect();
+            check_budget(&engine::memory_profile(&plan), 0, budget, &headers, network, Packing::Throughput)?;
+        }
+        Ok(plan)
     }
 
     /// The model's name.
@@ -217,7 +227,7 @@ impl ThroughputPlan {
     /// stage (inputs, outputs and every value a later stage still reads), the weights reduced
     /// per prime, and the buffers of a streamed segment.
     pub fn peak_memory_bytes(&self) -> usize {
-        engine::peak_memory(self)
+        engine::memory_profile(self).iter().map(|(_, bytes)| *bytes).max().unwrap_or(0)
     }
 
     /// Transposes a batch of images (each `input_count` values) into one slot vector per input
@@ -362,6 +372,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
             stages.push(Stage {
                 parts: 2,
                 header: StageHeader {
+                    node: lowered.producer(v).map_or(0, |op| op.node),
                     name: format!("settle {name}"),
                     level_in: st.level,
                     level_out: st.level - st.pending,
@@ -403,7 +414,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
                             + rescale_cost(&params, st.level, rescales));
                 let level_out = st.level - rescales;
                 (
-                    StageHeader { name, level_in: st.level, level_out, scale_out: out_scale, cost },
+                    StageHeader { node: op.node, name, level_in: st.level, level_out, scale_out: out_scale, cost },
                     StageOp::Linear {
                         input,
                         output: out,
@@ -426,6 +437,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
                     * Costs::new(&params, st.level).multiply_add(st.parts);
                 (
                     StageHeader {
+                        node: op.node,
                         name: format!("sum-pool {name}"),
                         level_in: st.level,
                         level_out: st.level,
@@ -459,6 +471,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
                     len as f64 * (rescale_cost(&params, st.level, st.pending) + Costs::new(&params, level).square());
                 (
                     StageHeader {
+                        node: op.node,
                         name: format!("square {name}"),
                         level_in: st.level,
                         level_out: level,
@@ -489,7 +502,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
                     len as f64 * plan.products() as f64 * (costs.square() + costs.key_switch() + costs.rescale(2))
                         + len as f64 * plan.scalar_terms() as f64 * costs.product();
                 (
-                    StageHeader { name, level_in: st.level, level_out, scale_out: scale, cost },
+                    StageHeader { node: op.node, name, level_in: st.level, level_out, scale_out: scale, cost },
                     StageOp::Chebyshev { input, output: out, plan: plan.clone(), scale },
                     ValueState { level: level_out, scale, parts: 2, pending: 0, len },
                 )
@@ -505,7 +518,14 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
                 let step = ScaleStep::plan(*factor, *shift, st.level, st.scale, scale, &moduli);
                 let cost = len as f64 * Costs::new(&params, st.level).rescale(2);
                 (
-                    StageHeader { name, level_in: st.level, level_out: st.level - 1, scale_out: scale, cost },
+                    StageHeader {
+                        node: op.node,
+                        name,
+                        level_in: st.level,
+                        level_out: st.level - 1,
+                        scale_out: scale,
+                        cost,
+                    },
                     StageOp::Scale { input, output: out, step },
                     ValueState { level: st.level - 1, scale, parts: 2, pending: 0, len },
                 )
@@ -529,7 +549,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
                     inputs.push((v, align, offset));
                 }
                 (
-                    StageHeader { name, level_in: top, level_out: at.0, scale_out: at.1, cost },
+                    StageHeader { node: op.node, name, level_in: top, level_out: at.0, scale_out: at.1, cost },
                     StageOp::Join { kind: *kind, inputs, output: out },
                     ValueState { level: at.0, scale: at.1, parts: 2, pending: 0, len },
                 )

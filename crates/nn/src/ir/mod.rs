@@ -320,8 +320,9 @@ impl Network {
     ///
     /// - Conv2d, ConvTranspose2d and Dense multiply by plaintext weights: 1 level.
     /// - Flatten, Add, Concat and Upsample: 0.
-    /// - AvgPool2d is a sum times 1/(kh·kw): 0 when its only consumer (through pools, flattens
-    ///   and up-samplings) is weighted (the factor folds into its weights), else 1.
+    /// - AvgPool2d is a sum times 1/(kh·kw): 0 when its consumers (through pools, flattens
+    ///   and up-samplings) are weighted or joins (the factor folds into their weights or their
+    ///   alignment), else 1.
     /// - Activation of degree 2, `a x² + b x + c = a (x + b/2a)² + c'`: 1 level when it reads a
     ///   weighted node directly (the shift folds into its bias) and a weighted node follows (the
     ///   factor and constant fold into its weights), or when it is exactly `x²`; otherwise 2.
@@ -348,19 +349,17 @@ impl Network {
             .collect()
     }
 
-    /// Whether node `i`'s output reaches a weighted node through single-consumer pools,
-    /// flattens and up-samplings only.
+    /// Whether every path from node `i`'s output reaches a weighted node (or a join, whose
+    /// alignment takes the factor) through pools, flattens and up-samplings only.
     fn weighted_after(&self, i: usize) -> bool {
-        let mut tensor = TensorId::of_node(i);
-        loop {
-            let consumers = self.consumers(tensor);
-            let [next] = consumers[..] else { return false };
-            match &self.nodes[next].layer {
-                layer if layer.is_weighted() => return true,
-                Layer::Flatten | Layer::AvgPool2d(_) | Layer::Upsample(_) => tensor = TensorId::of_node(next),
-                _ => return false,
-            }
-        }
+        let consumers = self.consumers(TensorId::of_node(i));
+        !consumers.is_empty()
+            && consumers.iter().all(|&c| match &self.nodes[c].layer {
+                layer if layer.is_weighted() => true,
+                Layer::Add | Layer::Concat => true,
+                Layer::Flatten | Layer::AvgPool2d(_) | Layer::Upsample(_) => self.weighted_after(c),
+                _ => false,
+            })
     }
 
     /// Whether node `i` reads a weighted node (through flattens) whose only consumer it is.
