@@ -33,7 +33,8 @@ A development tool: nothing in Blindfold's build or tests runs it. No torch need
 Multiplicative depth, as recorded in the manifests: every Conv, ConvTranspose and Gemm costs 1
 level, every quadratic activation 1, AveragePool, GlobalAveragePool, Flatten, Concat and Add 0,
 a node joining several tensors starts from the deepest; a Chebyshev polynomial of degree d costs
-ceil(log2(d + 1)) levels, plus 1 when its input is not directly the output of a Conv or Gemm.
+ceil(log2(d + 1)) levels, plus 1 when its input is neither directly the output of a Conv or Gemm
+nor a residual Add (whose branches take the map of the interval onto [-1, 1]).
 """
 
 import os
@@ -291,7 +292,7 @@ class Net:
         err = float(np.abs(np_chebyshev(grid, coefficients, (lo, hi)) - func(grid)).max())
         test = self.vals[t]["test"]
         within = float(((test >= lo) & (test <= hi)).mean())
-        cost = math.ceil(math.log2(degree + 1)) + (0 if self.kind[t] in ("Conv", "Gemm") else 1)
+        cost = math.ceil(math.log2(degree + 1)) + (0 if self.kind[t] in ("Conv", "Gemm", "Add") else 1)
         out = self.emit(
             "Polynomial", [t], self.apply(t, lambda v: np_chebyshev(v, coefficients, (lo, hi))),
             self.depth[t] + cost, domain=DOMAIN, coefficients=coefficients, basis="chebyshev", interval=[lo, hi],

@@ -260,6 +260,8 @@ impl Lowerer<'_> {
             rows.iter_mut().flatten().for_each(|(_, w)| *w *= alpha);
             bias.iter_mut().for_each(|b| *b = alpha * *b + beta);
             input
+        } else if self.fold_into_add(index, input, alpha, beta) {
+            input
         } else {
             let scale = OpKind::Scale { factor: alpha, shift: beta };
             self.push(index, format!("{name}: map onto [-1, 1]"), scale, vec![input], len)
@@ -279,6 +281,45 @@ impl Lowerer<'_> {
             && self.values[input].tensor == read
             && self.network.consumers(read).len() == 1)
             .then_some(k)
+    }
+
+    /// Folds `t = α·x + β` into the residual add writing `input`, when the activation is its
+    /// only reader, its reference branch comes straight from a weighted op nothing else reads
+    /// (which takes α and β into its weights and bias) and every other branch is shallower (so
+    /// its alignment multiplies anyway and takes α): the map onto [−1, 1] then costs no level.
+    fn fold_into_add(&mut self, index: usize, input: ValueId, alpha: f64, beta: f64) -> bool {
+        let Some(k) = input.checked_sub(1) else { return false };
+        let read = self.network.nodes()[index].inputs[0];
+        if self.values[input].tensor != read || self.network.consumers(read).len() != 1 {
+            return false;
+        }
+        let OpKind::Join { kind: JoinKind::Add, reference, .. } = &self.ops[k].kind else { return false };
+        let reference = *reference;
+        let inputs = self.ops[k].inputs.clone();
+        let reference_value = inputs[reference];
+        let depth = self.values[reference_value].depth;
+        let shallower = inputs.iter().enumerate().all(|(i, &v)| i == reference || self.values[v].depth < depth);
+        let Some(p) = reference_value.checked_sub(1) else { return false };
+        let producer_tensor = TensorId::of_node(self.ops[p].node);
+        let foldable = matches!(self.ops[p].kind, OpKind::Weighted { .. })
+            && self.values[reference_value].tensor == producer_tensor
+            && self.network.consumers(producer_tensor).len() == 1
+            && inputs.iter().filter(|&&v| v == reference_value).count() == 1;
+        if !(shallower && foldable) {
+            return false;
+        }
+        if let OpKind::Weighted { rows, bias, .. } = &mut self.ops[p].kind {
+            rows.iter_mut().flatten().for_each(|(_, w)| *w *= alpha);
+            bias.iter_mut().for_each(|b| *b = alpha * *b + beta);
+        }
+        if let OpKind::Join { alignments, .. } = &mut self.ops[k].kind {
+            for (i, alignment) in alignments.iter_mut().enumerate() {
+                if i != reference {
+                    alignment.ratio *= alpha;
+                }
+            }
+        }
+        true
     }
 
     /// Add or concat: the branches aligned to a reference (see the module documentation).
@@ -577,5 +618,32 @@ mod tests {
         .unwrap();
         let err = lower(&no_interval).unwrap_err().to_string();
         assert!(err.contains("needs its input interval"), "{err}");
+    }
+
+    #[test]
+    fn a_polynomial_after_a_residual_add_maps_its_interval_through_the_branches() {
+        // x → conv → square → conv → add(x) → Chebyshev: the interval map folds into the deep
+        // branch's convolution and the skip's alignment, so no scale op costs a level.
+        let image = Shape::Image { channels: 1, height: 4, width: 4 };
+        let net = Network::graph(
+            image,
+            vec![
+                node("c1", conv(1), &[0]),
+                node("sq", Layer::Activation(Polynomial::square()), &[1]),
+                node("c2", conv(1), &[2]),
+                node("sum", Layer::Add, &[3, 0]),
+                node("p", Layer::Activation(Polynomial::chebyshev(vec![0.0, 1.0, 0.0, 0.2], [-2.0, 6.0])), &[4]),
+            ],
+            TensorId::of_node(4),
+        )
+        .unwrap();
+        let lowered = lower(&net).unwrap();
+        assert!(!lowered.ops.iter().any(|op| matches!(op.kind, OpKind::Scale { .. })));
+        let OpKind::Join { alignments, reference, .. } = &lowered.ops[3].kind else { panic!() };
+        assert_eq!(*reference, 0);
+        assert!((alignments[1].ratio - 0.25).abs() < 1e-12, "{alignments:?}");
+        // conv, square, conv, then degree 3 (2 levels).
+        assert_eq!(lowered.depth(), 5);
+        assert_eq!(net.depth(), 5);
     }
 }

@@ -403,3 +403,92 @@ pub(crate) fn apply(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latency::layout::Geometry;
+    use blindfold_ckks::Preset;
+
+    fn costs() -> Costs {
+        let params = Preset::N13Depth5Small.parameters().unwrap_or_else(|e| panic!("{e}"));
+        Costs::new(&params, 3)
+    }
+
+    /// Rows of a 3×3 convolution with 'same' padding on one h×w channel, weight 1 + tap.
+    fn conv_rows(h: usize, w: usize) -> Rows {
+        let mut rows = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let mut row = Vec::new();
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (iy, ix) = ((y + ky) as isize - 1, (x + kx) as isize - 1);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            row.push((iy as usize * w + ix as usize, 1.0 + (ky * 3 + kx) as f64));
+                        }
+                    }
+                }
+                rows.push(row);
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn a_convolution_in_place_has_one_diagonal_per_kernel_tap() {
+        let slots = 4096;
+        let input = Layout::image(1, 6, 6, slots).unwrap_or_else(|| panic!("fits"));
+        let geometry = Geometry::Window { stride: [1, 1], padding: [1, 1], output: [1, 6, 6] };
+        let outputs = geometry.grid_outputs(input.grid.as_ref().unwrap_or_else(|| panic!("grid")), slots);
+        let rows = conv_rows(6, 6);
+        let bias = vec![0.0; 36];
+        let request = LinearRequest { rows: &rows, bias: &bias, slots, costs: costs(), pool: false };
+        let (stage, _) = best(&request, &input, outputs).unwrap_or_else(|| panic!("a stage"));
+        assert_eq!(stage.entries.len(), 9, "{:?}", stage.entries.keys().collect::<Vec<_>>());
+        // Every weight is placed exactly once.
+        assert_eq!(stage.entries.values().map(Vec::len).sum::<usize>(), rows.iter().map(Vec::len).sum::<usize>());
+        // A dense output needs far more diagonals.
+        let (dense, _) = plan(&request, &input, Layout::dense(36, slots));
+        assert!(dense.entries.len() > 9);
+    }
+
+    #[test]
+    fn diagonals_are_kept_per_pair_of_ciphertexts() {
+        // The identity from a layout over two ciphertexts onto the same layout: one diagonal
+        // (0) for each ciphertext with itself, none across.
+        let slots = 64;
+        let layout = Layout::dense(100, slots);
+        assert_eq!(layout.cts, 2);
+        let rows: Rows = (0..100).map(|e| vec![(e, 1.0)]).collect();
+        let bias = vec![0.0; 100];
+        let request = LinearRequest { rows: &rows, bias: &bias, slots, costs: costs(), pool: false };
+        let (stage, _) = plan(&request, &layout, layout.clone());
+        assert_eq!(stage.entries.keys().copied().collect::<Vec<_>>(), vec![(0, 0, 0), (1, 1, 0)]);
+        // Swapping the two halves: element e moves to the other ciphertext.
+        let rows: Rows = (0..100).map(|e| vec![((e + 50) % 100, 1.0)]).collect();
+        let request = LinearRequest { rows: &rows, ..request };
+        let (stage, _) = plan(&request, &layout, layout.clone());
+        assert!(stage.entries.keys().any(|&(o, i, _)| o != i));
+    }
+
+    #[test]
+    fn a_pool_in_place_runs_unmasked_and_a_pool_on_a_dense_layout_does_not() {
+        let slots = 4096;
+        let input = Layout::image(2, 4, 4, slots).unwrap_or_else(|| panic!("fits"));
+        let rows = crate::lower::pool_rows(
+            [2, 2],
+            [2, 2],
+            blindfold_nn::Shape::Image { channels: 2, height: 4, width: 4 },
+            blindfold_nn::Shape::Image { channels: 2, height: 2, width: 2 },
+        );
+        let bias = vec![0.0; rows.len()];
+        let request = LinearRequest { rows: &rows, bias: &bias, slots, costs: costs(), pool: true };
+        let grid = input.grid.clone().unwrap_or_else(|| panic!("grid"));
+        let geometry = Geometry::Window { stride: [2, 2], padding: [0, 0], output: [2, 2, 2] };
+        let (stage, _) = best(&request, &input, geometry.grid_outputs(&grid, slots)).unwrap_or_else(|| panic!("stage"));
+        assert!(stage.unmasked && stage.entries.len() == 4, "{:?}", stage.entries.keys().collect::<Vec<_>>());
+        let (dense, _) = plan(&request, &Layout::dense(32, slots), Layout::dense(8, slots));
+        assert!(!dense.unmasked);
+    }
+}

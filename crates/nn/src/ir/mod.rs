@@ -327,8 +327,9 @@ impl Network {
     ///   weighted node directly (the shift folds into its bias) and a weighted node follows (the
     ///   factor and constant fold into its weights), or when it is exactly `x²`; otherwise 2.
     ///   Degree 1 or 0: 0 when a weighted node follows, else 1. Degree d ≥ 3 (Chebyshev basis,
-    ///   baby-step giant-step): ⌈log2(d + 1)⌉, plus 1 when it does not read a weighted node
-    ///   directly (mapping its interval onto [−1, 1] then costs a multiplication).
+    ///   baby-step giant-step): ⌈log2(d + 1)⌉, plus 1 when it reads neither a weighted node
+    ///   nor a residual add directly (mapping its interval onto [−1, 1] then costs a
+    ///   multiplication).
     pub fn levels(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .map(|i| match &self.nodes[i].layer {
@@ -343,7 +344,10 @@ impl Network {
                         1
                     }
                     2 => 2,
-                    d => (usize::BITS - d.leading_zeros()) as usize + usize::from(!self.weighted_before(i)),
+                    d => {
+                        (usize::BITS - d.leading_zeros()) as usize
+                            + usize::from(!self.weighted_before(i) && !self.reads_residual_add(i))
+                    }
                 },
             })
             .collect()
@@ -360,6 +364,13 @@ impl Network {
                 Layer::Flatten | Layer::AvgPool2d(_) | Layer::Upsample(_) => self.weighted_after(c),
                 _ => false,
             })
+    }
+
+    /// Whether node `i` is the only reader of a residual add (whose branches can take a scalar
+    /// map before they are added).
+    fn reads_residual_add(&self, i: usize) -> bool {
+        let tensor = self.nodes[i].inputs[0];
+        tensor.node().is_some_and(|n| matches!(self.nodes[n].layer, Layer::Add)) && self.consumers(tensor).len() == 1
     }
 
     /// Whether node `i` reads a weighted node (through flattens) whose only consumer it is.
