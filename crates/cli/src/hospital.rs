@@ -66,6 +66,10 @@ pub enum Hospital {
         /// The result batch file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Refuse a model whose plan needs more memory than this (bytes, or with a K/M/G
+        /// suffix), naming the layer [default: the memory available on this machine].
+        #[arg(long, value_parser = crate::memory::parse_bytes)]
+        memory_budget: Option<u64>,
         #[command(flatten)]
         output: Output,
     },
@@ -124,7 +128,9 @@ pub fn run(command: Hospital) -> anyhow::Result<()> {
         Hospital::Encrypt { keys, model, inputs, out, split, limit, packing, output } => {
             encrypt(&keys, model.as_deref(), &inputs, &out, IntakeOptions { split, limit }, packing.packing, output)
         }
-        Hospital::Eval { keys, input, out, output } => eval(&keys, &input, &out, output),
+        Hospital::Eval { keys, input, out, memory_budget, output } => {
+            eval(&keys, &input, &out, memory_budget.or_else(crate::memory::available), output)
+        }
         Hospital::Decrypt { keys, input, out, names, output } => decrypt(&keys, &input, &out, names.as_deref(), output),
     }
 }
@@ -228,14 +234,14 @@ fn encrypt(
     )
 }
 
-fn eval(keys: &Path, input: &Path, out: &Path, output: Output) -> anyhow::Result<()> {
+fn eval(keys: &Path, input: &Path, out: &Path, memory_budget: Option<u64>, output: Output) -> anyhow::Result<()> {
     let started = Instant::now();
     let bar = bar(output, 1000, "evaluating");
     let control = Control::with_progress(|progress| {
         bar.set_position((progress.fraction * 1000.0) as u64);
         bar.set_message(progress.name.to_string());
     });
-    let header = blindfold_client::evaluate_file(keys, input, out, &control);
+    let header = blindfold_client::evaluate_file(keys, input, out, memory_budget, &control);
     drop(control);
     bar.finish_and_clear();
     let header = header.with_context(|| format!("evaluating {}", input.display()))?;

@@ -297,3 +297,46 @@ fn the_latency_packing_round_trips_single_images() {
     ]);
     assert!(error.contains("keygen --packing latency"), "{error}");
 }
+
+/// A model read from a directory (a copy of mnist-cryptonets under another name): keygen
+/// remembers the directory, and encrypt, eval and decrypt use the same files; `model show`
+/// takes the directory too.
+#[test]
+fn a_model_directory_serves_keygen_encrypt_eval_and_decrypt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let model_dir = tmp.path().join("my-digits");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::copy(models.join(MODEL).join("model.onnx"), model_dir.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(models.join(MODEL).join("manifest.json")).unwrap();
+    let manifest = manifest.replacen(&format!("\"name\": \"{MODEL}\""), "\"name\": \"my-digits\"", 1);
+    std::fs::write(model_dir.join("manifest.json"), manifest).unwrap();
+
+    let shown = ok(&["model", "show", s(&model_dir)]);
+    assert!(shown.contains("my-digits") && shown.contains("throughput plan for my-digits"), "{shown}");
+
+    let keys = tmp.path().join("keys");
+    let out = ok(&["keygen", "--model", s(&model_dir), "--out", s(&keys), "--json"]);
+    let keygen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keygen["model"], "my-digits");
+    let (batch, result, predictions) =
+        (tmp.path().join("job.bfib"), tmp.path().join("job.bfrb"), tmp.path().join("predictions.json"));
+    ok(&["encrypt", "--keys", s(&keys), s(&mnist_images()), "--limit", "5", "--out", s(&batch), "--quiet"]);
+    ok(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--quiet"]);
+    ok(&["decrypt", "--keys", s(&keys), "--in", s(&result), "--out", s(&predictions)]);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&predictions).unwrap()).unwrap();
+    assert_eq!(json["model"], "my-digits");
+    let images = blindfold_nn::data::mnist(mnist_images().parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
+    let model = registry::load(s(&model_dir)).unwrap();
+    let inputs = model.manifest.inputs(&images.take(5)).unwrap();
+    for (prediction, input) in json["images"].as_array().unwrap().iter().zip(&inputs) {
+        assert_eq!(
+            prediction["class_index"].as_u64().unwrap() as usize,
+            argmax(&model.network.forward(input).unwrap())
+        );
+    }
+
+    // A budget the plan cannot meet is refused before anything is evaluated, naming a layer.
+    let err = refused(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--memory-budget", "1M"]);
+    assert!(err.contains("memory budget") && err.contains("node "), "{err}");
+}

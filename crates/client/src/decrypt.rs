@@ -47,6 +47,13 @@ pub struct Predictions {
 /// `names` if given, else from `RESULT.names.json` if it exists, else are `#position`.
 pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Predictions> {
     let model = keys.compiled_model_of_batch(result, BatchKind::Result)?;
+    if let blindfold_nn::Task::Segmentation { .. } = model.manifest().task {
+        return Err(Error::KeySetMismatch(format!(
+            "{} is a segmentation model: `decrypt` writes class predictions, and this build does not write \
+             masks yet; its outputs can be measured with `blindfold bench infer --model …`",
+            model.name()
+        )));
+    }
     let plan = model.plan();
     let context = Context::new(plan.params().clone())?;
     let file = File::open(result).map_err(Error::io(result))?;

@@ -17,8 +17,15 @@ use crate::keys::{DESCRIPTOR_FILE, KeySet, read_evaluation_keys};
 /// in `keys_dir`; never reads the secret key (a directory holding only one is refused). With a
 /// key-set descriptor the batch must be for its model and key set; without one, the model named
 /// in the batch header is used. The names sidecar of the input, if any, is copied beside the
-/// output so that `decrypt` finds it. Returns the result header.
-pub fn evaluate_file(keys_dir: &Path, input: &Path, output: &Path, control: &Control<'_>) -> Result<BatchHeader> {
+/// output so that `decrypt` finds it. A plan whose estimated memory exceeds `memory_budget`
+/// bytes is refused before anything is evaluated, naming the layer. Returns the result header.
+pub fn evaluate_file(
+    keys_dir: &Path,
+    input: &Path,
+    output: &Path,
+    memory_budget: Option<u64>,
+    control: &Control<'_>,
+) -> Result<BatchHeader> {
     let key_set = if keys_dir.join(DESCRIPTOR_FILE).exists() { Some(KeySet::open(keys_dir)?) } else { None };
     let bundle = read_evaluation_keys(keys_dir, key_set.as_ref())?;
     let file = BufReader::new(File::open(input).map_err(Error::io(input))?);
@@ -39,6 +46,9 @@ pub fn evaluate_file(keys_dir: &Path, input: &Path, output: &Path, control: &Con
         }
     };
     let (evaluator, reader) = evaluator;
+    if let Some(budget) = memory_budget {
+        evaluator.model().check_memory(budget)?;
+    }
     let out = BufWriter::new(File::create(output).map_err(Error::io(output))?);
     let evaluated = match evaluator.evaluate(reader, out, control) {
         Ok(evaluated) => evaluated,

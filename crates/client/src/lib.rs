@@ -12,7 +12,7 @@
 //! let intake = read_inputs(model.manifest(), &[PathBuf::from("scans/")], IntakeOptions::default())?;
 //! let batches = encrypt(&keys, &model, &intake, Path::new("job.bfib"), &|_, _| {})?;
 //! // … the service (or `evaluate_file`, offline) turns job.bfib into job.bfrb …
-//! evaluate_file(keys.dir(), &batches[0].path, Path::new("job.bfrb"), &Control::none())?;
+//! evaluate_file(keys.dir(), &batches[0].path, Path::new("job.bfrb"), None, &Control::none())?;
 //! let predictions = decrypt(&keys, Path::new("job.bfrb"), None)?;
 //! predictions.write(Path::new("predictions.csv"))?;
 //! # Ok::<(), blindfold_client::Error>(())

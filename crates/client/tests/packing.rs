@@ -50,7 +50,7 @@ fn a_latency_key_set_chooses_by_image_count_and_evaluates_both_packings() {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].packing, packing);
         let result = tmp.path().join(format!("{packing}.bfrb"));
-        let header = evaluate_file(&dir, &batches[0].path, &result, &Control::none()).unwrap();
+        let header = evaluate_file(&dir, &batches[0].path, &result, None, &Control::none()).unwrap();
         assert_eq!(header.packing, packing);
         let predictions = decrypt(&keys, &result, None).unwrap();
         let found: Vec<usize> = predictions.images.iter().map(|p| p.class_index).collect();

@@ -42,6 +42,15 @@ impl Plan {
         }
     }
 
+    /// Refuses the plan when its estimated memory exceeds `budget` bytes, naming the layer of
+    /// `network` (the one it was compiled from) where it does.
+    pub fn check_memory(&self, network: &Network, budget: u64) -> Result<()> {
+        match self {
+            Plan::Throughput(plan) => plan.check_memory(network, budget),
+            Plan::Latency(plan) => plan.check_memory(network, budget),
+        }
+    }
+
     /// Bytes of the evaluation keys the plan needs.
     pub fn key_bytes(&self) -> usize {
         match self {
@@ -227,6 +236,11 @@ impl CompiledModel {
                 vec![channels as u32, height as u32, width as u32]
             }
         }
+    }
+    /// Refuses the model when its plan's estimated memory exceeds `budget` bytes, naming the
+    /// layer where it does.
+    pub fn check_memory(&self, budget: u64) -> Result<()> {
+        self.plan.check_memory(&self.model.network, budget)
     }
     /// Where the model came from (embedded, or a directory).
     pub fn source(&self) -> &registry::Source {

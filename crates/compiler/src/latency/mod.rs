@@ -115,11 +115,17 @@ impl LatencyPlan {
     pub fn compile_with(model: &str, network: &Network, options: &CompileOptions) -> Result<Self> {
         let plan = Self::plan(model, network)?;
         if let Some(budget) = options.memory_budget {
-            let headers: Vec<&StageHeader> = plan.stages.iter().map(|s| &s.header).collect();
-            let fixed = plan.plaintext_bytes() + plan.key_bytes();
-            check_budget(&engine::memory_profile(&plan), fixed, budget, &headers, network, Packing::Latency)?;
+            plan.check_memory(network, budget)?;
         }
         Ok(plan)
+    }
+
+    /// Refuses the plan when its estimated memory exceeds `budget` bytes at some stage,
+    /// naming that stage's node of `network` (the network it was compiled from).
+    pub fn check_memory(&self, network: &Network, budget: u64) -> Result<()> {
+        let headers: Vec<&StageHeader> = self.stages.iter().map(|s| &s.header).collect();
+        let fixed = self.plaintext_bytes() + self.key_bytes();
+        check_budget(&engine::memory_profile(self), fixed, budget, &headers, network, Packing::Latency)
     }
 
     fn plan(model: &str, network: &Network) -> Result<Self> {

@@ -163,10 +163,16 @@ impl ThroughputPlan {
         let params = choose_parameters(depth, 12).map_err(|most| too_deep(network, &lowered, most))?;
         let plan = walk(model, params, network, &lowered)?;
         if let Some(budget) = options.memory_budget {
-            let headers: Vec<&StageHeader> = plan.stages.iter().map(|s| &s.header).collect();
-            check_budget(&engine::memory_profile(&plan), 0, budget, &headers, network, Packing::Throughput)?;
+            plan.check_memory(network, budget)?;
         }
         Ok(plan)
+    }
+
+    /// Refuses the plan when its estimated memory exceeds `budget` bytes at some stage,
+    /// naming that stage's node of `network` (the network it was compiled from).
+    pub fn check_memory(&self, network: &Network, budget: u64) -> Result<()> {
+        let headers: Vec<&StageHeader> = self.stages.iter().map(|s| &s.header).collect();
+        check_budget(&engine::memory_profile(self), 0, budget, &headers, network, Packing::Throughput)
     }
 
     /// The model's name.
