@@ -247,16 +247,24 @@ impl Context {
     }
 }
 
-/// Fast base conversion out of a set of source primes S = Π s_i: a value x given by its
-/// residues x_i becomes Σ_i [x_i · (S/s_i)^-1]_{s_i} · (S/s_i) mod t in any other prime t — x
-/// plus a small multiple of S (below the number of sources), which key switching absorbs.
+/// Base conversion out of a set of source primes S = Π s_i. A value x given by its residues
+/// x_i has y_i = [x_i · (S/s_i)^-1]_{s_i}, and Σ_i y_i · (S/s_i) = [x]_S + u·S for an integer
+/// u in [0, number of sources): the fast (approximate) conversion computes that sum mod t in
+/// any other prime t. With the overflow estimate v = round(Σ_i y_i / s_i) (in f64, see
+/// [`Conversion::reciprocals`]), Σ_i y_i · (S/s_i) − v·S is exactly the centred representative
+/// of x mod S, in (−S/2, S/2] — up to a tie within about 10^-14·S of ±S/2, where it may be the
+/// other one of the two.
 #[derive(Debug)]
 pub(crate) struct Conversion {
     /// Indices of the source primes.
     pub(crate) sources: Vec<usize>,
     /// (S/s_i)^-1 mod s_i, per source.
     pub(crate) inverse: Vec<ShoupConst>,
-    /// factors[t][i] = (S/s_i) mod t, for every prime index t.
+    /// 1/s_i as f64, per source: Σ_i y_i / s_i = u + [x]_S / S, whose rounding is the overflow
+    /// to remove for the centred representative.
+    pub(crate) reciprocals: Vec<f64>,
+    /// factors[t] = [(S/s_0) mod t, …, (S/s_{last}) mod t, (−S) mod t] for every prime index t:
+    /// the weights of the sources, then of the overflow estimate v.
     pub(crate) factors: Vec<Vec<u64>>,
 }
 
@@ -273,7 +281,14 @@ impl Conversion {
                 m.shoup(m.inv(hat(i, m)))
             })
             .collect();
-        let factors = moduli.iter().map(|m| sources.iter().map(|&i| hat(i, m)).collect()).collect();
-        Self { sources: sources.to_vec(), inverse, factors }
+        let reciprocals = sources.iter().map(|&i| 1.0 / moduli[i].value as f64).collect();
+        let factors = moduli
+            .iter()
+            .map(|m| {
+                let product = sources.iter().fold(1u64, |acc, &j| m.mul(acc, m.reduce(moduli[j].value)));
+                sources.iter().map(|&i| hat(i, m)).chain([m.neg(product)]).collect()
+            })
+            .collect();
+        Self { sources: sources.to_vec(), inverse, reciprocals, factors }
     }
 }

@@ -166,13 +166,14 @@ impl Context {
     }
 
     fn mixed_radix_value(&self, digits: &[u64]) -> f64 {
-        let mut weight = 1.0;
-        let mut value = 0.0;
-        for (k, &d) in digits.iter().enumerate() {
-            value += d as f64 * weight;
-            weight *= self.moduli[k].value as f64;
-        }
-        value
+        // Horner's rule from the most significant digit: the leading digits of a small value
+        // are zero, so nothing overflows f64 even when Q passes 2^1024 (N = 2^16), where a
+        // running weight q_0 ⋯ q_{k-1} became infinite and 0 · ∞ made every slot NaN.
+        digits
+            .iter()
+            .zip(&self.moduli[..digits.len()])
+            .rev()
+            .fold(0.0, |value, (&d, q)| value * q.value as f64 + d as f64)
     }
 
     /// Slot values to the coefficient vector's complex halves (inverse canonical embedding).
