@@ -985,8 +985,8 @@ impl Importer {
             }
         };
         let scale = [0, 1].map(|axis| factors[axis] as usize);
-        if factors.iter().zip(&scale).any(|(f, s)| *f != *s as f64 || *s == 0) {
-            return Err(format!("scales {factors:?} are not whole factors"));
+        if factors.iter().zip(&scale).any(|(f, s)| *f != *s as f64 || !(1..=64).contains(s)) {
+            return Err(format!("scales {factors:?} are not whole factors from 1 to 64"));
         }
         if node.op_type == "Resize" {
             let transform = attr_string(node, "coordinate_transformation_mode").unwrap_or_else(|| "half_pixel".into());

@@ -142,7 +142,7 @@ impl Layer {
                 if channels != c.in_channels {
                     return Err(format!("expects {} input channels, got {input}", c.in_channels));
                 }
-                let per = c.in_channels / c.groups * c.kernel[0] * c.kernel[1];
+                let per = (c.in_channels / c.groups).saturating_mul(c.kernel[0]).saturating_mul(c.kernel[1]);
                 check_weights(&c.weights, &c.bias, c.out_channels.saturating_mul(per), c.out_channels)?;
                 let h = height.saturating_add(c.padding[0]).saturating_add(c.padding[2]);
                 let w = width.saturating_add(c.padding[1]).saturating_add(c.padding[3]);
@@ -151,6 +151,9 @@ impl Layer {
                         "kernel {}x{} is larger than the padded input {h}x{w}",
                         c.kernel[0], c.kernel[1]
                     ));
+                }
+                if c.kernel.iter().chain(&c.stride).chain(&c.padding).any(|&v| v > MAX_TENSOR_VALUES) {
+                    return Err("kernel, stride or padding out of range".into());
                 }
                 Shape::Image {
                     channels: c.out_channels,
@@ -170,11 +173,14 @@ impl Layer {
                         c.output_padding, c.stride
                     ));
                 }
-                let per = c.out_channels / c.groups * c.kernel[0] * c.kernel[1];
+                let per = (c.out_channels / c.groups).saturating_mul(c.kernel[0]).saturating_mul(c.kernel[1]);
                 check_weights(&c.weights, &c.bias, c.in_channels.saturating_mul(per), c.out_channels)?;
                 let size = |n: usize, axis: usize| {
-                    ((n - 1) * c.stride[axis] + c.kernel[axis] + c.output_padding[axis])
-                        .checked_sub(c.padding[axis] + c.padding[axis + 2])
+                    n.saturating_sub(1)
+                        .saturating_mul(c.stride[axis])
+                        .saturating_add(c.kernel[axis])
+                        .saturating_add(c.output_padding[axis])
+                        .checked_sub(c.padding[axis].saturating_add(c.padding[axis + 2]))
                         .filter(|&s| s > 0)
                 };
                 let (Some(height), Some(width)) = (size(height, 0), size(width, 1)) else {
