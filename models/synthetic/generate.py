@@ -85,6 +85,12 @@ MELANOMA = 4
 # ----------------------------------------------------------------------------- numpy reference (NCHW, float64)
 
 
+
+def output_bound(outputs):
+    """The manifest's output_bound: four times the largest |output| seen, up to a power of two
+    (the encrypted plan leaves that much room for the outputs in q_0; less room, more precision)."""
+    return float(2 ** math.ceil(math.log2(4 * float(np.abs(outputs).max()))))
+
 def np_conv(x, w, b, pad):
     """ONNX Conv, stride 1, group 1, pads [pad]*4: w (O, I, k, k)."""
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -584,6 +590,7 @@ def build_unet(data, command):
         "classes": ["lesion"],
         "positive_class": None,
         "multiplicative_depth": depth,
+        "output_bound": output_bound(ref),
         "task": {"kind": "segmentation", "threshold": 0.5},
         "dataset": "dermamnist_64",
         "activations": net.activations,
@@ -640,6 +647,7 @@ def build_resnet(data, command, blocks, degree):
         "classes": DERMA_CLASSES,
         "positive_class": MELANOMA,
         "multiplicative_depth": depth,
+        "output_bound": output_bound(ref),
         "task": {"kind": "classification"},
         "dataset": "dermamnist",
         "activations": net.activations,

@@ -117,7 +117,7 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
     let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let budget = options.memory_budget.or_else(crate::memory::available);
-    let compile = CompileOptions { memory_budget: budget };
+    let compile = CompileOptions { memory_budget: budget, output_bound: None };
     let report = pool.install(|| match options.packing {
         Packing::Throughput => throughput(options, threads, &compile),
         Packing::Latency => latency(options, threads, &compile),
@@ -168,7 +168,8 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
 
 fn throughput(options: &InferBench, threads: usize, compile: &CompileOptions) -> anyhow::Result<InferReport> {
     let model = registry::load(&options.model)?;
-    let plan = ThroughputPlan::compile_with(&model.manifest.name, &model.network, compile)?;
+    let compile = CompileOptions { output_bound: model.manifest.output_bound, ..*compile };
+    let plan = ThroughputPlan::compile_with(&model.manifest.name, &model.network, &compile)?;
     let (estimated_peak_bytes, key_bytes, depth) = (plan.peak_memory_bytes(), plan.key_bytes(), plan.depth());
     let images = options.images.unwrap_or(plan.batch_capacity());
     if images == 0 || images > plan.batch_capacity() {
@@ -266,7 +267,8 @@ fn throughput(options: &InferBench, threads: usize, compile: &CompileOptions) ->
 
 fn latency(options: &InferBench, threads: usize, compile: &CompileOptions) -> anyhow::Result<InferReport> {
     let model = registry::load(&options.model)?;
-    let plan = LatencyPlan::compile_with(&model.manifest.name, &model.network, compile)?;
+    let compile = CompileOptions { output_bound: model.manifest.output_bound, ..*compile };
+    let plan = LatencyPlan::compile_with(&model.manifest.name, &model.network, &compile)?;
     let (estimated_peak_bytes, depth, plaintext_bytes) =
         (plan.peak_memory_bytes(), plan.depth(), plan.plaintext_bytes());
     let ciphertexts_per_image = [plan.input_ciphertexts(), plan.output_ciphertexts()];

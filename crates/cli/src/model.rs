@@ -91,8 +91,9 @@ fn show(name: &str) -> anyhow::Result<()> {
     println!("onnx: {} bytes\n", m.onnx.len());
     print!("{}", m.network.summary());
     // The encrypted plans: what each packing costs in levels, keys and parameters.
-    let throughput = encrypted::ThroughputPlan::compile(&m.manifest.name, &m.network);
-    let latency = encrypted::LatencyPlan::compile(&m.manifest.name, &m.network);
+    let options = encrypted::CompileOptions { output_bound: m.manifest.output_bound, ..Default::default() };
+    let throughput = encrypted::ThroughputPlan::compile_with(&m.manifest.name, &m.network, &options);
+    let latency = encrypted::LatencyPlan::compile_with(&m.manifest.name, &m.network, &options);
     for summary in [throughput.as_ref().map(|p| p.summary()), latency.as_ref().map(|p| p.summary())] {
         match summary {
             Ok(summary) => print!("\n{summary}"),

@@ -33,12 +33,17 @@ pub use progress::{Control, Progress};
 pub use throughput::{ThroughputEngine, ThroughputPlan};
 
 /// How a model is compiled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CompileOptions {
     /// Refuse a plan whose estimated peak memory (ciphertexts, weights or plaintext
     /// diagonals, keys) exceeds this many bytes, naming the layer where it does; `None`: no
     /// limit. Evaluating tools set it to what the machine has.
     pub memory_budget: Option<u64>,
+    /// The largest |output| the model produces on its data, with a margin (a manifest's
+    /// `output_bound`): the plan leaves exactly that much room in q_0, so outputs are as
+    /// precise as it allows, and a decrypted output beyond it is refused as an overflow.
+    /// `None`: 2^8.
+    pub output_bound: Option<f64>,
 }
 
 /// The cheaper packing for a job of `images` images, from both plans' cost estimates: the

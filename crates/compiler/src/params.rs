@@ -22,8 +22,10 @@ const SPECIAL_BITS: u32 = 40;
 const HYBRID_SPECIAL_BITS: u32 = 31;
 /// Intermediate scale: one bit below the primes, so a rescale brings S² back near T.
 pub(crate) const LOG_TARGET_SCALE: i32 = PRIME_BITS as i32 - 1;
-/// Bits of head room above the final scale in q_0 for the outputs: |output| < 2^8 with the
-/// sign bit (DermaMNIST's largest test-set logit is 131).
+/// Most bits of head room above the final scale in q_0 for the outputs, and the default:
+/// |output| < 2^8 with the sign bit (DermaMNIST's largest test-set logit is 131). A model that
+/// states a smaller bound on its outputs gets a larger final scale, each bit halving the
+/// outputs' rounding error.
 pub(crate) const OUTPUT_HEADROOM_BITS: i32 = 8;
 /// Ring degrees the compiler chooses from: 2^12 to 2^16, the sizes with a 128-bit bound
 /// (2^16: log2(Q·P) ≤ 1,747 from OpenFHE's table for HEStd_128_classic with a ternary secret).
@@ -34,15 +36,40 @@ pub(crate) fn target_scale() -> f64 {
     2f64.powi(LOG_TARGET_SCALE)
 }
 
-/// The scale of the network's output: low enough in q_0 for |output| < 2^8.
-pub(crate) fn output_scale(params: &Parameters) -> f64 {
-    let q0 = params.moduli()[0] as f64;
-    2f64.powi((q0.log2().floor() as i32) - 1 - OUTPUT_HEADROOM_BITS)
+/// Room for the outputs in q_0: |output| < 2^bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct OutputRoom {
+    pub bits: i32,
 }
 
-/// Bound on |output| the plan leaves room for; a decrypted value beyond it means an overflow.
-pub(crate) fn output_bound() -> f64 {
-    2f64.powi(OUTPUT_HEADROOM_BITS)
+impl OutputRoom {
+    /// The room for outputs bounded by `bound` (the default, 2^8, when none is given), or why
+    /// q_0 cannot hold them.
+    pub(crate) fn for_bound(bound: Option<f64>) -> Result<Self, String> {
+        let Some(bound) = bound else { return Ok(Self { bits: OUTPUT_HEADROOM_BITS }) };
+        if !(bound.is_finite() && bound > 0.0) {
+            return Err(format!("the output bound {bound} is not a positive number"));
+        }
+        let bits = bound.log2().ceil().max(1.0) as i32;
+        if bits > OUTPUT_HEADROOM_BITS {
+            return Err(format!(
+                "outputs up to {bound} need {bits} bits of room in q_0 ({BASE_BITS} bits); at most {OUTPUT_HEADROOM_BITS} \
+                 leave the outputs enough precision: scale the last layer down"
+            ));
+        }
+        Ok(Self { bits })
+    }
+
+    /// The scale of the network's output: low enough in q_0 for |output| < 2^bits.
+    pub(crate) fn scale(self, params: &Parameters) -> f64 {
+        let q0 = params.moduli()[0] as f64;
+        2f64.powi((q0.log2().floor() as i32) - 1 - self.bits)
+    }
+
+    /// The bound on |output|; a decrypted value beyond it means an overflow.
+    pub(crate) fn bound(self) -> f64 {
+        2f64.powi(self.bits)
+    }
 }
 
 /// The smallest 128-bit set with `depth` rescale primes of PRIME_BITS bits plus a BASE_BITS

@@ -191,7 +191,8 @@ impl CompiledModel {
     /// [`CompiledModel::load`] with options (a memory budget).
     pub fn load_with(name: &str, packing: Packing, options: &CompileOptions) -> Result<Self> {
         let model = registry::load(name)?;
-        let plan = Plan::compile_with(&model.manifest.name, &model.network, packing, options)?;
+        let options = CompileOptions { output_bound: options.output_bound.or(model.manifest.output_bound), ..*options };
+        let plan = Plan::compile_with(&model.manifest.name, &model.network, packing, &options)?;
         Ok(Self { model, plan })
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct PlanHeader {
     pub input_scale: f64,
     /// Outputs are `factor · decrypted + constant`.
     pub output_affine: Affine,
+    /// |decrypted| the plan leaves room for in q_0.
+    pub output_bound: f64,
 }
 
 impl PlanHeader {
@@ -41,7 +43,7 @@ impl PlanHeader {
     /// left room for in q_0 means the encrypted values left their planned range somewhere
     /// (an input far outside what the model was calibrated on), and the decryption is noise.
     pub(crate) fn output(&self, decrypted: f64) -> crate::Result<f64> {
-        let bound = crate::params::output_bound();
+        let bound = self.output_bound;
         if !decrypted.is_finite() || decrypted.abs() >= bound {
             return Err(crate::Error::Overflow { value: decrypted, bound });
         }

@@ -3,7 +3,7 @@
 //! diff in review (`cargo insta review`, or set INSTA_UPDATE=always and read `git diff`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use blindfold_compiler::{LatencyPlan, ThroughputPlan};
+use blindfold_compiler::{CompileOptions, LatencyPlan, ThroughputPlan};
 use blindfold_nn::registry;
 
 fn models() -> Vec<String> {
@@ -22,10 +22,11 @@ fn plan_summaries() {
     for model in models() {
         let loaded = registry::load(&model).unwrap();
         let name = loaded.manifest.name.clone();
+        let options = CompileOptions { output_bound: loaded.manifest.output_bound, ..Default::default() };
         let (throughput, latency) = with_two_threads(|| {
             (
-                ThroughputPlan::compile(&name, &loaded.network).unwrap().summary(),
-                LatencyPlan::compile(&name, &loaded.network).unwrap().summary(),
+                ThroughputPlan::compile_with(&name, &loaded.network, &options).unwrap().summary(),
+                LatencyPlan::compile_with(&name, &loaded.network, &options).unwrap().summary(),
             )
         });
         insta::assert_snapshot!(format!("{name}-throughput"), throughput);

@@ -41,6 +41,11 @@ pub struct Manifest {
     /// `derma…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
+    /// The largest |output| the model produces on its data, with a margin: the encrypted
+    /// plan leaves that much room for the outputs (each bit it need not leave makes them twice
+    /// as precise), and refuses a decrypted output beyond it as an overflow. Absent: 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bound: Option<f64>,
     /// The trained coefficients of each quadratic activation (informational).
     #[serde(default)]
     pub activations: Vec<serde_json::Value>,
@@ -110,6 +115,9 @@ impl Manifest {
         }
         if self.classes.is_empty() || self.positive_class.is_some_and(|p| p >= self.classes.len()) {
             return Err(err("classes are empty or the positive class is out of range".into()));
+        }
+        if self.output_bound.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
+            return Err(err("output_bound is not a positive number".into()));
         }
         if let Task::Segmentation { threshold } = self.task
             && !(threshold > 0.0 && threshold < 1.0)

@@ -35,10 +35,10 @@ use blindfold_nn::{Layer, Network, Shape};
 use crate::cost::Costs;
 use crate::elementwise::{Align, ScaleStep};
 use crate::lower::{JoinKind, Lowered, Op, OpKind, Rows, ValueId, lower};
-use crate::params::{choose_parameters, output_scale, parameter_line, target_scale};
+use crate::params::{OutputRoom, choose_parameters, parameter_line, target_scale};
 use crate::poly::ChebyshevPlan;
 use crate::stage::{PlanHeader, StageHeader, check_budget, stage_line};
-use crate::throughput::too_deep;
+use crate::throughput::{output_room, too_deep};
 use crate::{CompileOptions, Error, Packing, Result};
 
 use layout::{Geometry, Layout};
@@ -113,7 +113,7 @@ impl LatencyPlan {
 
     /// [`LatencyPlan::compile`] with options (a memory budget).
     pub fn compile_with(model: &str, network: &Network, options: &CompileOptions) -> Result<Self> {
-        let plan = Self::plan(model, network)?;
+        let plan = Self::plan(model, network, output_room(network, options)?)?;
         if let Some(budget) = options.memory_budget {
             plan.check_memory(network, budget)?;
         }
@@ -128,7 +128,7 @@ impl LatencyPlan {
         check_budget(&engine::memory_profile(self), fixed, budget, &headers, network, Packing::Latency)
     }
 
-    fn plan(model: &str, network: &Network) -> Result<Self> {
+    fn plan(model: &str, network: &Network, room: OutputRoom) -> Result<Self> {
         let lowered = compose_pools(lower(network)?, network);
         let depth = lowered.depth();
         let params = choose_parameters(depth, 12).map_err(|most| too_deep(network, &lowered, most))?;
@@ -141,7 +141,7 @@ impl LatencyPlan {
         let mut best: Option<LatencyPlan> = None;
         let mut refusal = None;
         for input in inputs {
-            match walk(model, &params, network, &lowered, input) {
+            match walk(model, &params, network, &lowered, input, room) {
                 Ok(plan) if best.as_ref().is_none_or(|b| plan.estimated_cost() < b.estimated_cost()) => {
                     best = Some(plan);
                 }
@@ -428,13 +428,20 @@ fn in_tensor_order(rows: Rows, order: Option<Vec<usize>>) -> Rows {
 
 /// Walks the lowered graph from `input` with every value's (level, scale, layout), fixing
 /// every weight scale, layout, baby-step size and alignment.
-fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, input: Layout) -> Result<LatencyPlan> {
+fn walk(
+    model: &str,
+    params: &Parameters,
+    network: &Network,
+    lowered: &Lowered,
+    input: Layout,
+    room: OutputRoom,
+) -> Result<LatencyPlan> {
     let moduli = params.moduli().to_vec();
     let slots = params.slots();
     let target = target_scale();
     let depth = lowered.depth();
     let consumers = lowered.consumers();
-    let scale_of = |v: ValueId| if v == lowered.output { output_scale(params) } else { target };
+    let scale_of = |v: ValueId| if v == lowered.output { room.scale(params) } else { target };
     let node_error = |op: &Op, reason: String| {
         let node = &network.nodes()[op.node];
         Error::DoesNotFit { node: node.name.clone(), layer: node.layer.to_string(), reason }
@@ -646,6 +653,7 @@ fn walk(model: &str, params: &Parameters, network: &Network, lowered: &Lowered, 
         input_level: depth,
         input_scale: target,
         output_affine: lowered.output_affine,
+        output_bound: room.bound(),
     };
     Ok(LatencyPlan { header, input, output, stages, values: lowered.values.len(), sizes, output_value: lowered.output })
 }

@@ -31,7 +31,7 @@ use blindfold_nn::Network;
 use crate::cost::Costs;
 use crate::elementwise::{Align, ScaleStep};
 use crate::lower::{JoinKind, Lowered, OpKind, Rows, ValueId, lower};
-use crate::params::{choose_parameters, output_scale, parameter_line, target_scale};
+use crate::params::{OutputRoom, choose_parameters, parameter_line, target_scale};
 use crate::poly::ChebyshevPlan;
 use crate::stage::{PlanHeader, StageHeader, check_budget, stage_line};
 use crate::{CompileOptions, Error, Packing, Result};
@@ -161,7 +161,8 @@ impl ThroughputPlan {
         let lowered = lower(network)?;
         let depth = lowered.depth();
         let params = choose_parameters(depth, 12).map_err(|most| too_deep(network, &lowered, most))?;
-        let plan = walk(model, params, network, &lowered)?;
+        let room = output_room(network, options)?;
+        let plan = walk(model, params, network, &lowered, room)?;
         if let Some(budget) = options.memory_budget {
             plan.check_memory(network, budget)?;
         }
@@ -319,6 +320,18 @@ impl ThroughputPlan {
     }
 }
 
+/// The room for the outputs `options` ask for, or the refusal naming the output node.
+pub(crate) fn output_room(network: &Network, options: &CompileOptions) -> Result<OutputRoom> {
+    OutputRoom::for_bound(options.output_bound).map_err(|reason| {
+        let index = network.output_tensor().node().unwrap_or(0);
+        let (node, layer) = network
+            .nodes()
+            .get(index)
+            .map_or(("input".to_owned(), "input".to_owned()), |n| (n.name.clone(), n.layer.to_string()));
+        Error::DoesNotFit { node, layer, reason }
+    })
+}
+
 /// The refusal of a network deeper than any parameter set: names the node at which the depth
 /// passes what the largest set holds.
 pub(crate) fn too_deep(network: &Network, lowered: &Lowered, most: usize) -> Error {
@@ -344,13 +357,19 @@ pub(crate) fn too_deep(network: &Network, lowered: &Lowered, most: usize) -> Err
 
 /// Walks the lowered graph with every value's (level, scale, parts, pending) and fixes every
 /// weight scale, settle and alignment.
-fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -> Result<ThroughputPlan> {
+fn walk(
+    model: &str,
+    params: Parameters,
+    network: &Network,
+    lowered: &Lowered,
+    room: OutputRoom,
+) -> Result<ThroughputPlan> {
     let moduli = params.moduli().to_vec();
     let q = |level: usize| moduli[level] as f64;
     let target = target_scale();
     let depth = lowered.depth();
     let consumers = lowered.consumers();
-    let scale_of = |v: ValueId| if v == lowered.output { output_scale(&params) } else { target };
+    let scale_of = |v: ValueId| if v == lowered.output { room.scale(&params) } else { target };
     let node_error = |k: usize, reason: String| {
         let node = &network.nodes()[lowered.ops[k].node];
         Error::DoesNotFit { node: node.name.clone(), layer: node.layer.to_string(), reason }
@@ -594,6 +613,7 @@ fn walk(model: &str, params: Parameters, network: &Network, lowered: &Lowered) -
         input_level: depth,
         input_scale: target,
         output_affine: lowered.output_affine,
+        output_bound: room.bound(),
     };
     let lens = lowered.values.iter().map(|v| v.len).collect();
     Ok(ThroughputPlan { header, stages, segments, values: lowered.values.len(), lens, output: lowered.output })
