@@ -124,7 +124,7 @@ impl LatencyPlan {
     /// naming that stage's node of `network` (the network it was compiled from).
     pub fn check_memory(&self, network: &Network, budget: u64) -> Result<()> {
         let headers: Vec<&StageHeader> = self.stages.iter().map(|s| &s.header).collect();
-        let fixed = self.plaintext_bytes() + self.key_bytes();
+        let fixed = self.plaintext_bytes() + self.key_memory_bytes();
         check_budget(&engine::memory_profile(self), fixed, budget, &headers, network, Packing::Latency)
     }
 
@@ -225,6 +225,14 @@ impl LatencyPlan {
         self.rotation_key_bytes() + switching_key_bytes(&self.header.params, self.header.params.max_level())
     }
 
+    /// Bytes the evaluation keys take in memory (both polynomials of every digit, 8 bytes a
+    /// coefficient: about four times their serialized size).
+    pub fn key_memory_bytes(&self) -> usize {
+        let params = &self.header.params;
+        self.rotation_keys().into_iter().map(|(_, level)| switching_key_memory(params, level)).sum::<usize>()
+            + switching_key_memory(params, params.max_level())
+    }
+
     /// Estimated work of one image, in multiply-adds of one coefficient (the unit of
     /// [`crate::choose_packing`]).
     pub fn estimated_cost(&self) -> f64 {
@@ -248,7 +256,7 @@ impl LatencyPlan {
     /// stage still reads, and a linear stage's hoisted babies).
     pub fn peak_memory_bytes(&self) -> usize {
         let ciphertexts = engine::memory_profile(self).iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
-        ciphertexts + self.plaintext_bytes() + self.key_bytes()
+        ciphertexts + self.plaintext_bytes() + self.key_memory_bytes()
     }
 
     /// The slot vectors (one per input ciphertext) of one image in the plan's input layout.
@@ -356,6 +364,12 @@ pub(crate) fn switching_key_bytes(params: &Parameters, level: usize) -> usize {
     let primes: usize = params.moduli()[..=level].iter().map(|&q| row(q)).sum();
     // Galois element, seed, level and digit count, then the b_j.
     8 + 32 + 2 + params.digits_at(level).len() * (primes + specials)
+}
+
+/// Bytes a key-switching key for ciphertexts up to `level` takes in memory: per digit, two
+/// polynomials over the level's primes and the special ones.
+pub(crate) fn switching_key_memory(params: &Parameters, level: usize) -> usize {
+    params.digits_at(level).len() * 2 * (level + 1 + params.special_moduli().len()) * params.n() * 8
 }
 
 /// Replaces each sum pool read only by a dense layer with their product (one matrix); a sum

@@ -173,7 +173,8 @@ impl ThroughputPlan {
     /// naming that stage's node of `network` (the network it was compiled from).
     pub fn check_memory(&self, network: &Network, budget: u64) -> Result<()> {
         let headers: Vec<&StageHeader> = self.stages.iter().map(|s| &s.header).collect();
-        check_budget(&engine::memory_profile(self), 0, budget, &headers, network, Packing::Throughput)
+        let keys = crate::latency::switching_key_memory(&self.header.params, self.header.params.max_level());
+        check_budget(&engine::memory_profile(self), keys, budget, &headers, network, Packing::Throughput)
     }
 
     /// The model's name.
@@ -234,7 +235,8 @@ impl ThroughputPlan {
     /// stage (inputs, outputs and every value a later stage still reads), the weights reduced
     /// per prime, and the buffers of a streamed segment.
     pub fn peak_memory_bytes(&self) -> usize {
-        engine::memory_profile(self).iter().map(|(_, bytes)| *bytes).max().unwrap_or(0)
+        let keys = crate::latency::switching_key_memory(&self.header.params, self.header.params.max_level());
+        engine::memory_profile(self).iter().map(|(_, bytes)| *bytes).max().unwrap_or(0) + keys
     }
 
     /// Transposes a batch of images (each `input_count` values) into one slot vector per input
