@@ -281,6 +281,7 @@ async fn bad_requests_are_clear_4xx() {
     assert_eq!((malformed.status, malformed.code()), (StatusCode::BAD_REQUEST, "malformed_json"));
     let oversize = api.raw(Method::POST, "/v1/jobs", &token, vec![b' '; 64 * 1024]).await;
     assert_eq!((oversize.status, oversize.code()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    assert_eq!(oversize.connection, "close", "the unread body makes the connection unusable");
     let bad_id = api.call(Method::GET, "/v1/jobs/12345", Some(&token), None).await;
     assert_eq!((bad_id.status, bad_id.code()), (StatusCode::BAD_REQUEST, "invalid_id"));
     let bad_state = api.call(Method::GET, "/v1/jobs?state=sleeping", Some(&token), None).await;

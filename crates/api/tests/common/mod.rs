@@ -60,6 +60,8 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: String,
+    /// The `Connection` header, empty when absent.
+    pub connection: String,
     pub body: Value,
 }
 
@@ -86,9 +88,11 @@ impl Api {
         let status = response.status();
         let content_type =
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let connection =
+            response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         let bytes = response.bytes().await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, content_type, body }
+        Reply { status, content_type, connection, body }
     }
 
     pub async fn raw(&self, method: Method, path: &str, token: &str, body: Vec<u8>) -> Reply {
@@ -104,8 +108,10 @@ impl Api {
         let status = response.status();
         let content_type =
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let connection =
+            response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null);
-        Reply { status, content_type, body }
+        Reply { status, content_type, connection, body }
     }
 
     /// A tenant and a token for it.
