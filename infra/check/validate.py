@@ -290,7 +290,8 @@ def check_components(report: Report, overlay: str, docs: list[dict]) -> None:
         annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
         ports = {p["containerPort"] for p in container.get("ports", [])}
         if component == "migrate":
-            report.check(container.get("args") == ["admin", "migrate"], where, "the migration Job runs `blindfold admin migrate`")
+            report.check(container.get("args") == ["admin", "migrate", "--no-seed"], where,
+                         "the migration Job runs `blindfold admin migrate --no-seed` (the API seeds the built-in models)")
             report.check("DATABASE_URL" in env, where, "`blindfold admin migrate` reads DATABASE_URL")
             continue
         report.check("BLINDFOLD_DATABASE_URL" in env, where, "BLINDFOLD_DATABASE_URL is required")

@@ -37,10 +37,12 @@ pub struct Config {
     #[arg(long, env = "BLINDFOLD_WORKER_KEY_CACHE_MIB", default_value_t = 2048)]
     pub key_cache_mib: u64,
 
-    /// Compiled models kept in memory (one per model and packing).
-    #[arg(long, env = "BLINDFOLD_WORKER_MODEL_CACHE", default_value_t = 4,
-          value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub model_cache: u64,
+    /// Compiled models kept in memory, in MiB (one entry per model version and packing, costed
+    /// at its ONNX file plus its weights as f64; least recently used go first). A model larger
+    /// than the whole budget is compiled for each job and not kept.
+    #[arg(long, env = "BLINDFOLD_WORKER_MODEL_CACHE_MIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub model_cache_mib: u64,
 
     /// Address of `/healthz`, `/readyz` and `/metrics` (port 0 picks a free port).
     #[arg(long, env = "BLINDFOLD_WORKER_METRICS_BIND", default_value = "127.0.0.1:9464")]
@@ -89,7 +91,7 @@ impl Config {
             threads: None,
             lease_secs: 60,
             key_cache_mib: 2048,
-            model_cache: 4,
+            model_cache_mib: 1024,
             metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown_secs: 25,
             poll_ms: 2000,

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use blindfold_batch::{InputBatchReader, KeyBundle, KeyBundleExpect, Packing};
-use blindfold_compiler::Control;
+use blindfold_compiler::{CompileOptions, Control};
 use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
-use blindfold_queue::{Claimed, Completion, FailOutcome, Heartbeat, JobState, Lease, Progress, tenants};
-use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, StoreError, TenantId as StoreTenant};
+use blindfold_queue::{Claimed, Completion, FailOutcome, Heartbeat, JobState, Lease, Progress, models, tenants};
+use blindfold_store::{JobId as StoreJob, ModelName, ObjectKey, ObjectName, StoreError, TenantId as StoreTenant};
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
@@ -340,13 +341,13 @@ async fn evaluator(
     watch: &Watch,
 ) -> Result<Arc<BatchEvaluator>, JobError> {
     let job = &claimed.job;
-    let cache_key = (key_set.0, job.model.clone(), packing);
+    let cache_key = (key_set.0, job.model.clone(), job.model_version, packing);
     if let Some(evaluator) = shared.evaluators.get(&cache_key) {
         shared.metrics.cache.with_label_values(&["keys", "hit"]).inc();
         return Ok(evaluator);
     }
     shared.metrics.cache.with_label_values(&["keys", "miss"]).inc();
-    let model = model(shared, &job.model, packing).await?;
+    let model = model(shared, &job.model, job.model_version, packing).await?;
     let record = retry(
         shared,
         "reading the key set",
@@ -387,20 +388,70 @@ async fn evaluator(
     Ok(evaluator)
 }
 
-async fn model(shared: &Shared, name: &str, packing: Packing) -> Result<CompiledModel, JobError> {
-    let key = (name.to_owned(), packing);
+/// The compiled model a job is pinned to: cached, or read from the registry's storage (its
+/// ONNX file checked against the SHA-256 recorded at registration) and compiled. A job from
+/// before the registry (no version) names a model built into the binary.
+async fn model(shared: &Shared, name: &str, version: Option<i32>, packing: Packing) -> Result<CompiledModel, JobError> {
+    let key = (name.to_owned(), version, packing);
     if let Some(model) = shared.models.get(&key) {
         shared.metrics.cache.with_label_values(&["model", "hit"]).inc();
         return Ok(model);
     }
     shared.metrics.cache.with_label_values(&["model", "miss"]).inc();
+    let loaded = match version {
+        Some(version) => Some(registered_model(shared, name, version).await?),
+        None => None,
+    };
     let owned = name.to_owned();
-    let model = tokio::task::spawn_blocking(move || CompiledModel::load(&owned, packing))
-        .await
-        .map_err(|e| JobError::transient("engine", format!("compiling the model panicked: {e}")))?
-        .map_err(|e| JobError::permanent("unknown_model", format!("model {name} ({packing} packing): {e}")))?;
-    shared.models.insert(key, model.clone(), 1);
+    let model = tokio::task::spawn_blocking(move || match loaded {
+        Some(model) => CompiledModel::compile(model, packing, &CompileOptions::default()),
+        None => CompiledModel::load(&owned, packing),
+    })
+    .await
+    .map_err(|e| JobError::transient("engine", format!("compiling the model panicked: {e}")))?
+    .map_err(|e| JobError::permanent("unknown_model", format!("model {name} ({packing} packing): {e}")))?;
+    shared.models.insert(key, model.clone(), model.resident_bytes() as u64);
     Ok(model)
+}
+
+/// A registered version's two files from storage, checked and imported.
+async fn registered_model(
+    shared: &Shared,
+    name: &str,
+    version: i32,
+) -> Result<blindfold_nn::registry::Model, JobError> {
+    let reference = format!("{name}@{version}");
+    let row =
+        retry(shared, "reading the model registry", || models::get(shared.queue.pool(), name, version), |_| false)
+            .await
+            .map_err(|e| JobError::transient("database", format!("reading model {reference}: {e}")))?
+            .ok_or_else(|| JobError::permanent("unknown_model", format!("model {reference} is not registered")))?;
+    let bad = |e: StoreError| JobError::permanent("bad_job", format!("model {reference}: {e}"));
+    let model_name = ModelName::new(name).map_err(bad)?;
+    let file = |file: &str| ObjectName::new(file).map(|f| ObjectKey::model_file(&model_name, version as u32, &f));
+    let onnx_key = file("model.onnx").map_err(bad)?;
+    let manifest_key = file("manifest.json").map_err(bad)?;
+    let onnx = retry(shared, "downloading the model", || shared.store.get_bytes(&onnx_key), store_gives_up)
+        .await
+        .map_err(|e| store_failure("model", &e))?;
+    let manifest = retry(shared, "downloading the manifest", || shared.store.get_bytes(&manifest_key), store_gives_up)
+        .await
+        .map_err(|e| store_failure("manifest", &e))?;
+    let digest: [u8; 32] = Sha256::digest(&onnx).into();
+    if digest[..] != row.onnx_sha256[..] {
+        // Storage does not hold what was registered: an operator's error or tampering; retrying
+        // will not help.
+        return Err(JobError::permanent(
+            "model_corrupt",
+            format!("model {reference}: model.onnx in storage does not match the SHA-256 recorded at registration"),
+        ));
+    }
+    let manifest = String::from_utf8(manifest.to_vec())
+        .map_err(|_| JobError::permanent("model_corrupt", format!("model {reference}: manifest.json is not UTF-8")))?;
+    tokio::task::spawn_blocking(move || blindfold_nn::registry::from_files(onnx.to_vec(), &manifest))
+        .await
+        .map_err(|e| JobError::transient("engine", format!("importing the model panicked: {e}")))?
+        .map_err(|e| JobError::permanent("model_corrupt", format!("model {reference}: {e}")))
 }
 
 /// Why a streamed evaluation failed: the storage stream (worth retrying from the start) or

@@ -26,8 +26,9 @@ pub(crate) struct Shared {
     pub(crate) queue: Queue,
     pub(crate) store: Store,
     pub(crate) pool: Arc<rayon::ThreadPool>,
-    pub(crate) models: Lru<(String, Packing), CompiledModel>,
-    pub(crate) evaluators: Lru<(blindfold_batch::Uuid, String, Packing), Arc<BatchEvaluator>>,
+    /// Compiled models by (name, registered version, packing), budgeted in bytes.
+    pub(crate) models: Lru<(String, Option<i32>, Packing), CompiledModel>,
+    pub(crate) evaluators: Lru<(blindfold_batch::Uuid, String, Option<i32>, Packing), Arc<BatchEvaluator>>,
     pub(crate) metrics: Metrics,
 }
 
@@ -78,7 +79,7 @@ impl Worker {
         })
         .await?;
         let shared = Arc::new(Shared {
-            models: Lru::new(config.model_cache),
+            models: Lru::new(config.model_cache_mib.saturating_mul(1 << 20)),
             evaluators: Lru::new(config.key_cache_mib.saturating_mul(1 << 20)),
             config,
             id,

@@ -1,17 +1,20 @@
-//! The model catalogue: every registered model with, per packing, the CKKS parameter set its
-//! compiled plan needs (and so the fingerprint a key set and a batch must carry) and the
-//! rotation (Galois) keys it needs. Compiled once per process.
-
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+//! The model catalogue, read from the registry (`models` table): every served model version
+//! with, per packing, the CKKS parameter set its compiled plan needs (and so the fingerprint a
+//! key set and a batch must carry) and the rotation (Galois) keys it needs.
+//!
+//! Registering a version verifies its two files and compiles both plans once
+//! ([`verify_model`]); the rows then carry the plans' summaries, so answering a request never
+//! compiles anything.
 
 use blindfold_ckks::{Parameters, Preset};
 use blindfold_compiler::{LatencyPlan, Packing, ThroughputPlan};
-use serde::Serialize;
+use blindfold_nn::Manifest;
+use blindfold_queue::{ModelRef, ModelState, RegisteredModel};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// One packing a model can run with.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// One packing a model can run with: the summary of its compiled plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PackingInfo {
     /// `throughput` or `latency`.
     #[schema(value_type = String, example = "throughput")]
@@ -22,106 +25,169 @@ pub struct PackingInfo {
     pub params_fingerprint: String,
     /// log2 of the ring degree.
     pub log_n: u32,
+    /// Security of the parameter set in bits (never below 128).
+    #[serde(default)]
+    pub security_bits: u32,
+    /// Levels the plan uses.
+    #[serde(default)]
+    pub depth: usize,
     /// Images per batch (throughput) or 1 (latency).
     pub images_per_batch: usize,
     /// Rotation steps the evaluation keys must cover (Galois keys needed).
     pub rotation_steps: Vec<i64>,
     /// A relinearization key is always needed.
     pub relinearization_key: bool,
+    /// Serialized size of the evaluation keys, in bytes.
+    #[serde(default)]
+    pub key_bytes: u64,
+    /// The plan's estimate of a worker's peak memory for one batch (or one image), in bytes.
+    #[serde(default)]
+    pub peak_memory_bytes: u64,
 }
 
-/// One model.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// One model version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ModelInfo {
     /// Registry name.
     pub name: String,
-    /// Manifest version.
+    /// The version (the manifest's).
     pub version: u32,
+    /// `active` or `retired`.
+    #[schema(value_type = String, example = "active")]
+    pub state: ModelState,
     /// What it does.
     pub description: String,
+    /// `classification` or `segmentation`.
+    pub task: String,
     /// Input shape (channels, height, width).
     pub input_shape: Vec<usize>,
     /// Class labels, in output order.
     pub classes: Vec<String>,
+    /// SHA-256 of `model.onnx` (hex): what the worker and `model pull` check.
+    pub onnx_sha256: String,
     /// The packings it supports.
     pub packings: Vec<PackingInfo>,
 }
 
 /// The catalogue.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Catalogue {
-    /// Every model.
+    /// Every model version served, by name then newest first.
     pub models: Vec<ModelInfo>,
 }
 
-static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
-
-impl Catalogue {
-    /// The process-wide catalogue, compiled on first use (call from a blocking thread).
-    pub fn get() -> &'static Catalogue {
-        CATALOGUE.get_or_init(Catalogue::compile)
-    }
-
-    fn compile() -> Catalogue {
-        let mut models = Vec::new();
-        for name in blindfold_nn::registry::names() {
-            let model = match blindfold_nn::registry::load(name) {
-                Ok(model) => model,
-                Err(error) => {
-                    tracing::warn!(model = name, %error, "model left out of the catalogue");
-                    continue;
-                }
-            };
-            let mut packings = Vec::new();
-            match ThroughputPlan::compile(name, &model.network) {
-                Ok(plan) => packings.push(packing_info(
-                    Packing::Throughput,
-                    plan.params(),
-                    plan.batch_capacity(),
-                    plan.rotation_steps(),
-                )),
-                Err(error) => tracing::warn!(model = name, %error, "no throughput plan"),
-            }
-            match LatencyPlan::compile(name, &model.network) {
-                Ok(plan) => packings.push(packing_info(Packing::Latency, plan.params(), 1, plan.rotation_steps())),
-                Err(error) => tracing::warn!(model = name, %error, "no latency plan"),
-            }
-            models.push(ModelInfo {
-                name: model.manifest.name.clone(),
-                version: model.manifest.version,
-                description: model.manifest.description.clone(),
-                input_shape: model.manifest.input.shape.to_vec(),
-                classes: model.manifest.classes.clone(),
-                packings,
-            });
-        }
-        Catalogue { models }
-    }
-
-    /// A model by name.
-    pub fn model(&self, name: &str) -> Option<&ModelInfo> {
-        self.models.iter().find(|model| model.name == name)
-    }
-
-    /// The names, for messages.
-    pub fn names(&self) -> Vec<&str> {
-        self.models.iter().map(|model| model.name.as_str()).collect()
-    }
-
-    /// Model name → version, for batch header checks.
-    pub fn versions(&self) -> BTreeMap<&str, u32> {
-        self.models.iter().map(|model| (model.name.as_str(), model.version)).collect()
-    }
-}
-
 impl ModelInfo {
+    /// The catalogue entry of a verified registry row (`None` for one still uploading).
+    pub fn from_row(row: &RegisteredModel) -> Option<Self> {
+        let manifest: Manifest = serde_json::from_value(row.manifest.clone()?).ok()?;
+        let packings: Vec<PackingInfo> = serde_json::from_value(row.plans.clone()?).ok()?;
+        Some(Self {
+            name: row.name.clone(),
+            version: u32::try_from(row.version).ok()?,
+            state: row.state,
+            description: manifest.description.clone(),
+            task: task_name(&manifest),
+            input_shape: manifest.input.shape.to_vec(),
+            classes: manifest.classes.clone(),
+            onnx_sha256: row.onnx_sha256_hex(),
+            packings,
+        })
+    }
+
     /// The model's plan for a packing, if it compiles for it.
     pub fn packing(&self, packing: Packing) -> Option<&PackingInfo> {
         self.packings.iter().find(|info| info.packing == packing)
     }
+
+    /// `NAME@VERSION`.
+    pub fn reference(&self) -> ModelRef {
+        ModelRef::pinned(self.name.clone(), self.version as i32)
+    }
 }
 
-fn packing_info(packing: Packing, params: &Parameters, images: usize, rotation_steps: Vec<i64>) -> PackingInfo {
+fn task_name(manifest: &Manifest) -> String {
+    serde_json::to_value(&manifest.task)
+        .ok()
+        .and_then(|task| task["kind"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "classification".to_owned())
+}
+
+/// Why a model's files were refused; every message names the file, node or layer at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// A model whose files agree with each other and with its announcement, compiled.
+#[derive(Debug, Clone)]
+pub struct VerifiedModel {
+    /// The manifest, as stored in the registry.
+    pub manifest: serde_json::Value,
+    /// One summary per packing that compiles.
+    pub packings: Vec<PackingInfo>,
+    /// Why the other packings do not compile (a model needs at least one).
+    pub refused_packings: Vec<String>,
+}
+
+/// Checks a model's files (the ONNX file imports, the manifest parses and agrees with the
+/// network and with the announced name and version) and compiles both plans on ≥ 128-bit
+/// parameters. CPU-bound (compiling a large model takes seconds): call from a blocking thread.
+pub fn verify_model(model: &ModelRef, onnx: Vec<u8>, manifest: &[u8]) -> Result<VerifiedModel, Refused> {
+    let json = std::str::from_utf8(manifest).map_err(|_| Refused("manifest.json is not UTF-8".into()))?;
+    let parsed = Manifest::from_json(json).map_err(|e| Refused(format!("manifest.json: {e}")))?;
+    if parsed.name != model.name || Some(parsed.version as i32) != model.version {
+        return Err(Refused(format!(
+            "manifest.json describes {}@{}, but {model} was announced",
+            parsed.name, parsed.version
+        )));
+    }
+    let loaded = blindfold_nn::registry::from_files(onnx, json).map_err(|e| Refused(format!("{model}: {e}")))?;
+    let mut packings = Vec::new();
+    let mut refused_packings = Vec::new();
+    match ThroughputPlan::compile(&model.name, &loaded.network) {
+        Ok(plan) => packings.push(packing_info(
+            Packing::Throughput,
+            plan.params(),
+            PlanFigures {
+                depth: plan.depth(),
+                images: plan.batch_capacity(),
+                rotation_steps: plan.rotation_steps(),
+                key_bytes: plan.key_bytes(),
+                peak_memory_bytes: plan.peak_memory_bytes(),
+            },
+        )),
+        Err(error) => refused_packings.push(format!("throughput packing: {error}")),
+    }
+    match LatencyPlan::compile(&model.name, &loaded.network) {
+        Ok(plan) => packings.push(packing_info(
+            Packing::Latency,
+            plan.params(),
+            PlanFigures {
+                depth: plan.depth(),
+                images: 1,
+                rotation_steps: plan.rotation_steps(),
+                key_bytes: plan.key_bytes(),
+                peak_memory_bytes: plan.peak_memory_bytes(),
+            },
+        )),
+        Err(error) => refused_packings.push(format!("latency packing: {error}")),
+    }
+    if packings.is_empty() {
+        return Err(Refused(format!("{model} compiles in no packing: {}", refused_packings.join("; "))));
+    }
+    let manifest = serde_json::to_value(&parsed).map_err(|e| Refused(format!("manifest.json: {e}")))?;
+    Ok(VerifiedModel { manifest, packings, refused_packings })
+}
+
+/// What a compiled plan tells the catalogue besides its parameters.
+struct PlanFigures {
+    depth: usize,
+    images: usize,
+    rotation_steps: Vec<i64>,
+    key_bytes: usize,
+    peak_memory_bytes: usize,
+}
+
+fn packing_info(packing: Packing, params: &Parameters, figures: PlanFigures) -> PackingInfo {
     let fingerprint = params.fingerprint();
     let preset = Preset::ALL
         .into_iter()
@@ -132,8 +198,12 @@ fn packing_info(packing: Packing, params: &Parameters, images: usize, rotation_s
         parameter_preset: preset.to_owned(),
         params_fingerprint: fingerprint.to_string(),
         log_n: params.log_n(),
-        images_per_batch: images,
-        rotation_steps,
+        security_bits: params.security_bits(),
+        depth: figures.depth,
+        images_per_batch: figures.images,
+        rotation_steps: figures.rotation_steps,
         relinearization_key: true,
+        key_bytes: figures.key_bytes as u64,
+        peak_memory_bytes: figures.peak_memory_bytes as u64,
     }
 }

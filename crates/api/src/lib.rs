@@ -1,6 +1,6 @@
 //! The Blindfold HTTP API: how hospitals register evaluation keys, create and submit jobs,
 //! watch them and fetch their (encrypted) results through presigned URLs, and how operators
-//! manage tenants and tokens. It never holds storage credentials out to clients, never sees a
+//! manage tenants, tokens and the model registry. It never holds storage credentials out to clients, never sees a
 //! secret key or a plaintext, and scopes every query to the caller's tenant.
 //!
 //! ```no_run
@@ -17,6 +17,7 @@ mod auth;
 mod catalogue;
 mod error;
 mod extract;
+mod registry;
 mod routes;
 mod state;
 mod telemetry;
@@ -29,8 +30,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use secrecy::SecretString;
 
-pub use catalogue::{Catalogue, ModelInfo, PackingInfo};
+pub use catalogue::{Catalogue, ModelInfo, PackingInfo, Refused, VerifiedModel, verify_model};
 pub use error::{ApiError, Problem};
+pub use registry::seed_builtin_models;
 pub use routes::openapi;
 pub use state::AppState;
 pub use wire::*;

@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::Config;
-use crate::catalogue::Catalogue;
 use crate::telemetry::Metrics;
 
 /// The shared state of the API.
@@ -24,12 +23,11 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// SHA-256 of the admin token, compared in constant time.
     pub(crate) admin_token_sha256: Option<[u8; 32]>,
-    pub(crate) catalogue: &'static Catalogue,
 }
 
 impl AppState {
     /// Connects to PostgreSQL (and applies the migrations) and to the store (creating the
-    /// bucket if missing), and compiles the catalogue.
+    /// bucket if missing), and registers the built-in models the registry lacks.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections.max(1))
@@ -42,10 +40,14 @@ impl AppState {
         Self::new(pool, store, config).await
     }
 
-    /// A state over an existing pool and store (migrations are applied here).
+    /// A state over an existing pool and store. Applies the migrations and seeds the registry
+    /// with the built-in models it lacks, as `blindfold admin migrate` does.
     pub async fn new(pool: PgPool, store: Store, config: Config) -> anyhow::Result<Self> {
         blindfold_queue::MIGRATOR.run(&pool).await.context("applying database migrations")?;
-        let catalogue = tokio::task::spawn_blocking(Catalogue::get).await.context("compiling the catalogue")?;
+        let seeded = crate::registry::seed_builtin_models(&pool, &store).await.context("seeding the model registry")?;
+        if !seeded.is_empty() {
+            tracing::info!(models = ?seeded, "built-in models registered");
+        }
         let admin_token_sha256 =
             config.admin_token.as_ref().map(|token| Sha256::digest(token.expose_secret().as_bytes()).into());
         Ok(Self {
@@ -55,7 +57,6 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()?),
             admin_token_sha256,
-            catalogue,
         })
     }
 }

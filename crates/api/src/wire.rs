@@ -111,7 +111,8 @@ pub struct CreateKeySet {
     /// picks a random one); without it the service picks one, to be written into the bundle.
     #[serde(default)]
     pub id: Option<Uuid>,
-    /// The model the keys are for (`GET /v1/models`).
+    /// The model the keys are for (`GET /v1/models`): `NAME` (its newest active version) or
+    /// `NAME@VERSION`.
     pub model: String,
     /// `throughput` (default) or `latency`.
     #[serde(default)]
@@ -129,6 +130,9 @@ pub struct KeySetView {
     pub status: String,
     /// The model.
     pub model: Option<String>,
+    /// The model version the keys are pinned to (absent for key sets from before the registry).
+    #[serde(default)]
+    pub model_version: Option<u32>,
     /// The packing.
     pub packing: Option<String>,
     /// The parameter fingerprint the bundle must carry (hex).
@@ -159,7 +163,8 @@ pub struct KeySetList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
-    /// The model.
+    /// The model: `NAME@VERSION`, or `NAME` for the version the key set is pinned to (its
+    /// newest active version for a key set from before the registry).
     pub model: String,
     /// A ready key set of the caller's for this model and packing.
     pub key_set_id: Uuid,
@@ -224,6 +229,9 @@ pub struct JobView {
     pub state: String,
     /// Model.
     pub model: String,
+    /// The model version the job is pinned to (absent for jobs from before the registry).
+    #[serde(default)]
+    pub model_version: Option<u32>,
     /// Packing.
     pub packing: String,
     /// Key set.
@@ -369,4 +377,91 @@ pub struct HealthCheck {
     pub name: String,
     /// `ok` or the failure.
     pub status: String,
+}
+
+/// `POST /v1/admin/models`: announces a model version, whose two files are then uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceModel {
+    /// Registry name (`[a-z0-9][a-z0-9._-]{0,63}`); must equal the manifest's.
+    pub name: String,
+    /// Version; must equal the manifest's. Versions are immutable: one that exists is refused.
+    pub version: u32,
+    /// SHA-256 of `model.onnx`, in hex.
+    pub onnx_sha256: String,
+    /// Exact size of `model.onnx` in bytes.
+    pub onnx_bytes: u64,
+    /// Exact size of `manifest.json` in bytes.
+    pub manifest_bytes: u64,
+}
+
+/// The two files of a model version: where to upload them (announce) or download them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelFiles {
+    /// `model.onnx`.
+    pub onnx: Transfer,
+    /// `manifest.json`.
+    pub manifest: Transfer,
+}
+
+/// `POST /v1/admin/models` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelAnnounced {
+    /// `NAME@VERSION`.
+    pub model: String,
+    /// `uploading`: complete it once both files are uploaded.
+    pub state: String,
+    /// One `PUT` per file.
+    pub uploads: ModelFiles,
+}
+
+/// `POST /v1/admin/models/{model}/complete` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelRegistered {
+    /// The registered version, as the catalogue shows it.
+    pub model: crate::catalogue::ModelInfo,
+    /// Why a packing is missing from `model.packings`, if one is.
+    pub refused_packings: Vec<String>,
+}
+
+/// `GET /v1/models/{model}` answer: what a client needs to pack and unpack for the model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelDetail {
+    /// The version, its plans and fingerprints.
+    pub model: crate::catalogue::ModelInfo,
+    /// The manifest (preprocessing, classes, metrics).
+    #[schema(value_type = Object)]
+    pub manifest: serde_json::Value,
+    /// Signed downloads of `model.onnx` and `manifest.json`.
+    pub files: ModelFiles,
+}
+
+/// One registry row, for operators: any state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelRecord {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// `uploading`, `active` or `retired`.
+    pub state: String,
+    /// SHA-256 of `model.onnx` (hex).
+    pub onnx_sha256: String,
+    /// Size of `model.onnx`.
+    pub onnx_bytes: u64,
+    /// Parameter fingerprints, one per packing that compiles (`packing:hex`).
+    pub params_fingerprints: Vec<String>,
+    /// When it was announced.
+    pub created_at: DateTime<Utc>,
+    /// When it became active.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// When it was retired.
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/admin/models` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelRecordList {
+    /// Every version in every state, by name then newest first.
+    pub models: Vec<ModelRecord>,
 }

@@ -14,14 +14,25 @@ use crate::service::commands::Connection;
 /// Operator commands.
 #[derive(Debug, Subcommand)]
 pub enum Admin {
-    /// Applies the service database's migrations (idempotent; forward-only).
+    /// Applies the service database's migrations (idempotent; forward-only), then registers the
+    /// built-in models the registry lacks (their files go to the bucket; the API does the same
+    /// at start).
     Migrate {
         /// The service database.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+        /// Only migrate: leave the built-in models unregistered (and the bucket untouched).
+        #[arg(long)]
+        no_seed: bool,
+        /// Object storage, for the built-in models' files.
+        #[command(flatten)]
+        store: blindfold_store::StoreConfig,
         #[command(flatten)]
         output: Output,
     },
+    /// The model registry: register, list and retire model versions.
+    #[command(subcommand)]
+    Model(ModelAdmin),
     /// Tenants (one per hospital).
     #[command(subcommand)]
     Tenant(Tenant),
@@ -78,6 +89,38 @@ pub enum Token {
     },
 }
 
+/// `blindfold admin model …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelAdmin {
+    /// Registers the model in DIR (`model.onnx` + `manifest.json`) as NAME@VERSION from its
+    /// manifest: checks it here, uploads both files, and has the service verify and compile it.
+    /// Versions are immutable: bump the manifest's version to register a new one.
+    Add {
+        /// The model directory.
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        operator: Operator,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Lists every registered version (uploading, active and retired).
+    List {
+        #[command(flatten)]
+        operator: Operator,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Retires NAME@VERSION: no new key sets or jobs; queued and running jobs still finish.
+    Retire {
+        /// `NAME@VERSION`.
+        model: String,
+        #[command(flatten)]
+        operator: Operator,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
 /// The API and the operator token.
 #[derive(Debug, clap::Args)]
 pub struct Operator {
@@ -101,7 +144,7 @@ impl Operator {
 pub fn run(command: Admin) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match command {
-        Admin::Migrate { database_url, output } => runtime.block_on(async {
+        Admin::Migrate { database_url, no_seed, store, output } => runtime.block_on(async {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&database_url)
@@ -112,10 +155,24 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
                 .fetch_one(&pool)
                 .await
                 .context("reading the applied migrations")?;
-            report(output, json!({"command": "admin migrate", "applied": applied}), || {
-                format!("database is up to date: {applied} migrations applied")
+            let seeded = if no_seed {
+                Vec::new()
+            } else {
+                let store = blindfold_store::Store::connect(&store)
+                    .await
+                    .context("connecting to object storage for the built-in models (--no-seed skips them)")?;
+                store.ensure_bucket().await.context("creating the bucket")?;
+                blindfold_api::seed_builtin_models(&pool, &store).await?
+            };
+            report(output, json!({"command": "admin migrate", "applied": applied, "registered": seeded}), || {
+                let mut text = format!("database is up to date: {applied} migrations applied");
+                if !seeded.is_empty() {
+                    text.push_str(&format!("\nbuilt-in models registered: {}", seeded.join(", ")));
+                }
+                text
             })
         }),
+        Admin::Model(command) => model_admin(&runtime, command),
         Admin::Tenant(Tenant::Create { name, operator, output }) => {
             let client = operator.client()?;
             let tenant = runtime.block_on(client.create_tenant(&name))?;
@@ -176,6 +233,101 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
             let client = operator.client()?;
             runtime.block_on(client.revoke_token(id))?;
             report(output, json!({"command": "admin token revoke", "token_id": id}), || format!("token {id} revoked"))
+        }
+    }
+}
+
+fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow::Result<()> {
+    match command {
+        ModelAdmin::Add { dir, operator, output } => {
+            // Checked here first: a model that does not import or compile fails before any upload.
+            let model = blindfold_nn::registry::load_dir(&dir)
+                .with_context(|| format!("reading the model in {}", dir.display()))?;
+            let reference = format!("{}@{}", model.manifest.name, model.manifest.version);
+            let onnx_path = dir.join("model.onnx");
+            let manifest_path = dir.join("manifest.json");
+            let manifest_bytes = std::fs::metadata(&manifest_path)
+                .with_context(|| format!("reading {}", manifest_path.display()))?
+                .len();
+            let digest = {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(&model.onnx).iter().map(|b| format!("{b:02x}")).collect::<String>()
+            };
+            let client = operator.client()?;
+            let announced = runtime.block_on(client.announce_model(&blindfold_api::AnnounceModel {
+                name: model.manifest.name.clone(),
+                version: model.manifest.version,
+                onnx_sha256: digest.clone(),
+                onnx_bytes: model.onnx.len() as u64,
+                manifest_bytes,
+            }))?;
+            let quiet: crate::service::OnBytes = std::sync::Arc::new(|_| {});
+            for (transfer, path) in
+                [(&announced.uploads.onnx, &onnx_path), (&announced.uploads.manifest, &manifest_path)]
+            {
+                let upload = blindfold_api::Upload::Single { request: transfer.clone() };
+                runtime
+                    .block_on(client.upload(&upload, path, quiet.clone()))
+                    .with_context(|| format!("uploading {}", path.display()))?;
+            }
+            if !output.quiet {
+                eprintln!("{reference}: files uploaded; the service is verifying and compiling it …");
+            }
+            let registered = runtime.block_on(client.complete_model(&reference))?;
+            report(output, json!({"command": "admin model add", "registered": registered}), || {
+                let mut text = format!(
+                    "{reference} registered and active (model.onnx sha256 {})",
+                    &registered.model.onnx_sha256[..16]
+                );
+                for p in &registered.model.packings {
+                    text.push_str(&format!(
+                        "\n  {:<10} N = 2^{}, {} levels, {}-bit, {} image(s) per batch, keys {}, peak memory {}",
+                        p.packing.name(),
+                        p.log_n,
+                        p.depth,
+                        p.security_bits,
+                        p.images_per_batch,
+                        crate::memory::format_bytes(p.key_bytes),
+                        crate::memory::format_bytes(p.peak_memory_bytes),
+                    ));
+                }
+                for refused in &registered.refused_packings {
+                    text.push_str(&format!("\n  not available: {refused}"));
+                }
+                text
+            })
+        }
+        ModelAdmin::List { operator, output } => {
+            let records = runtime.block_on(operator.client()?.model_records())?;
+            report(output, json!({"command": "admin model list", "models": records}), || {
+                let mut text = format!(
+                    "{:<24} {:>7}  {:<9}  {:<16}  {:<19}  PACKINGS",
+                    "NAME", "VERSION", "STATE", "SHA256", "CREATED"
+                );
+                for m in &records {
+                    let packings: Vec<&str> =
+                        m.params_fingerprints.iter().filter_map(|p| p.split(':').next()).collect();
+                    text.push_str(&format!(
+                        "\n{:<24} {:>7}  {:<9}  {:<16}  {:<19}  {}",
+                        m.name,
+                        m.version,
+                        m.state,
+                        &m.onnx_sha256[..16.min(m.onnx_sha256.len())],
+                        m.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        packings.join(", ")
+                    ));
+                }
+                text
+            })
+        }
+        ModelAdmin::Retire { model, operator, output } => {
+            let retired = runtime.block_on(operator.client()?.retire_model(&model))?;
+            report(output, json!({"command": "admin model retire", "model": retired}), || {
+                format!(
+                    "{}@{} retired: it takes no new key sets or jobs; queued and running jobs finish",
+                    retired.name, retired.version
+                )
+            })
         }
     }
 }

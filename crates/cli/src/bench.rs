@@ -176,6 +176,7 @@ fn no_op_job(tenant: TenantId, index: usize) -> NewJob {
         tenant_id: tenant,
         idempotency_key: Some(format!("bench-{index}")),
         model: "no-op".into(),
+        model_version: None,
         packing: "throughput".into(),
         key_set_id: None,
         image_count: 1,

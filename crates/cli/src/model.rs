@@ -13,14 +13,35 @@ use serde_json::json;
 /// The `model` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Model {
-    /// List the registered models.
-    List,
+    /// List the models built into this binary and those pulled from a service; with
+    /// `--service`, the versions the service serves.
+    List {
+        /// List what the service serves (`GET /v1/models`) instead.
+        #[arg(long)]
+        service: bool,
+        #[command(flatten)]
+        connection: crate::service::commands::Connection,
+    },
     /// Show a model's manifest, its graph, and its throughput and latency plans (levels,
-    /// scales, layouts, keys, estimated memory).
+    /// scales, layouts, keys, estimated memory); with `--service`, what the service registered.
     Show {
-        /// Model name (see `blindfold model list`) or a model directory (`model.onnx` +
-        /// `manifest.json`).
+        /// Model name (see `blindfold model list`), `NAME@VERSION` (built in or pulled) or a model
+        /// directory (`model.onnx` + `manifest.json`).
         name: String,
+        /// Show the service's registration of NAME or NAME@VERSION instead (plans, fingerprints).
+        #[arg(long)]
+        service: bool,
+        #[command(flatten)]
+        connection: crate::service::commands::Connection,
+    },
+    /// Download a model version from the service into the local model cache
+    /// (`$BLINDFOLD_MODEL_CACHE`, else `~/.cache/blindfold/models`), checking its SHA-256, so that
+    /// `keygen --model NAME@VERSION` and the commands after it use exactly that version.
+    Pull {
+        /// `NAME` (its newest active version) or `NAME@VERSION`.
+        model: String,
+        #[command(flatten)]
+        connection: crate::service::commands::Connection,
     },
     /// Evaluate a model in plaintext on its dataset's test split.
     Eval {
@@ -51,8 +72,11 @@ pub enum Model {
 /// Runs a `model` subcommand.
 pub fn run(command: Model) -> anyhow::Result<()> {
     match command {
-        Model::List => list(),
-        Model::Show { name } => show(&name),
+        Model::List { service: false, .. } => list(),
+        Model::List { service: true, connection } => list_service(&connection),
+        Model::Show { name, service: false, .. } => show(&name),
+        Model::Show { name, service: true, connection } => show_service(&name, &connection),
+        Model::Pull { model, connection } => pull(&model, &connection),
         Model::Eval { model, data, limit, json } => eval(&model, data, limit, json),
         Model::Import { file, json } => import(&file, json),
     }
@@ -73,6 +97,121 @@ fn list() -> anyhow::Result<()> {
             m.manifest.description
         );
     }
+    // Versions pulled from a service: NAME@VERSION for keygen.
+    if let Some(dir) = registry::pulled_models_dir()
+        && let Ok(names) = std::fs::read_dir(&dir)
+    {
+        let mut pulled: Vec<String> = names
+            .flatten()
+            .flat_map(|name| {
+                let model = name.file_name().to_string_lossy().into_owned();
+                std::fs::read_dir(name.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|v| v.path().join("manifest.json").is_file())
+                    .map(move |v| format!("{model}@{}", v.file_name().to_string_lossy()))
+            })
+            .collect();
+        pulled.sort();
+        if !pulled.is_empty() {
+            println!("\npulled into {}: {}", dir.display(), pulled.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn list_service(connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let catalogue = runtime()?.block_on(client.catalogue())?;
+    println!("{:<24} {:>7}  {:<14}  {:<8}  {:<18}  description", "name", "version", "task", "input", "packings");
+    for m in &catalogue.models {
+        let packings: Vec<&str> = m.packings.iter().map(|p| p.packing.name()).collect();
+        println!(
+            "{:<24} {:>7}  {:<14}  {:<8}  {:<18}  {}",
+            m.name,
+            m.version,
+            m.task,
+            m.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
+            packings.join(", "),
+            m.description
+        );
+    }
+    Ok(())
+}
+
+fn show_service(model: &str, connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let detail = runtime()?.block_on(client.model(model))?;
+    let m = &detail.model;
+    println!("{}@{} ({}): {}", m.name, m.version, m.state, m.description);
+    println!("task: {}; input {:?}; classes: {}", m.task, m.input_shape, m.classes.join(", "));
+    println!("model.onnx sha256: {}", m.onnx_sha256);
+    for p in &m.packings {
+        println!(
+            "{:<10} N = 2^{}, {}-bit, {} levels, {} image(s) per batch, {} rotation keys ({}), peak memory {}, \
+             parameters {} ({})",
+            p.packing.name(),
+            p.log_n,
+            p.security_bits,
+            p.depth,
+            p.images_per_batch,
+            p.rotation_steps.len(),
+            crate::memory::format_bytes(p.key_bytes),
+            crate::memory::format_bytes(p.peak_memory_bytes),
+            p.parameter_preset,
+            &p.params_fingerprint[..16.min(p.params_fingerprint.len())],
+        );
+    }
+    Ok(())
+}
+
+/// Downloads a version's two files into the model cache, checked against the SHA-256 the
+/// service recorded and imported before they replace anything.
+fn pull(model: &str, connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let runtime = runtime()?;
+    let detail = runtime.block_on(client.model(model))?;
+    let (name, version) = (detail.model.name.clone(), detail.model.version);
+    let Some(target) = registry::pulled_dir(&name, version) else {
+        bail!("no model cache directory: set BLINDFOLD_MODEL_CACHE or HOME")
+    };
+    let parent = target.parent().context("the model cache directory has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging =
+        tempfile::tempdir_in(parent).with_context(|| format!("creating a directory in {}", parent.display()))?;
+    let quiet: crate::service::OnBytes = std::sync::Arc::new(|_| {});
+    runtime.block_on(client.download(&detail.files.onnx, &staging.path().join("model.onnx"), quiet.clone()))?;
+    runtime.block_on(client.download(&detail.files.manifest, &staging.path().join("manifest.json"), quiet))?;
+    let onnx = std::fs::read(staging.path().join("model.onnx")).context("reading the downloaded model.onnx")?;
+    let digest: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&onnx).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    if digest != detail.model.onnx_sha256 {
+        bail!(
+            "the downloaded model.onnx of {name}@{version} is corrupt: SHA-256 {digest}, the service registered {}",
+            detail.model.onnx_sha256
+        );
+    }
+    let loaded = registry::load_dir(staging.path()).with_context(|| format!("checking {name}@{version}"))?;
+    if loaded.manifest.name != name || loaded.manifest.version != version {
+        bail!("the service sent {}@{} for {name}@{version}", loaded.manifest.name, loaded.manifest.version);
+    }
+    if target.exists() {
+        std::fs::remove_dir_all(&target).with_context(|| format!("replacing {}", target.display()))?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, &target).with_context(|| format!("moving the model into {}", target.display()))?;
+    println!(
+        "{name}@{version} pulled into {} (sha256 {}); make keys with `blindfold keygen --model {name}@{version} --out DIR`",
+        target.display(),
+        &digest[..16]
+    );
     Ok(())
 }
 

@@ -124,7 +124,7 @@ impl KeySet {
             model: compiled.name().into(),
             model_dir: match compiled.source() {
                 Source::Directory(dir) => Some(dir.clone()),
-                Source::Embedded => None,
+                Source::Embedded | Source::Files => None,
             },
             model_version: compiled.version(),
             packing: compiled.packing().to_string(),

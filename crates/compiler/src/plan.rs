@@ -190,7 +190,12 @@ impl CompiledModel {
 
     /// [`CompiledModel::load`] with options (a memory budget).
     pub fn load_with(name: &str, packing: Packing, options: &CompileOptions) -> Result<Self> {
-        let model = registry::load(name)?;
+        Self::compile(registry::load(name)?, packing, options)
+    }
+
+    /// Compiles a model already loaded (from files, or from the service's registry) for
+    /// `packing`; the manifest's `output_bound` applies unless `options` sets one.
+    pub fn compile(model: Model, packing: Packing, options: &CompileOptions) -> Result<Self> {
         let options = CompileOptions { output_bound: options.output_bound.or(model.manifest.output_bound), ..*options };
         let plan = Plan::compile_with(&model.manifest.name, &model.network, packing, &options)?;
         Ok(Self { model, plan })
@@ -242,6 +247,12 @@ impl CompiledModel {
     /// layer where it does.
     pub fn check_memory(&self, budget: u64) -> Result<()> {
         self.plan.check_memory(&self.model.network, budget)
+    }
+    /// Bytes the compiled model holds in memory, for a cache budgeted in bytes: the ONNX file
+    /// and the network's weights as f64 (the plan's own tables are small beside them; the
+    /// engine's encoded weights belong to the evaluator, which is budgeted separately).
+    pub fn resident_bytes(&self) -> usize {
+        self.model.onnx.len() + self.model.network.parameters() * size_of::<f64>()
     }
     /// Where the model came from (embedded, or a directory).
     pub fn source(&self) -> &registry::Source {

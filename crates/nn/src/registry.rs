@@ -32,6 +32,8 @@ pub enum Source {
     Embedded,
     /// A directory with `model.onnx` and `manifest.json` (canonical path).
     Directory(PathBuf),
+    /// The two files' bytes, as the service's model registry stores them.
+    Files,
 }
 
 macro_rules! embedded {
@@ -50,9 +52,34 @@ pub fn names() -> Vec<&'static str> {
     EMBEDDED.iter().map(|(name, _, _)| *name).collect()
 }
 
-/// Loads a model: a registered name, or a directory holding `model.onnx` and `manifest.json`
-/// (anything with a path separator, or an existing directory). Parses the manifest, imports
-/// the ONNX file and checks that the two agree (input shape, outputs, multiplicative depth).
+/// The manifest JSON of a model built into the binary, exactly as committed (what the service
+/// registers when it seeds the built-in models).
+pub fn embedded_manifest(name: &str) -> Option<&'static str> {
+    EMBEDDED.iter().find(|(n, _, _)| *n == name).map(|(_, _, json)| *json)
+}
+
+/// Where `blindfold model pull` keeps the versions it downloads from the service:
+/// `$BLINDFOLD_MODEL_CACHE`, else `$XDG_CACHE_HOME/blindfold/models`, else
+/// `$HOME/.cache/blindfold/models`; one directory `NAME/VERSION/` per version. `None` when
+/// none of the three is set.
+pub fn pulled_models_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("BLINDFOLD_MODEL_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|dir| dir.join("blindfold").join("models")))
+        .or_else(|| var("HOME").map(|dir| dir.join(".cache").join("blindfold").join("models")))
+}
+
+/// The directory a pulled `name@version` lives in (it may not exist).
+pub fn pulled_dir(name: &str, version: u32) -> Option<PathBuf> {
+    pulled_models_dir().map(|dir| dir.join(name).join(version.to_string()))
+}
+
+/// Loads a model: a registered name; `NAME@VERSION`, the built-in model if it has that version,
+/// else the copy `blindfold model pull` keeps ([`pulled_dir`]); a bare name that is not built
+/// in, as its newest pulled version; or a directory holding
+/// `model.onnx` and `manifest.json` (anything with a path separator, or an existing directory).
+/// Parses the manifest, imports the ONNX file and checks that the two agree (input shape,
+/// outputs, multiplicative depth).
 pub fn load(model: &str) -> Result<Model> {
     if let Some((name, onnx, json)) = EMBEDDED.iter().find(|(n, _, _)| *n == model) {
         return assemble(name, Cow::Borrowed(onnx), json, Source::Embedded);
@@ -60,6 +87,37 @@ pub fn load(model: &str) -> Result<Model> {
     let path = Path::new(model);
     if model.contains(std::path::MAIN_SEPARATOR) || model.contains('/') || path.is_dir() {
         return load_dir(path);
+    }
+    if let Some((name, version)) = model.split_once('@') {
+        let unknown = |why: String| Error::UnknownModel { name: format!("{model} ({why})"), known: pulled_names() };
+        let version: u32 = version.parse().map_err(|_| unknown("a version is a number".into()))?;
+        if let Some((name, onnx, json)) = EMBEDDED.iter().find(|(n, _, _)| *n == name) {
+            let built_in = assemble(name, Cow::Borrowed(onnx), json, Source::Embedded)?;
+            if built_in.manifest.version == version {
+                return Ok(built_in);
+            }
+        }
+        let dir = pulled_dir(name, version).ok_or_else(|| unknown("no cache directory: set HOME".into()))?;
+        if !dir.join("manifest.json").is_file() {
+            return Err(unknown(format!("not pulled: run `blindfold model pull {name}@{version}`")));
+        }
+        let pulled = load_dir(&dir)?;
+        if pulled.manifest.name != name || pulled.manifest.version != version {
+            return Err(Error::Manifest {
+                model: model.to_string(),
+                reason: format!(
+                    "{} holds {}@{}, not {model}",
+                    dir.display(),
+                    pulled.manifest.name,
+                    pulled.manifest.version
+                ),
+            });
+        }
+        return Ok(pulled);
+    }
+    // A bare name neither built in nor a directory: the newest version pulled.
+    if let Some(newest) = pulled_versions(model).into_iter().max() {
+        return load(&format!("{model}@{newest}"));
     }
     Err(Error::UnknownModel { name: model.to_string(), known: names().iter().map(|s| s.to_string()).collect() })
 }
@@ -81,6 +139,48 @@ pub fn load_dir(dir: &Path) -> Result<Model> {
     })?;
     let name = manifest.name.clone();
     assemble(&name, Cow::Owned(onnx), &json, Source::Directory(dir))
+}
+
+/// The versions of `name` that `blindfold model pull` has fetched.
+fn pulled_versions(name: &str) -> Vec<u32> {
+    let Some(dir) = pulled_models_dir() else { return Vec::new() };
+    std::fs::read_dir(dir.join(name))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join("manifest.json").is_file())
+        .filter_map(|entry| entry.file_name().to_str().and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+/// The built-in names and every pulled `NAME@VERSION`, for messages.
+fn pulled_names() -> Vec<String> {
+    let mut known: Vec<String> = names().iter().map(|s| s.to_string()).collect();
+    if let Some(dir) = pulled_models_dir()
+        && let Ok(entries) = std::fs::read_dir(&dir)
+    {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(versions) = std::fs::read_dir(entry.path()) {
+                known.extend(versions.flatten().map(|v| format!("{name}@{}", v.file_name().to_string_lossy())));
+            }
+        }
+    }
+    known
+}
+
+/// Builds a model from the bytes of its two files (a registered model read from storage, or
+/// an upload being verified). `MAX_MODEL_FILE_BYTES` applies as for a directory.
+pub fn from_files(onnx: Vec<u8>, manifest_json: &str) -> Result<Model> {
+    if onnx.len() as u64 > MAX_MODEL_FILE_BYTES {
+        return Err(Error::Manifest {
+            model: "(upload)".into(),
+            reason: format!("model.onnx has {} bytes (limit {MAX_MODEL_FILE_BYTES})", onnx.len()),
+        });
+    }
+    let manifest = Manifest::from_json(manifest_json)?;
+    let name = manifest.name.clone();
+    assemble(&name, Cow::Owned(onnx), manifest_json, Source::Files)
 }
 
 fn assemble(name: &str, onnx: Cow<'static, [u8]>, json: &str, source: Source) -> Result<Model> {

@@ -45,6 +45,13 @@ pub enum Error {
         current_attempt: i32,
     },
 
+    /// A model version was announced twice: versions are immutable.
+    #[error("model {model} is already registered (versions are immutable: register a new version)")]
+    ModelVersionExists {
+        /// `NAME@VERSION`.
+        model: String,
+    },
+
     /// The job does not exist (or belongs to another tenant).
     #[error("no job {0}")]
     JobNotFound(JobId),

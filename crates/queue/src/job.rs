@@ -79,6 +79,9 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     /// The model to evaluate.
     pub model: String,
+    /// The registered version of `model` the job is pinned to (`None`: a job from before the
+    /// registry, naming a model built into the binary).
+    pub model_version: Option<i32>,
     /// How the images are packed into ciphertexts (`throughput` or `latency`).
     pub packing: String,
     /// The tenant's evaluation keys (gone if the key set was deleted).
@@ -139,6 +142,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// The model to evaluate.
     pub model: String,
+    /// The registered version it is pinned to (`None`: the model built into the binary).
+    pub model_version: Option<i32>,
     /// How the images are packed (`throughput` or `latency`).
     pub packing: String,
     /// The tenant's evaluation keys.

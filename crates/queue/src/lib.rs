@@ -1,7 +1,7 @@
 //! The PostgreSQL job queue: each job goes to exactly one live worker at a time under a lease,
 //! fairly across tenants, with fenced completion, classified failures with retries, and an
 //! append-only audit trail. It also keeps the small records the API needs: tenants, API
-//! tokens (hashed) and key sets. It knows nothing about cryptography.
+//! tokens (hashed), key sets and the model registry's rows. It knows nothing about cryptography.
 //!
 //! ```no_run
 //! # async fn example(pool: sqlx::PgPool, tenant: blindfold_queue::TenantId) -> blindfold_queue::Result<()> {
@@ -14,6 +14,7 @@
 //!         tenant_id: tenant,
 //!         idempotency_key: Some("scan-2291".into()),
 //!         model: "mnist-cnn".into(),
+//!         model_version: None,
 //!         packing: "throughput".into(),
 //!         key_set_id: None,
 //!         image_count: 1000,
@@ -37,6 +38,7 @@ mod error;
 mod housekeeping;
 mod ids;
 mod job;
+pub mod models;
 mod queue;
 pub mod tenants;
 mod wake;
@@ -48,6 +50,7 @@ pub use job::{
     CancelOutcome, Claimed, Enqueued, FailOutcome, Failure, FailureKind, Heartbeat, Job, JobEvent, JobState, Lease,
     NewJob, Progress,
 };
+pub use models::{ModelRef, ModelState, RegisteredModel};
 pub use queue::{Completion, JOBS_CHANNEL, Queue, QueueConfig, RetryPolicy};
 pub use wake::{Wake, WakeUp};
 

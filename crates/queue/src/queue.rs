@@ -151,16 +151,16 @@ impl Queue {
             WITH input AS (
                 SELECT *
                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-                            $7::int4[], $8::int2[], $9::text[], $10::int4[])
+                            $7::int4[], $8::int2[], $9::text[], $10::int4[], $11::int4[])
                      WITH ORDINALITY
                      AS i(id, tenant_id, idempotency_key, model, packing, key_set_id,
-                          image_count, priority, input_key, max_attempts, ord)
+                          image_count, priority, input_key, max_attempts, model_version, ord)
             ),
             inserted AS (
                 INSERT INTO jobs (id, tenant_id, idempotency_key, model, packing, key_set_id,
-                                  image_count, priority, input_key, max_attempts)
+                                  image_count, priority, input_key, max_attempts, model_version)
                 SELECT id, tenant_id, idempotency_key, model, packing, key_set_id,
-                       image_count, priority, input_key, max_attempts
+                       image_count, priority, input_key, max_attempts, model_version
                 FROM input
                 ORDER BY ord
                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -183,6 +183,7 @@ impl Queue {
         .bind(jobs.iter().map(|job| job.priority).collect::<Vec<_>>())
         .bind(jobs.iter().map(|job| job.input_key.clone()).collect::<Vec<_>>())
         .bind(&max_attempts)
+        .bind(jobs.iter().map(|job| job.model_version).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
 

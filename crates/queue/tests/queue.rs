@@ -27,6 +27,7 @@ fn job(tenant: TenantId, input: &str) -> NewJob {
         tenant_id: tenant,
         idempotency_key: None,
         model: "mnist-cnn".into(),
+        model_version: None,
         packing: "throughput".into(),
         key_set_id: None,
         image_count: 16,

@@ -4,6 +4,7 @@
 //! tenants/{tenant}/keysets/{keyset}/{name}     evaluation keys of one key set
 //! tenants/{tenant}/jobs/{job}/input/{name}     ciphertext batches a job reads
 //! tenants/{tenant}/jobs/{job}/result/{name}    encrypted results a job writes
+//! models/{model}/{version}/{name}              a registered model's files (no tenant owns them)
 //! ```
 //!
 //! Identifiers and names are validated so a key can never leave its tenant's prefix: ids are
@@ -102,6 +103,42 @@ id_type!(
     "job id"
 );
 
+/// A registered model's name: 1–64 characters of `[a-z0-9._-]`, starting with a letter or a
+/// digit (the registry's own rule, so no `.` or `..` component).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelName(String);
+
+impl ModelName {
+    /// Validates a model name.
+    pub fn new(value: impl Into<String>) -> Result<Self> {
+        let value = value.into();
+        let mut bytes = value.bytes();
+        let ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            && value.len() <= ID_MAX;
+        if ok {
+            Ok(Self(value))
+        } else {
+            Err(StoreError::InvalidName {
+                what: "model name",
+                value,
+                reason: "must be 1-64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+            })
+        }
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The last component of a key: a file name with no path in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectName(String);
@@ -136,13 +173,15 @@ pub enum Area {
     JobInput(JobId),
     /// `jobs/{job}/result/`.
     JobResult(JobId),
+    /// `models/{model}/{version}/`: outside every tenant.
+    Model(ModelName, u32),
 }
 
 /// A full object key in the Blindfold layout. Only built from validated parts, so it always lies
-/// inside exactly one tenant's prefix.
+/// inside exactly one tenant's prefix, or (a model file) inside `models/`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectKey {
-    tenant: TenantId,
+    tenant: Option<TenantId>,
     area: Area,
     name: ObjectName,
     key: String,
@@ -164,9 +203,15 @@ impl ObjectKey {
         Self::build(tenant, Area::JobResult(job.clone()), name)
     }
 
+    /// `models/{model}/{version}/{name}`: a registered model's file.
+    pub fn model_file(model: &ModelName, version: u32, name: &ObjectName) -> Self {
+        let key = format!("{}{}", Prefix::model(model, version).as_str(), name);
+        Self { tenant: None, area: Area::Model(model.clone(), version), name: name.clone(), key }
+    }
+
     fn build(tenant: &TenantId, area: Area, name: &ObjectName) -> Self {
         let key = format!("{}{}", Prefix::area(tenant, &area).as_str(), name);
-        Self { tenant: tenant.clone(), area, name: name.clone(), key }
+        Self { tenant: Some(tenant.clone()), area, name: name.clone(), key }
     }
 
     /// Parses a key read back from the bucket (a listing), refusing anything outside the layout.
@@ -183,14 +228,18 @@ impl ObjectKey {
             ["tenants", tenant, "jobs", job, "result", name] => {
                 Self::job_result(&TenantId::new(*tenant)?, &JobId::new(*job)?, &ObjectName::new(*name)?)
             }
+            ["models", model, version, name] => {
+                let version = version.parse::<u32>().ok().filter(|v| *v >= 1 && v.to_string() == *version);
+                Self::model_file(&ModelName::new(*model)?, version.ok_or_else(foreign)?, &ObjectName::new(*name)?)
+            }
             _ => return Err(foreign()),
         };
         Ok(parsed)
     }
 
-    /// The tenant that owns this key.
-    pub fn tenant(&self) -> &TenantId {
-        &self.tenant
+    /// The tenant that owns this key (`None` for a model file, which no tenant owns).
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
     }
 
     /// The area of the tenant the key lives in.
@@ -215,7 +264,8 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// A key prefix for listing and bulk deletion; always ends in `/` and lies inside one tenant.
+/// A key prefix for listing and bulk deletion; always ends in `/` and lies inside one tenant
+/// (or one model version).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Prefix(String);
 
@@ -245,11 +295,17 @@ impl Prefix {
         Self::area(tenant, &Area::JobResult(job.clone()))
     }
 
+    /// `models/{model}/{version}/`: one registered model version's files.
+    pub fn model(model: &ModelName, version: u32) -> Self {
+        Self(format!("models/{model}/{version}/"))
+    }
+
     fn area(tenant: &TenantId, area: &Area) -> Self {
         match area {
             Area::Keyset(k) => Self(format!("tenants/{tenant}/keysets/{k}/")),
             Area::JobInput(j) => Self(format!("tenants/{tenant}/jobs/{j}/input/")),
             Area::JobResult(j) => Self(format!("tenants/{tenant}/jobs/{j}/result/")),
+            Area::Model(model, version) => Self::model(model, *version),
         }
     }
 
@@ -286,6 +342,11 @@ mod tests {
         assert_eq!(r.as_str(), "tenants/st-mary/jobs/0f8fad5b-d9cb-469f-a165-70867728950e/result/batch-0.bfb");
         let ks = ObjectKey::keyset(&t, &KeysetId::new("ks1").unwrap(), &ObjectName::new("relin.key").unwrap());
         assert_eq!(ks.as_str(), "tenants/st-mary/keysets/ks1/relin.key");
+        let model =
+            ObjectKey::model_file(&ModelName::new("derma-lenet5").unwrap(), 2, &ObjectName::new("model.onnx").unwrap());
+        assert_eq!(model.as_str(), "models/derma-lenet5/2/model.onnx");
+        assert_eq!(model.tenant(), None);
+        assert_eq!(ObjectKey::parse(model.as_str()).unwrap(), model);
     }
 
     #[test]
@@ -300,6 +361,11 @@ mod tests {
             "elsewhere/a",
             "tenants//keysets/k/x",
             "tenants/a/keysets/k/",
+            "models/m/0/model.onnx",
+            "models/m/01/model.onnx",
+            "models/M/1/model.onnx",
+            "models/../1/model.onnx",
+            "models/m/1/sub/model.onnx",
         ] {
             assert!(ObjectKey::parse(bad).is_err(), "{bad} accepted");
         }

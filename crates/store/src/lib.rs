@@ -41,5 +41,5 @@ pub use client::{DownloadReceipt, MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store, U
 pub use config::StoreConfig;
 pub use embedded::EmbeddedS3;
 pub use error::{Result, StoreError};
-pub use layout::{JobId, KeysetId, ObjectKey, ObjectName, Prefix, TenantId};
+pub use layout::{JobId, KeysetId, ModelName, ObjectKey, ObjectName, Prefix, TenantId};
 pub use presign::{PresignedPart, PresignedRequest, PresignedUpload, UploadedPart};

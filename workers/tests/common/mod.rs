@@ -177,6 +177,7 @@ impl Stack {
             tenant_id: self.tenant,
             idempotency_key: None,
             model: MODEL.into(),
+            model_version: None,
             packing: "latency".into(),
             key_set_id: Some(blindfold_queue::KeySetId(keys.id())),
             image_count: images as i32,

@@ -41,6 +41,7 @@ fn job_view(job: &Job) -> JobView {
         id: job.id.0,
         state: job.state.as_str().to_owned(),
         model: job.model.clone(),
+        model_version: job.model_version.and_then(|v| u32::try_from(v).ok()),
         packing: job.packing.clone(),
         key_set_id: job.key_set_id.map(|id| id.0),
         image_count: job.image_count,
@@ -67,6 +68,7 @@ fn pending_view(row: &Pending, state: &str) -> JobView {
         id: row.id,
         state: state.to_owned(),
         model: row.model.clone(),
+        model_version: row.model_version.and_then(|v| u32::try_from(v).ok()),
         packing: row.packing.clone(),
         key_set_id: row.key_set_id,
         image_count: row.image_count.unwrap_or(0),
@@ -107,7 +109,7 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> ApiResult<(StatusCode, Json<JobCreated>)> {
-    let (model, packing) = super::model_packing(&state, &body.model, body.packing.as_deref())?;
+    let mut reference = crate::registry::parse_ref(&body.model)?;
     let max_images = state.config.max_images;
     if body.image_count == 0 {
         return Err(ApiError::unprocessable("invalid_image_count", "image_count must be at least 1"));
@@ -134,36 +136,48 @@ pub async fn create(
     let size = uploads::check_size(&state, body.size_bytes)?;
     let image_count = body.image_count as i32;
 
-    let Some((fingerprint, ks_model, ks_packing)) = super::key_sets::ready(&state, tenant.0, body.key_set_id).await?
-    else {
+    let Some(key_set) = super::key_sets::ready(&state, tenant.0, body.key_set_id).await? else {
         return Err(ApiError::unprocessable(
             "unknown_key_set",
             format!("no ready key set {} (create it and complete its upload first)", body.key_set_id),
         ));
     };
-    if fingerprint != packing.params_fingerprint
-        || ks_model.as_deref().is_some_and(|m| m != model.name)
-        || ks_packing.as_deref().is_some_and(|p| !key_set_serves(p, packing.packing))
+    // A bare name means the version the keys were made for: keys fit one version only.
+    if reference.version.is_none() && key_set.model.as_deref() == Some(reference.name.as_str()) {
+        reference.version = key_set.model_version;
+    }
+    let (model, packing) = super::model_packing(&state, &reference, body.packing.as_deref()).await?;
+    let fingerprint = &key_set.params_fingerprint;
+    if *fingerprint != packing.params_fingerprint
+        || key_set.model.as_deref().is_some_and(|m| m != model.name)
+        || key_set.model_version.is_some_and(|v| v != model.version as i32)
+        || key_set.packing.as_deref().is_some_and(|p| !key_set_serves(p, packing.packing))
     {
+        let made_for = match (&key_set.model, key_set.model_version) {
+            (Some(name), Some(version)) => format!("{name}@{version}"),
+            (Some(name), None) => name.clone(),
+            (None, _) => "another model".to_owned(),
+        };
         return Err(ApiError::unprocessable(
             "key_set_mismatch",
             format!(
-                "key set {} was made for {} ({} packing, parameters {}), not for {} with {} packing (parameters {})",
+                "key set {} was made for {made_for} ({} packing, parameters {}), not for {} with {} packing (parameters {})",
                 body.key_set_id,
-                ks_model.as_deref().unwrap_or("another model"),
-                ks_packing.as_deref().unwrap_or("?"),
+                key_set.packing.as_deref().unwrap_or("?"),
                 &fingerprint[..16.min(fingerprint.len())],
-                model.name,
+                model.reference(),
                 packing.packing,
                 &packing.params_fingerprint[..16],
             ),
         ));
     }
+    let model_version = model.version as i32;
 
     // Idempotent repeats.
     if let Some(key) = &body.idempotency_key {
-        let same = |m: &str, p: &str, ks: Option<Uuid>, n: i32, prio: i16| {
+        let same = |m: &str, v: Option<i32>, p: &str, ks: Option<Uuid>, n: i32, prio: i16| {
             m == model.name
+                && v == Some(model_version)
                 && p == packing.packing.name()
                 && ks == Some(body.key_set_id)
                 && n == image_count
@@ -175,7 +189,14 @@ pub async fn create(
             .fetch_optional(&state.pool)
             .await?;
         if let Some(job) = submitted {
-            if !same(&job.model, &job.packing, job.key_set_id.map(|k| k.0), job.image_count, job.priority) {
+            if !same(
+                &job.model,
+                job.model_version,
+                &job.packing,
+                job.key_set_id.map(|k| k.0),
+                job.image_count,
+                job.priority,
+            ) {
                 return Err(idempotency_conflict(key, job.id.0));
             }
             return Ok((StatusCode::OK, Json(JobCreated { job: job_view(&job), upload: None })));
@@ -188,8 +209,14 @@ pub async fn create(
         .fetch_optional(&state.pool)
         .await?;
         if let Some(row) = announced {
-            if !same(&row.model, &row.packing, row.key_set_id, row.image_count.unwrap_or(0), row.priority)
-                || row.size_bytes != size
+            if !same(
+                &row.model,
+                row.model_version,
+                &row.packing,
+                row.key_set_id,
+                row.image_count.unwrap_or(0),
+                row.priority,
+            ) || row.size_bytes != size
             {
                 return Err(idempotency_conflict(key, row.id));
             }
@@ -217,8 +244,9 @@ pub async fn create(
     let inserted: Option<Pending> = sqlx::query_as(
         r#"
         INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, key_set_id,
-                                     image_count, priority, idempotency_key, object_key, size_bytes, upload_id)
-        VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                     image_count, priority, idempotency_key, object_key, size_bytes, upload_id,
+                                     model_version)
+        VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING *
         "#,
@@ -235,6 +263,7 @@ pub async fn create(
     .bind(object.as_str())
     .bind(size)
     .bind(upload_id)
+    .bind(model_version)
     .fetch_optional(&state.pool)
     .await?;
     let Some(row) = inserted else {
@@ -243,7 +272,7 @@ pub async fn create(
             "another request with this idempotency key is being handled; retry it",
         ));
     };
-    tracing::info!(job = %id, model = %model.name, images = image_count, "job announced");
+    tracing::info!(job = %id, model = %model.reference(), images = image_count, "job announced");
     Ok((StatusCode::CREATED, Json(JobCreated { job: pending_view(&row, "awaiting_upload"), upload: Some(upload) })))
 }
 
@@ -293,6 +322,7 @@ pub async fn submit(
                 tenant_id: tenant,
                 idempotency_key: row.idempotency_key.clone(),
                 model: row.model.clone(),
+                model_version: row.model_version,
                 packing: row.packing.clone(),
                 key_set_id: Some(KeySetId(key_set)),
                 image_count: row.image_count.unwrap_or(0),
@@ -310,11 +340,15 @@ pub async fn submit(
 async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey) -> ApiResult<()> {
     let size = u64::try_from(row.size_bytes).unwrap_or(0);
     let head = state.store.get_range(object, 0..size.min(HEADER_PROBE)).await?;
-    let version = state.catalogue.versions().get(row.model.as_str()).copied().unwrap_or(0);
+    // Rows from before the registry name the built-in model's version.
+    let version = match row.model_version {
+        Some(version) => version.to_string(),
+        None => blindfold_nn::registry::load(&row.model).map(|m| m.manifest.version.to_string()).unwrap_or_default(),
+    };
     let packing =
         Packing::from_str(&row.packing).map_err(|_| ApiError::internal("reading a job's packing", &row.packing))?;
     let mut expect = Expect::new()
-        .model(row.model.clone(), version.to_string())
+        .model(row.model.clone(), version)
         .packing(packing)
         .fingerprint(uploads::fingerprint(&row.params_fingerprint)?)
         .image_count(u64::try_from(row.image_count.unwrap_or(0)).unwrap_or(0));
@@ -491,7 +525,7 @@ pub async fn result(
     };
     let key = ObjectKey::parse(result_key).map_err(|e| ApiError::internal("reading a result key", e))?;
     // Defence in depth: the worker must have written inside the tenant's prefix.
-    if key.tenant().as_str() != tenant.0.to_string() {
+    if key.tenant().map(|t| t.as_str().to_owned()) != Some(tenant.0.to_string()) {
         return Err(ApiError::internal("reading a result key", "result outside the tenant's prefix"));
     }
     let download = state.store.presign_get(&key, state.config.presign_expiry()).await?;

@@ -27,8 +27,18 @@ struct Registered {
     params_fingerprint: String,
     size_bytes: i64,
     model: Option<String>,
+    model_version: Option<i32>,
     packing: Option<String>,
     created_at: DateTime<Utc>,
+}
+
+/// What a job needs to know of a ready key set.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadyKeySet {
+    pub(crate) params_fingerprint: String,
+    pub(crate) model: Option<String>,
+    pub(crate) model_version: Option<i32>,
+    pub(crate) packing: Option<String>,
 }
 
 impl From<Registered> for KeySetView {
@@ -37,6 +47,7 @@ impl From<Registered> for KeySetView {
             id: row.id,
             status: "ready".to_owned(),
             model: row.model,
+            model_version: row.model_version.and_then(|v| u32::try_from(v).ok()),
             packing: row.packing,
             params_fingerprint: row.params_fingerprint,
             size_bytes: row.size_bytes,
@@ -50,6 +61,7 @@ fn pending_view(row: &Pending) -> KeySetView {
         id: row.id,
         status: "awaiting_upload".to_owned(),
         model: Some(row.model.clone()),
+        model_version: row.model_version.and_then(|v| u32::try_from(v).ok()),
         packing: Some(row.packing.clone()),
         params_fingerprint: row.params_fingerprint.clone(),
         size_bytes: row.size_bytes,
@@ -59,7 +71,7 @@ fn pending_view(row: &Pending) -> KeySetView {
 
 async fn registered(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<Registered>> {
     Ok(sqlx::query_as(
-        "SELECT id, params_fingerprint, size_bytes, model, packing, created_at \
+        "SELECT id, params_fingerprint, size_bytes, model, model_version, packing, created_at \
          FROM key_sets WHERE id = $1 AND tenant_id = $2",
     )
     .bind(id)
@@ -70,12 +82,13 @@ async fn registered(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Optio
 
 /// A tenant's ready key set, for job creation (`None` if unknown, another tenant's or not
 /// completed).
-pub(crate) async fn ready(
-    state: &AppState,
-    tenant: Uuid,
-    id: Uuid,
-) -> ApiResult<Option<(String, Option<String>, Option<String>)>> {
-    Ok(registered(state, tenant, id).await?.map(|row| (row.params_fingerprint, row.model, row.packing)))
+pub(crate) async fn ready(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult<Option<ReadyKeySet>> {
+    Ok(registered(state, tenant, id).await?.map(|row| ReadyKeySet {
+        params_fingerprint: row.params_fingerprint,
+        model: row.model,
+        model_version: row.model_version,
+        packing: row.packing,
+    }))
 }
 
 /// Announces a key set: answers its id (the client's own, or a new one to write into the
@@ -90,7 +103,8 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateKeySet>,
 ) -> ApiResult<(StatusCode, Json<KeySetCreated>)> {
-    let (model, packing) = super::model_packing(&state, &body.model, body.packing.as_deref())?;
+    let reference = crate::registry::parse_ref(&body.model)?;
+    let (model, packing) = super::model_packing(&state, &reference, body.packing.as_deref()).await?;
     let size = uploads::check_size(&state, body.size_bytes)?;
     let id = body.id.unwrap_or_else(Uuid::new_v4);
     let taken = || {
@@ -113,8 +127,9 @@ pub async fn create(
     let (upload, upload_id) = uploads::presign(&state, &key, body.size_bytes).await?;
     let row: Option<Pending> = sqlx::query_as(
         r#"
-        INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, object_key, size_bytes, upload_id)
-        VALUES ($1, $2, 'key_set', $3, $4, $5, $6, $7, $8)
+        INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, object_key, size_bytes,
+                                     upload_id, model_version)
+        VALUES ($1, $2, 'key_set', $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (id) DO NOTHING
         RETURNING *
         "#,
@@ -127,6 +142,7 @@ pub async fn create(
     .bind(key.as_str())
     .bind(size)
     .bind(&upload_id)
+    .bind(model.version as i32)
     .fetch_optional(&state.pool)
     .await?;
     let Some(row) = row else {
@@ -135,7 +151,7 @@ pub async fn create(
         }
         return Err(taken());
     };
-    tracing::info!(key_set = %id, model = %model.name, size, "key set announced");
+    tracing::info!(key_set = %id, model = %model.reference(), size, "key set announced");
     Ok((StatusCode::CREATED, Json(KeySetCreated { key_set: pending_view(&row), upload })))
 }
 
@@ -189,9 +205,9 @@ pub async fn complete(
     }
     let row: Registered = sqlx::query_as(
         r#"
-        INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes, model, packing)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        RETURNING id, params_fingerprint, size_bytes, model, packing, created_at
+        INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes, model, packing, model_version)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        RETURNING id, params_fingerprint, size_bytes, model, model_version, packing, created_at
         "#,
     )
     .bind(id)
@@ -201,6 +217,7 @@ pub async fn complete(
     .bind(pending.size_bytes)
     .bind(&pending.model)
     .bind(&pending.packing)
+    .bind(pending.model_version)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -267,7 +284,7 @@ pub async fn delete(
     responses((status = 200, body = KeySetList), (status = 401, body = Problem)))]
 pub async fn list(Caller(tenant): Caller, State(state): State<AppState>) -> ApiResult<Json<KeySetList>> {
     let ready: Vec<Registered> = sqlx::query_as(
-        "SELECT id, params_fingerprint, size_bytes, model, packing, created_at \
+        "SELECT id, params_fingerprint, size_bytes, model, model_version, packing, created_at \
          FROM key_sets WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT $2",
     )
     .bind(tenant.0)

@@ -4,6 +4,7 @@
 mod admin;
 mod jobs;
 mod key_sets;
+mod models;
 mod ops;
 mod uploads;
 
@@ -54,7 +55,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::submit))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::result))
-        .routes(routes!(ops::models))
+        .routes(routes!(models::catalogue))
+        .routes(routes!(models::detail))
+        .routes(routes!(models::announce, models::list_all))
+        .routes(routes!(models::complete))
+        .routes(routes!(models::retire))
         .routes(routes!(admin::create_tenant, admin::list_tenants))
         .routes(routes!(admin::issue_token))
         .routes(routes!(admin::revoke_token))
@@ -128,25 +133,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The model and packing a request names, from the catalogue (`throughput` by default).
-fn model_packing<'a>(
-    state: &'a AppState,
-    model: &str,
+/// The model version and packing a request names (`throughput` by default), from the
+/// registry; a retired version is refused.
+async fn model_packing(
+    state: &AppState,
+    model: &blindfold_queue::ModelRef,
     packing: Option<&str>,
-) -> crate::error::ApiResult<(&'a crate::catalogue::ModelInfo, &'a crate::catalogue::PackingInfo)> {
+) -> crate::error::ApiResult<(crate::catalogue::ModelInfo, crate::catalogue::PackingInfo)> {
     use crate::error::ApiError;
-    let Some(info) = state.catalogue.model(model) else {
-        return Err(ApiError::unprocessable(
-            "unknown_model",
-            format!("unknown model {model:?}; known models: {}", state.catalogue.names().join(", ")),
-        ));
-    };
+    let info = crate::registry::serving(&state.pool, model).await?;
     let name = packing.unwrap_or("throughput");
-    let Some(packing_info) = name.parse().ok().and_then(|packing| info.packing(packing)) else {
+    let Some(packing_info) = name.parse().ok().and_then(|packing| info.packing(packing)).cloned() else {
         let known: Vec<&str> = info.packings.iter().map(|p| p.packing.name()).collect();
         return Err(ApiError::unprocessable(
             "unknown_packing",
-            format!("model {model} has no packing {name:?}; it supports: {}", known.join(", ")),
+            format!("model {} has no packing {name:?}; it supports: {}", info.reference(), known.join(", ")),
         ));
     };
     Ok((info, packing_info))

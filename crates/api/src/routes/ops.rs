@@ -1,22 +1,13 @@
-//! The catalogue, health, readiness and metrics.
+//! Health, readiness and metrics.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use crate::catalogue::Catalogue;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 use crate::wire::{Health, HealthCheck};
-
-/// The model catalogue: models, input shapes, classes, packings, parameter sets and the
-/// evaluation keys each needs. Public.
-#[utoipa::path(get, path = "/v1/models", tag = "models",
-    responses((status = 200, description = "The catalogue", body = Catalogue)))]
-pub async fn models(State(state): State<AppState>) -> Json<Catalogue> {
-    Json(state.catalogue.clone())
-}
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]

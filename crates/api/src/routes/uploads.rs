@@ -15,6 +15,7 @@ use crate::wire::{Upload, UploadDone};
 pub struct Pending {
     pub id: Uuid,
     pub model: String,
+    pub model_version: Option<i32>,
     pub packing: String,
     pub params_fingerprint: String,
     pub key_set_id: Option<Uuid>,

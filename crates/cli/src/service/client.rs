@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use blindfold_api::{
-    CompletedPart, CreateJob, CreateKeySet, CreateTenant, CreateToken, Health, JobCreated, JobPage, JobResult, JobView,
-    KeySetCreated, KeySetList, KeySetView, Problem, TenantList, TenantView, TokenIssued, Transfer, Upload, UploadDone,
-    UploadPart,
+    AnnounceModel, Catalogue, CompletedPart, CreateJob, CreateKeySet, CreateTenant, CreateToken, Health, JobCreated,
+    JobPage, JobResult, JobView, KeySetCreated, KeySetList, KeySetView, ModelAnnounced, ModelDetail, ModelInfo,
+    ModelRecord, ModelRecordList, ModelRegistered, Problem, TenantList, TenantView, TokenIssued, Transfer, Upload,
+    UploadDone, UploadPart,
 };
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -243,12 +244,39 @@ impl ApiClient {
 
     /// The model names the service serves.
     pub async fn model_names(&self) -> Result<Vec<String>, ServiceError> {
-        let catalogue: serde_json::Value = self.call::<(), _>(Method::GET, "/v1/models", None).await?;
-        let names = catalogue["models"]
-            .as_array()
-            .map(|models| models.iter().filter_map(|m| m["name"].as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
+        let mut names: Vec<String> = self.catalogue().await?.models.into_iter().map(|m| m.name).collect();
+        names.dedup();
         Ok(names)
+    }
+
+    /// `GET /v1/models`: the active model versions.
+    pub async fn catalogue(&self) -> Result<Catalogue, ServiceError> {
+        self.call::<(), _>(Method::GET, "/v1/models", None).await
+    }
+
+    /// `GET /v1/models/{model}`: one version (`NAME` or `NAME@VERSION`) with signed downloads.
+    pub async fn model(&self, model: &str) -> Result<ModelDetail, ServiceError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/models/{}", path_segment(model)), None).await
+    }
+
+    /// `POST /v1/admin/models`.
+    pub async fn announce_model(&self, body: &AnnounceModel) -> Result<ModelAnnounced, ServiceError> {
+        self.call(Method::POST, "/v1/admin/models", Some(body)).await
+    }
+
+    /// `POST /v1/admin/models/{model}/complete`.
+    pub async fn complete_model(&self, model: &str) -> Result<ModelRegistered, ServiceError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/admin/models/{}/complete", path_segment(model)), None).await
+    }
+
+    /// `POST /v1/admin/models/{model}/retire`.
+    pub async fn retire_model(&self, model: &str) -> Result<ModelInfo, ServiceError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/admin/models/{}/retire", path_segment(model)), None).await
+    }
+
+    /// `GET /v1/admin/models`: every version in every state.
+    pub async fn model_records(&self) -> Result<Vec<ModelRecord>, ServiceError> {
+        Ok(self.call::<(), ModelRecordList>(Method::GET, "/v1/admin/models", None).await?.models)
     }
 
     /// `POST /v1/key-sets`.
@@ -570,4 +598,10 @@ fn query_value(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// A model reference as one URL path segment: names are `[a-z0-9._-]` and versions digits, so
+/// only `@` needs encoding (some proxies treat it specially).
+fn path_segment(model: &str) -> String {
+    model.replace('@', "%40")
 }

@@ -434,6 +434,21 @@ fn submit(
 ) -> anyhow::Result<Submitted> {
     let keys = KeySet::open(&inputs.keys)?;
     let model = inputs.model.clone().unwrap_or_else(|| keys.descriptor().model.clone());
+    // `--model NAME@VERSION` names one version; the key set pins the version either way.
+    let (model, version) = match model.split_once('@') {
+        Some((name, version)) => (name.to_owned(), Some(version.to_owned())),
+        None => (model, None),
+    };
+    if let Some(version) = &version
+        && *version != keys.descriptor().model_version
+    {
+        anyhow::bail!(
+            "the key set in {} is for {}@{}, not {model}@{version}; make one with `blindfold keygen --model              {model}@{version} --out DIR` (after `blindfold model pull {model}@{version}`)",
+            inputs.keys.display(),
+            keys.descriptor().model,
+            keys.descriptor().model_version
+        );
+    }
     let served = runtime.block_on(client.model_names())?;
     if !served.contains(&model) {
         return Err(ServiceError::Api {

@@ -131,7 +131,8 @@ pub async fn register_keys(client: &ApiClient, keys: &KeySet, progress: OnBytes)
             let created = client
                 .create_key_set(&CreateKeySet {
                     id: Some(id),
-                    model: descriptor.model.clone(),
+                    // Keys fit exactly the version they were made for.
+                    model: format!("{}@{}", descriptor.model, descriptor.model_version),
                     packing: Some(descriptor.packing.clone()),
                     size_bytes: size,
                 })
@@ -259,7 +260,7 @@ pub async fn upload_batch(
     let descriptor = keys.descriptor();
     let created = client
         .create_job(&CreateJob {
-            model: descriptor.model.clone(),
+            model: format!("{}@{}", descriptor.model, descriptor.model_version),
             key_set_id: keys.id(),
             image_count: u32::try_from(batch.images).context("too many images in one batch")?,
             size_bytes: batch.bytes,

@@ -7,5 +7,5 @@ pub mod commands;
 pub mod config;
 pub mod flows;
 
-pub use client::{ApiClient, ServiceError};
+pub use client::{ApiClient, OnBytes, ServiceError};
 pub use flows::JobEnded;
