@@ -30,10 +30,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(3..=86_400))]
     pub lease_secs: u64,
 
-    /// Evaluation-key sets kept in memory, in MiB of their serialized size (least recently used
-    /// go first). A LeNet-5 latency key set is about 80 MB serialized, a CryptoNets throughput
-    /// one a few MB; in memory each also holds its model's encoded weights (up to 0.5 GB for a
-    /// LeNet-5 latency plan, `blindfold model show`).
+    /// Evaluators (a key set bound to its compiled model) kept in memory, in MiB of what each
+    /// holds: its keys unpacked to 64-bit coefficients (about four times their serialized size),
+    /// the engine's encoded weights or plaintext diagonals, and the model (the plan's
+    /// `resident_bytes`; least recently used go first). A CryptoNets throughput evaluator holds a
+    /// few MB, a LeNet-5 latency one about 0.7 GB (`blindfold model show`).
     #[arg(long, env = "BLINDFOLD_WORKER_KEY_CACHE_MIB", default_value_t = 2048)]
     pub key_cache_mib: u64,
 

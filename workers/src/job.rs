@@ -367,7 +367,9 @@ async fn evaluator(
         .await
         .map_err(|e| store_failure("key set", &e))?;
     watch.check()?;
-    let cost = bundle.len() as u64;
+    // What the evaluator holds in memory, not the bundle's size on the wire: keys unpacked to
+    // 64-bit coefficients, the engine's encoded weights or diagonals, and the model itself.
+    let cost = (model.plan().resident_bytes() + model.resident_bytes()) as u64;
     let expect = KeyBundleExpect::new().key_set(key_set.0).fingerprint(model.fingerprint());
     let built = tokio::task::spawn_blocking(move || {
         let keys = KeyBundle::read(&bundle[..], &expect)?;

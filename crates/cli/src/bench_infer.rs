@@ -11,6 +11,7 @@ use blindfold_compiler::{
     CompileOptions, Control, LatencyEngine, LatencyPlan, Packing, ThroughputEngine, ThroughputPlan,
 };
 use blindfold_nn::Task;
+use blindfold_nn::data::Split;
 use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;
@@ -77,6 +78,7 @@ struct InferReport {
     /// The plan's own estimate of its peak memory (one batch, or one image).
     estimated_peak_bytes: usize,
     /// Evaluation keys (relinearization and, for latency, rotation keys), as serialized.
+    #[serde(rename = "eval_key_bytes")]
     key_bytes: usize,
     upload_bytes_per_image: f64,
     result_bytes_per_image: f64,
@@ -85,6 +87,15 @@ struct InferReport {
     agreement: f64,
     /// Largest absolute difference of an output from the plaintext model's.
     max_logit_error: f64,
+    /// Segmentation: the same as `agreement` (pixels on the same side of the threshold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pixel_agreement: Option<f64>,
+    /// Segmentation with ground-truth masks (lesion-seg, ph2): Dice of the plaintext model's
+    /// masks over the images evaluated, and of the decrypted ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dice_plaintext: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dice_encrypted: Option<f64>,
     keygen_seconds: f64,
     encrypt_seconds: f64,
     /// Decryption and decoding: the whole batch (throughput) or one image (latency).
@@ -232,6 +243,7 @@ fn throughput(options: &InferBench, threads: usize, compile: &CompileOptions) ->
 
     let reference = model.network.forward_batch(&inputs)?;
     let (agreement, max_logit_error) = compare(&model.manifest.task, &logits, &reference);
+    let quality = segmentation_quality(&model, options, images, &logits, &reference, agreement)?;
     let params = engine.plan().params();
     let layers = clock.stage_times(finished);
     Ok(InferReport {
@@ -253,6 +265,9 @@ fn throughput(options: &InferBench, threads: usize, compile: &CompileOptions) ->
         result_bytes_per_image: result_bytes as f64 / images as f64,
         agreement,
         max_logit_error,
+        pixel_agreement: quality.pixel_agreement,
+        dice_plaintext: quality.dice_plaintext,
+        dice_encrypted: quality.dice_encrypted,
         keygen_seconds,
         encrypt_seconds,
         decrypt_seconds,
@@ -331,6 +346,7 @@ fn latency(options: &InferBench, threads: usize, compile: &CompileOptions) -> an
     let batch_seconds = started.elapsed().as_secs_f64();
     let reference = model.network.forward_batch(&inputs)?;
     let (agreement, max_logit_error) = compare(&model.manifest.task, &logits, &reference);
+    let quality = segmentation_quality(&model, options, images, &logits, &reference, agreement)?;
     let params = engine.plan().params();
     let layers = clock.stage_times(finished);
     Ok(InferReport {
@@ -352,6 +368,9 @@ fn latency(options: &InferBench, threads: usize, compile: &CompileOptions) -> an
         result_bytes_per_image: result_bytes as f64,
         agreement,
         max_logit_error,
+        pixel_agreement: quality.pixel_agreement,
+        dice_plaintext: quality.dice_plaintext,
+        dice_encrypted: quality.dice_encrypted,
         keygen_seconds,
         encrypt_seconds,
         decrypt_seconds,
@@ -403,6 +422,46 @@ impl StageClock {
             })
             .collect()
     }
+}
+
+/// What a segmentation model's run says about mask quality (all `None` for classification).
+#[derive(Debug, Default)]
+struct Quality {
+    pixel_agreement: Option<f64>,
+    dice_plaintext: Option<f64>,
+    dice_encrypted: Option<f64>,
+}
+
+/// Dice of the plaintext and decrypted masks against the ground truth of the images evaluated
+/// (the same cyclic selection as [`test_inputs`]), when the model segments and its data set has
+/// masks.
+fn segmentation_quality(
+    model: &registry::Model,
+    options: &InferBench,
+    count: usize,
+    encrypted: &[Vec<f64>],
+    reference: &[Vec<f64>],
+    agreement: f64,
+) -> anyhow::Result<Quality> {
+    let Task::Segmentation { threshold } = model.manifest.task else {
+        return Ok(Quality::default());
+    };
+    let mut quality = Quality { pixel_agreement: Some(agreement), ..Quality::default() };
+    let Some(dataset) = model.manifest.dataset().filter(|d| matches!(*d, "lesion-seg" | "ph2")) else {
+        return Ok(quality);
+    };
+    let truth = blindfold_nn::data::segmentation(&data_dir(options.data.as_deref())?, dataset, Split::Test)?;
+    let plane = truth.images.height * truth.images.width;
+    let available = truth.images.len();
+    let masks: Vec<u8> = (0..count.min(encrypted.len()))
+        .flat_map(|i| truth.mask((options.offset + i) % available.max(1)).unwrap_or(&[]).iter().copied())
+        .collect();
+    if masks.len() != encrypted.len() * plane {
+        return Ok(quality);
+    }
+    quality.dice_plaintext = Some(blindfold_nn::metrics::segmentation(reference, &masks, threshold).dice);
+    quality.dice_encrypted = Some(blindfold_nn::metrics::segmentation(encrypted, &masks, threshold).dice);
+    Ok(quality)
 }
 
 /// `count` preprocessed test images of the model's dataset from `offset` on, reused cyclically.

@@ -87,6 +87,10 @@ pub enum Hospital {
         /// The names sidecar [default: IN.names.json when it exists, else positions].
         #[arg(long)]
         names: Option<PathBuf>,
+        /// Segmentation: ground-truth masks (`NAME.png`, `NAME_segmentation.png` or
+        /// `NAME_mask.png` for the image `NAME.ext`); adds each mask's Dice and the mean.
+        #[arg(long)]
+        masks: Option<PathBuf>,
         #[command(flatten)]
         output: Output,
     },
@@ -131,7 +135,9 @@ pub fn run(command: Hospital) -> anyhow::Result<()> {
         Hospital::Eval { keys, input, out, memory_budget, output } => {
             eval(&keys, &input, &out, memory_budget.or_else(crate::memory::available), output)
         }
-        Hospital::Decrypt { keys, input, out, names, output } => decrypt(&keys, &input, &out, names.as_deref(), output),
+        Hospital::Decrypt { keys, input, out, names, masks, output } => {
+            decrypt(&keys, &input, &out, names.as_deref(), masks.as_deref(), output)
+        }
     }
 }
 
@@ -267,14 +273,21 @@ fn eval(keys: &Path, input: &Path, out: &Path, memory_budget: Option<u64>, outpu
     )
 }
 
-fn decrypt(keys_dir: &Path, input: &Path, out: &Path, names: Option<&Path>, output: Output) -> anyhow::Result<()> {
+fn decrypt(
+    keys_dir: &Path,
+    input: &Path,
+    out: &Path,
+    names: Option<&Path>,
+    truth: Option<&Path>,
+    output: Output,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let keys = KeySet::open(keys_dir)?;
     let spinner = spinner(output, "decrypting".into());
     let predictions = blindfold_client::decrypt(&keys, input, names);
     spinner.finish_and_clear();
-    let predictions = predictions.with_context(|| format!("decrypting {}", input.display()))?;
-    predictions.write(out)?;
+    let mut predictions = predictions.with_context(|| format!("decrypting {}", input.display()))?;
+    let saved = predictions.save(out, truth)?;
     report(
         output,
         json!({
@@ -282,10 +295,28 @@ fn decrypt(keys_dir: &Path, input: &Path, out: &Path, names: Option<&Path>, outp
             "model": predictions.model,
             "images": predictions.images.len(),
             "predictions": out,
+            "saved": saved,
             "seconds": started.elapsed().as_secs_f64(),
         }),
-        || format!("{} predictions of {} written to {}", predictions.images.len(), predictions.model, out.display()),
+        || saved_text(&predictions, &saved),
     )
+}
+
+/// What a command that decrypted says it wrote.
+pub(crate) fn saved_text(predictions: &blindfold_client::Predictions, saved: &blindfold_client::Saved) -> String {
+    let mut text = format!(
+        "{} predictions of {} written to {}",
+        predictions.images.len(),
+        predictions.model,
+        saved.predictions.display()
+    );
+    if let (Some(dir), Some(count)) = (&saved.masks_dir, saved.masks) {
+        text.push_str(&format!("; {count} mask PNGs in {}", dir.display()));
+    }
+    if let Some(dice) = saved.mean_dice {
+        text.push_str(&format!("; mean Dice against the ground truth {dice:.4}"));
+    }
+    text
 }
 
 /// Prints the JSON object with `--json`, the text without, nothing with `--quiet`.

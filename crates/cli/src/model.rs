@@ -276,10 +276,10 @@ pub(crate) fn load_test_split(manifest: &blindfold_nn::Manifest, dir: &Path) -> 
 
 fn eval(name: &str, data: Option<PathBuf>, limit: Option<usize>, as_json: bool) -> anyhow::Result<()> {
     let m = registry::load(name)?;
-    if let blindfold_nn::Task::Segmentation { .. } = m.manifest.task {
-        bail!("{name} is a segmentation model; `model eval` reports classification metrics (accuracy, recall, AUC)");
-    }
     let dir = data_dir(data)?;
+    if let blindfold_nn::Task::Segmentation { threshold } = m.manifest.task {
+        return eval_segmentation(&m, name, &dir, threshold, limit, as_json);
+    }
     let mut images = load_test_split(&m.manifest, &dir)?;
     if let Some(n) = limit {
         images = images.take(n);
@@ -306,6 +306,49 @@ fn eval(name: &str, data: Option<PathBuf>, limit: Option<usize>, as_json: bool) 
         let class = classes[p].split_whitespace().next().unwrap_or("positive").to_lowercase();
         out[format!("{class}_vs_rest_auc")] = json!(auc);
     }
+    if as_json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// Dice, IoU and pixel accuracy on the test split of the manifest's segmentation set, and on
+/// PH² (an outside test set) when that set is `lesion-seg`.
+fn eval_segmentation(
+    m: &registry::Model,
+    name: &str,
+    dir: &Path,
+    threshold: f64,
+    limit: Option<usize>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let Some(dataset) = m.manifest.dataset() else {
+        bail!("the manifest of {name} names no data set (its \"dataset\" field)")
+    };
+    let mut sets = vec![dataset.to_owned()];
+    if dataset == "lesion-seg" {
+        sets.push("ph2".to_owned());
+    }
+    let start = Instant::now();
+    let mut results = serde_json::Map::new();
+    for set in &sets {
+        let mut truth = data::segmentation(dir, set, Split::Test).with_context(|| format!("reading {set}"))?;
+        if let Some(n) = limit {
+            truth = truth.take(n);
+        }
+        let logits = m.network.forward_batch(&m.manifest.inputs(&truth.images)?)?;
+        let scores = metrics::segmentation(&logits, &truth.masks, threshold);
+        results.insert(if set == "lesion-seg" { "ham_test".into() } else { set.clone() }, json!(scores));
+    }
+    let out = json!({
+        "model": name,
+        "data": dir.display().to_string(),
+        "threshold": threshold,
+        "scores": results,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
     if as_json {
         println!("{out}");
     } else {

@@ -340,3 +340,69 @@ fn a_model_directory_serves_keygen_encrypt_eval_and_decrypt() {
     let err = refused(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--memory-budget", "1M"]);
     assert!(err.contains("memory budget") && err.contains("node "), "{err}");
 }
+
+/// A segmentation model end to end on the sample lesions: decrypt writes one mask PNG per image
+/// and a CSV of lesion areas, each mask equals the plaintext model's thresholded output, and
+/// `--masks` adds the Dice against the ground truth.
+#[test]
+fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model_dir = root.join("models/synthetic/unet-shape");
+    let lesions = root.join("samples/lesions");
+    let images: Vec<PathBuf> = ["ISIC_0024317.png", "ISIC_0024331.png"].iter().map(|f| lesions.join(f)).collect();
+    let keys = tmp.path().join("keys");
+    ok(&["keygen", "--model", s(&model_dir), "--packing", "latency", "--out", s(&keys), "--quiet"]);
+    let (batch, result) = (tmp.path().join("job.bfib"), tmp.path().join("job.bfrb"));
+    let mut encrypt = vec!["encrypt", "--keys", s(&keys), "--out", s(&batch), "--quiet"];
+    encrypt.extend(images.iter().map(|p| s(p)));
+    ok(&encrypt);
+    ok(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--quiet"]);
+    let csv = tmp.path().join("areas.csv");
+    let out = ok(&[
+        "decrypt",
+        "--keys",
+        s(&keys),
+        "--in",
+        s(&result),
+        "--out",
+        s(&csv),
+        "--masks",
+        s(&lesions.join("masks")),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["saved"]["masks"], 2, "{report}");
+    let mean_dice = report["saved"]["mean_dice"].as_f64().unwrap();
+
+    let model = registry::load(s(&model_dir)).unwrap();
+    let blindfold_nn::Task::Segmentation { threshold } = model.manifest.task else { panic!("a segmentation model") };
+    let cut = blindfold_nn::metrics::logit_threshold(threshold);
+    let rows: Vec<String> = std::fs::read_to_string(&csv).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(rows[0], "position,file,lesion_pixels,lesion_fraction,dice");
+    let mut dice_sum = 0.0;
+    for (k, image) in images.iter().enumerate() {
+        // The decrypted mask is the plaintext model's, pixel for pixel.
+        let input = model.manifest.load_image(image).unwrap();
+        let expected: Vec<u8> =
+            model.network.forward(&input).unwrap().iter().map(|l| if *l >= cut { 255 } else { 0 }).collect();
+        let stem = image.file_stem().unwrap().to_str().unwrap();
+        let png = tmp.path().join("areas-masks").join(format!("{k:04}-{stem}.png"));
+        let mask = image::open(&png).unwrap().to_luma8();
+        assert_eq!(mask.dimensions(), (64, 64));
+        let differ = mask.as_raw().iter().zip(&expected).filter(|(a, b)| a != b).count();
+        assert!(differ <= 4, "image {k}: {differ} of 4096 pixels differ from the plaintext mask");
+        // The CSV row: its area and its Dice against the ground truth.
+        let fields: Vec<&str> = rows[k + 1].split(',').collect();
+        let lesion: usize = fields[2].parse().unwrap();
+        assert_eq!(lesion, mask.as_raw().iter().filter(|p| **p == 255).count(), "{}", rows[k + 1]);
+        assert!((fields[3].parse::<f64>().unwrap() - lesion as f64 / 4096.0).abs() < 1e-6);
+        let truth = image::open(lesions.join("masks").join(format!("{stem}.png"))).unwrap().to_luma8();
+        let predicted: Vec<bool> = mask.as_raw().iter().map(|p| *p == 255).collect();
+        let truth: Vec<u8> = truth.as_raw().iter().map(|p| u8::from(*p > 127)).collect();
+        let dice = blindfold_nn::metrics::dice(&predicted, &truth);
+        assert!((fields[4].parse::<f64>().unwrap() - dice).abs() < 1e-6, "{}", rows[k + 1]);
+        dice_sum += dice;
+    }
+    assert!((mean_dice - dice_sum / 2.0).abs() < 1e-9);
+}

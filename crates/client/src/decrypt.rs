@@ -1,4 +1,5 @@
-//! Decryption of result batches into predictions, and their CSV and JSON forms.
+//! Decryption of result batches into predictions (classes, or lesion masks for segmentation
+//! models), their CSV and JSON forms, mask PNGs and Dice against ground-truth masks.
 
 use std::fs::File;
 use std::io::{BufReader, Write as _};
@@ -26,8 +27,30 @@ pub struct Prediction {
     pub class_index: usize,
     /// Softmax probabilities, in class order.
     pub probabilities: Vec<f64>,
-    /// The raw logits, in class order.
+    /// The raw logits, in class order (empty for segmentation: the mask stands for them).
     pub logits: Vec<f64>,
+    /// Segmentation: the predicted mask and its area.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<Mask>,
+}
+
+/// A predicted lesion mask: the pixels whose logit is at least the manifest threshold's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Mask {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Lesion pixels.
+    pub lesion_pixels: usize,
+    /// Lesion pixels over all pixels.
+    pub lesion_fraction: f64,
+    /// Dice against the ground-truth mask, once [`Predictions::score_masks`] found one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dice: Option<f64>,
+    /// 1 = lesion, row-major (written as PNG by [`Predictions::write_masks`], not in JSON).
+    #[serde(skip)]
+    pub pixels: Vec<u8>,
 }
 
 /// The predictions of one result batch.
@@ -39,6 +62,8 @@ pub struct Predictions {
     pub key_set: Uuid,
     /// The class names, in logit order.
     pub classes: Vec<String>,
+    /// `classification` or `segmentation`.
+    pub task: &'static str,
     /// One per image, in batch order.
     pub images: Vec<Prediction>,
 }
@@ -47,13 +72,6 @@ pub struct Predictions {
 /// `names` if given, else from `RESULT.names.json` if it exists, else are `#position`.
 pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Predictions> {
     let model = keys.compiled_model_of_batch(result, BatchKind::Result)?;
-    if let blindfold_nn::Task::Segmentation { .. } = model.manifest().task {
-        return Err(Error::KeySetMismatch(format!(
-            "{} is a segmentation model: `decrypt` writes class predictions, and this build does not write \
-             masks yet; its outputs can be measured with `blindfold bench infer --model …`",
-            model.name()
-        )));
-    }
     let plan = model.plan();
     let context = Context::new(plan.params().clone())?;
     let file = File::open(result).map_err(Error::io(result))?;
@@ -69,6 +87,22 @@ pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Pre
     drop(decryptor);
     let logits = plan.unpack(&decrypted, images)?;
     let classes = model.manifest().classes.clone();
+    if let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task {
+        let [_, height, width] = model.manifest().input.shape;
+        let images = logits
+            .into_iter()
+            .zip(names)
+            .enumerate()
+            .map(|(position, (logits, file))| segmented(position, file, &logits, height, width, threshold))
+            .collect();
+        return Ok(Predictions {
+            model: model.name().into(),
+            key_set: keys.id(),
+            classes,
+            task: "segmentation",
+            images,
+        });
+    }
     let images = logits
         .into_iter()
         .zip(names)
@@ -82,10 +116,29 @@ pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Pre
                 class_index,
                 probabilities: softmax(&logits),
                 logits,
+                mask: None,
             }
         })
         .collect();
-    Ok(Predictions { model: model.name().into(), key_set: keys.id(), classes, images })
+    Ok(Predictions { model: model.name().into(), key_set: keys.id(), classes, task: "classification", images })
+}
+
+/// One image's mask from its per-pixel logits.
+fn segmented(position: usize, file: String, logits: &[f64], height: usize, width: usize, threshold: f64) -> Prediction {
+    let cut = blindfold_nn::metrics::logit_threshold(threshold);
+    let pixels: Vec<u8> = logits.iter().map(|l| u8::from(*l >= cut)).collect();
+    let lesion_pixels = pixels.iter().filter(|p| **p == 1).count();
+    let lesion_fraction = lesion_pixels as f64 / pixels.len().max(1) as f64;
+    let found = lesion_pixels > 0;
+    Prediction {
+        position,
+        file,
+        class: if found { "lesion" } else { "no lesion" }.into(),
+        class_index: usize::from(!found),
+        probabilities: Vec::new(),
+        logits: Vec::new(),
+        mask: Some(Mask { height, width, lesion_pixels, lesion_fraction, dice: None, pixels }),
+    }
 }
 
 fn image_names(keys: &KeySet, result: &Path, given: Option<&Path>, images: usize) -> Result<Vec<String>> {
@@ -137,8 +190,25 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
 }
 
 impl Predictions {
-    /// CSV: `position,file,class,probability,p_<class>…,logit_<class>…`, one row per image.
+    /// CSV, one row per image. Classification: `position,file,class,probability,p_<class>…,
+    /// logit_<class>…`. Segmentation: `position,file,lesion_pixels,lesion_fraction,dice`
+    /// (`dice` empty without a ground-truth mask).
     pub fn to_csv(&self) -> String {
+        if self.task == "segmentation" {
+            let mut out = csv_row(["position", "file", "lesion_pixels", "lesion_fraction", "dice"].into_iter());
+            for image in &self.images {
+                let mask = image.mask.as_ref();
+                let row = [
+                    image.position.to_string(),
+                    image.file.clone(),
+                    mask.map_or(String::new(), |m| m.lesion_pixels.to_string()),
+                    mask.map_or(String::new(), |m| format!("{:.6}", m.lesion_fraction)),
+                    mask.and_then(|m| m.dice).map_or(String::new(), |d| format!("{d:.6}")),
+                ];
+                out.push_str(&csv_row(row.iter().map(String::as_str)));
+            }
+            return out;
+        }
         let mut header = vec!["position".to_string(), "file".into(), "class".into(), "probability".into()];
         header.extend(self.classes.iter().map(|c| format!("p_{c}")));
         header.extend(self.classes.iter().map(|c| format!("logit_{c}")));
@@ -175,6 +245,119 @@ impl Predictions {
     }
 }
 
+/// What [`Predictions::save`] wrote.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Saved {
+    /// The predictions file.
+    pub predictions: PathBuf,
+    /// Segmentation: the directory of mask PNGs, and how many it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masks_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masks: Option<usize>,
+    /// Mean Dice over the images that had a ground-truth mask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_dice: Option<f64>,
+}
+
+impl Predictions {
+    /// What `decrypt`, `fetch` and `run` write: scores the masks against `truth` when given,
+    /// then the predictions to `out` (CSV or JSON), and for a segmentation model one PNG per
+    /// mask in `OUT_STEM-masks/` beside it.
+    pub fn save(&mut self, out: &Path, truth: Option<&Path>) -> Result<Saved> {
+        let mean_dice = match truth {
+            Some(dir) if self.task == "segmentation" => self.score_masks(dir)?,
+            Some(dir) => {
+                return Err(Error::Invalid {
+                    path: dir.to_path_buf(),
+                    reason: format!("{} is a classification model: ground-truth masks do not apply", self.model),
+                });
+            }
+            None => None,
+        };
+        self.write(out)?;
+        if self.task != "segmentation" {
+            return Ok(Saved { predictions: out.to_path_buf(), masks_dir: None, masks: None, mean_dice });
+        }
+        let stem = out.file_stem().map_or_else(|| "predictions".into(), |s| s.to_string_lossy().into_owned());
+        let dir = out.with_file_name(format!("{stem}-masks"));
+        let written = self.write_masks(&dir)?;
+        Ok(Saved { predictions: out.to_path_buf(), masks_dir: Some(dir), masks: Some(written.len()), mean_dice })
+    }
+
+    /// Writes one greyscale PNG per predicted mask into `dir` (created): lesion 255, skin 0,
+    /// named `POSITION-NAME.png` after the image. Returns the paths written (none for a
+    /// classification model).
+    pub fn write_masks(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        for image in &self.images {
+            let Some(mask) = &image.mask else { continue };
+            if written.is_empty() {
+                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+            }
+            let path = dir.join(format!("{:04}-{}.png", image.position, file_stem(&image.file)));
+            let pixels: Vec<u8> = mask.pixels.iter().map(|p| p * 255).collect();
+            let png = image::GrayImage::from_raw(mask.width as u32, mask.height as u32, pixels)
+                .ok_or_else(|| Error::Invalid { path: path.clone(), reason: "mask size mismatch".into() })?;
+            png.save(&path).map_err(|e| Error::Invalid { path: path.clone(), reason: e.to_string() })?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// Scores each predicted mask against its ground truth in `dir`: for the image `NAME.ext`, the
+    /// first of `NAME.png`, `NAME_segmentation.png` and `NAME_mask.png` there (any size: resized
+    /// to the mask's with nearest-neighbour sampling, lesion where grey > 127). Sets each mask's
+    /// `dice` and returns the mean Dice over the images that had one (`None` if none had).
+    pub fn score_masks(&mut self, dir: &Path) -> Result<Option<f64>> {
+        let mut scored = Vec::new();
+        for image in &mut self.images {
+            let Some(mask) = &mut image.mask else { continue };
+            let stem = file_stem(&image.file);
+            let Some(path) = ["", "_segmentation", "_mask"]
+                .iter()
+                .map(|suffix| dir.join(format!("{stem}{suffix}.png")))
+                .find(|path| path.is_file())
+            else {
+                continue;
+            };
+            let truth = image::open(&path)
+                .map_err(|e| Error::Invalid { path: path.clone(), reason: format!("not a readable mask: {e}") })?
+                .to_luma8();
+            let truth = image::imageops::resize(
+                &truth,
+                mask.width as u32,
+                mask.height as u32,
+                image::imageops::FilterType::Nearest,
+            );
+            let truth: Vec<u8> = truth.pixels().map(|p| u8::from(p.0[0] > 127)).collect();
+            let predicted: Vec<bool> = mask.pixels.iter().map(|p| *p == 1).collect();
+            let dice = blindfold_nn::metrics::dice(&predicted, &truth);
+            mask.dice = Some(dice);
+            scored.push(dice);
+        }
+        Ok((!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64))
+    }
+}
+
+/// The name of an image without directories, archive positions or extension, made safe for a
+/// file name (`scans/ISIC_1.jpg` → `ISIC_1`, `test.npz#3` → `test_3`).
+fn file_stem(file: &str) -> String {
+    let base = file.rsplit(['/', '\\']).next().unwrap_or(file);
+    let (name, position) = match base.split_once('#') {
+        Some((name, position)) => (name, Some(position)),
+        None => (base, None),
+    };
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    let mut out: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') { c } else { '_' }).collect();
+    if let Some(position) = position {
+        out.push('_');
+        out.push_str(position);
+    }
+    if out.is_empty() { "image".into() } else { out }
+}
+
 /// One RFC 4180 row: fields with a comma, quote or line break are quoted.
 fn csv_row<'a>(fields: impl Iterator<Item = &'a str>) -> String {
     let mut row =
@@ -201,6 +384,46 @@ mod tests {
         let p = softmax(&[1000.0, 999.0, -5.0]);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         assert!(p[0] > p[1] && p[1] > p[2]);
+    }
+
+    #[test]
+    fn image_names_become_safe_file_stems() {
+        assert_eq!(file_stem("scans/ISIC_1.jpg"), "ISIC_1");
+        assert_eq!(file_stem("../data/test.npz#3"), "test_3");
+        assert_eq!(file_stem("a b/c d.png"), "c_d");
+        assert_eq!(file_stem("#7"), "_7");
+    }
+
+    #[test]
+    fn masks_count_their_area_and_score_against_ground_truth() {
+        let dir = tempfile::tempdir().unwrap();
+        // Logits of a 2×2 image: lesion at (0,0) and (0,1).
+        let mut predictions = Predictions {
+            model: "m".into(),
+            key_set: Uuid::nil(),
+            classes: vec!["lesion".into()],
+            task: "segmentation",
+            images: vec![segmented(0, "scans/a.jpg".into(), &[2.0, 0.5, -1.0, -3.0], 2, 2, 0.5)],
+        };
+        let mask = predictions.images[0].mask.clone().unwrap();
+        assert_eq!((mask.lesion_pixels, mask.lesion_fraction), (2, 0.5));
+        // Ground truth at 4×4 (resized to 2×2): the top-left quarter only.
+        let mut truth = image::GrayImage::new(4, 4);
+        for (x, y) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            truth.put_pixel(x, y, image::Luma([255]));
+        }
+        truth.save(dir.path().join("a_segmentation.png")).unwrap();
+        let mean = predictions.score_masks(dir.path()).unwrap().unwrap();
+        assert!((mean - 2.0 / 3.0).abs() < 1e-12, "{mean}");
+        let written = predictions.write_masks(&dir.path().join("out")).unwrap();
+        assert_eq!(written.len(), 1);
+        let png = image::open(&written[0]).unwrap().to_luma8();
+        assert_eq!(png.as_raw(), &vec![255, 255, 0, 0]);
+        let csv = predictions.to_csv();
+        assert!(
+            csv.starts_with("position,file,lesion_pixels,lesion_fraction,dice\r\n0,scans/a.jpg,2,0.500000,0.666667"),
+            "{csv}"
+        );
     }
 
     #[test]

@@ -51,6 +51,15 @@ impl Plan {
         }
     }
 
+    /// Bytes an evaluator of the plan holds between jobs: keys as held in memory and encoded
+    /// weights or diagonals.
+    pub fn resident_bytes(&self) -> usize {
+        match self {
+            Plan::Throughput(plan) => plan.resident_bytes(),
+            Plan::Latency(plan) => plan.resident_bytes(),
+        }
+    }
+
     /// Bytes of the evaluation keys the plan needs.
     pub fn key_bytes(&self) -> usize {
         match self {

@@ -219,21 +219,28 @@ pub fn dermamnist(npz: &Path, split: Split) -> Result<Images> {
         Split::Val => "val",
         Split::Test => "test",
     };
-    let images = npz_array(npz, &format!("{key}_images"))?;
+    let mut images = rgb_images(npz, &format!("{key}_images"))?;
     let labels = npz_array(npz, &format!("{key}_labels"))?;
-    let [n, height, width, 3] = images.shape[..] else {
-        return Err(data_err(npz, format!("{key}_images has shape {:?}; (N, H, W, 3) expected", images.shape)));
-    };
+    let n = images.pixels.len() / images.image_len().max(1);
     if labels.shape != [n, 1] && labels.shape != [n] {
         return Err(data_err(npz, format!("{key}_labels has shape {:?} for {n} images", labels.shape)));
     }
     if let Some(bad) = labels.data.iter().find(|l| **l > 6) {
         return Err(data_err(npz, format!("label {bad} is not one of the 7 classes")));
     }
-    // HWC to CHW.
+    images.labels = labels.data;
+    Ok(images)
+}
+
+/// The (N, H, W, 3) RGB array `key` of `npz`, as CHW images with no labels yet.
+fn rgb_images(npz: &Path, key: &str) -> Result<Images> {
+    let array = npz_array(npz, key)?;
+    let [_, height, width, 3] = array.shape[..] else {
+        return Err(data_err(npz, format!("{key} has shape {:?}; (N, H, W, 3) expected", array.shape)));
+    };
     let plane = height * width;
-    let mut pixels = vec![0u8; images.data.len()];
-    for (i, hwc) in images.data.chunks_exact(plane * 3).enumerate() {
+    let mut pixels = vec![0u8; array.data.len()];
+    for (i, hwc) in array.data.chunks_exact(plane * 3).enumerate() {
         let chw = &mut pixels[i * plane * 3..(i + 1) * plane * 3];
         for (p, rgb) in hwc.chunks_exact(3).enumerate() {
             for c in 0..3 {
@@ -241,15 +248,69 @@ pub fn dermamnist(npz: &Path, split: Split) -> Result<Images> {
             }
         }
     }
-    Ok(Images { channels: 3, height, width, pixels, labels: labels.data })
+    Ok(Images { channels: 3, height, width, pixels, labels: Vec::new() })
+}
+
+/// Lesion images with their ground-truth masks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segmentations {
+    /// The images (every label 0: segmentation has no class per image).
+    pub images: Images,
+    /// One H×W mask per image, row-major, image after image: 1 = lesion, 0 = skin.
+    pub masks: Vec<u8>,
+}
+
+impl Segmentations {
+    /// The mask of image `i`, if it exists.
+    pub fn mask(&self, i: usize) -> Option<&[u8]> {
+        let n = self.images.height * self.images.width;
+        self.masks.get(i * n..(i + 1) * n)
+    }
+
+    /// The first `n` images and masks (all if fewer).
+    pub fn take(mut self, n: usize) -> Self {
+        self.images = self.images.take(n);
+        self.masks.truncate(self.images.len() * self.images.height * self.images.width);
+        self
+    }
+}
+
+/// A segmentation set: `lesion-seg` (HAM10000 at 64×64, `lesion-seg/lesion_seg_64.npz`, train
+/// and test splits) or `ph2` (PH², `lesion-seg/ph2_64.npz`, one split: every image, whatever
+/// `split` says), under the data directory `dir`.
+pub fn segmentation(dir: &Path, name: &str, split: Split) -> Result<Segmentations> {
+    let (npz, images_key, masks_key) = match (name, split) {
+        ("lesion-seg", Split::Train) => (dir.join("lesion-seg/lesion_seg_64.npz"), "train_images", "train_masks"),
+        ("lesion-seg", Split::Test) => (dir.join("lesion-seg/lesion_seg_64.npz"), "test_images", "test_masks"),
+        ("lesion-seg", Split::Val) => {
+            return Err(data_err(dir, "lesion-seg has a train and a test split, no validation split"));
+        }
+        ("ph2", _) => (dir.join("lesion-seg/ph2_64.npz"), "images", "masks"),
+        (other, _) => {
+            return Err(data_err(dir, format!("no segmentation set '{other}'; known: lesion-seg, ph2")));
+        }
+    };
+    let mut images = rgb_images(&npz, images_key)?;
+    let masks = npz_array(&npz, masks_key)?;
+    let n = images.pixels.len() / images.image_len().max(1);
+    if masks.shape != [n, images.height, images.width] {
+        return Err(data_err(&npz, format!("{masks_key} has shape {:?} for {n} images", masks.shape)));
+    }
+    if let Some(bad) = masks.data.iter().find(|v| **v > 1) {
+        return Err(data_err(&npz, format!("mask value {bad} is not 0 or 1")));
+    }
+    images.labels = vec![0; n];
+    Ok(Segmentations { images, masks: masks.data })
 }
 
 /// The data sets a manifest may name (its `dataset`), with where each lives under a data
 /// directory (`../shared/data`).
-pub const DATASETS: [(&str, &str); 3] = [
+pub const DATASETS: [(&str, &str); 5] = [
     ("mnist", "mnist/"),
     ("dermamnist", "dermamnist/dermamnist.npz"),
     ("dermamnist_64", "dermamnist/dermamnist_64.npz"),
+    ("lesion-seg", "lesion-seg/lesion_seg_64.npz"),
+    ("ph2", "lesion-seg/ph2_64.npz"),
 ];
 
 /// A split of the data set `name` (one of [`DATASETS`]) under the data directory `dir`.
@@ -258,6 +319,7 @@ pub fn dataset(dir: &Path, name: &str, split: Split) -> Result<Images> {
         "mnist" => mnist(&dir.join("mnist"), split),
         "dermamnist" => dermamnist(&dir.join("dermamnist/dermamnist.npz"), split),
         "dermamnist_64" => dermamnist(&dir.join("dermamnist/dermamnist_64.npz"), split),
+        "lesion-seg" | "ph2" => segmentation(dir, name, split).map(|set| set.images),
         other => Err(data_err(
             dir,
             format!(

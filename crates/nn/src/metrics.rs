@@ -1,5 +1,6 @@
-//! Classification metrics over logits: accuracy, per-class recall, balanced accuracy and the
-//! one-vs-rest ROC AUC of a positive class (scored by its softmax probability).
+//! Metrics over logits. Classification: accuracy, per-class recall, balanced accuracy and the
+//! one-vs-rest ROC AUC of a positive class (scored by its softmax probability). Segmentation:
+//! Dice, IoU and pixel accuracy of thresholded per-pixel logits against masks.
 
 use serde::Serialize;
 
@@ -103,5 +104,90 @@ mod tests {
         assert_eq!(m.per_class_recall, vec![1.0, 0.5]);
         assert_eq!(m.balanced_accuracy, 0.75);
         assert_eq!(m.positive_auc, Some(0.75));
+    }
+}
+
+/// Segmentation quality of thresholded masks against the truth.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentationScores {
+    /// Number of images.
+    pub images: usize,
+    /// Dice over all pixels of all images: 2·|P ∩ T| / (|P| + |T|).
+    pub dice: f64,
+    /// IoU over all pixels: |P ∩ T| / |P ∪ T|.
+    pub iou: f64,
+    /// Mean of the per-image Dice (1 where both masks are empty).
+    pub mean_dice: f64,
+    /// Mean of the per-image IoU.
+    pub mean_iou: f64,
+    /// Fraction of pixels whose prediction equals the truth.
+    pub pixel_accuracy: f64,
+}
+
+/// The logit above which a pixel is lesion, for a probability `threshold` (the sigmoid's inverse).
+pub fn logit_threshold(threshold: f64) -> f64 {
+    (threshold / (1.0 - threshold)).ln()
+}
+
+/// Per-image Dice of a predicted mask against the truth (1 when both are empty).
+pub fn dice(predicted: &[bool], truth: &[u8]) -> f64 {
+    let (inter, sum) = predicted.iter().zip(truth).fold((0usize, 0usize), |(i, s), (p, t)| {
+        (i + usize::from(*p && *t > 0), s + usize::from(*p) + usize::from(*t > 0))
+    });
+    if sum == 0 { 1.0 } else { 2.0 * inter as f64 / sum as f64 }
+}
+
+/// Scores of per-pixel `logits` (one row of H·W per image; lesion where the logit is at least
+/// the threshold's, `threshold` being a probability) against `masks` (H·W per image, image after image, 1 = lesion).
+pub fn segmentation(logits: &[Vec<f64>], masks: &[u8], threshold: f64) -> SegmentationScores {
+    let cut = logit_threshold(threshold);
+    let (mut inter, mut sums, mut union, mut equal, mut pixels) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut dice_sum, mut iou_sum) = (0.0, 0.0);
+    let mut offset = 0;
+    for row in logits {
+        let truth = &masks[offset.min(masks.len())..(offset + row.len()).min(masks.len())];
+        offset += row.len();
+        let (mut i, mut s, mut u) = (0usize, 0usize, 0usize);
+        for (logit, t) in row.iter().zip(truth) {
+            let (p, t) = (*logit >= cut, *t > 0);
+            i += usize::from(p && t);
+            s += usize::from(p) + usize::from(t);
+            u += usize::from(p || t);
+            equal += usize::from(p == t);
+        }
+        pixels += truth.len();
+        dice_sum += if s == 0 { 1.0 } else { 2.0 * i as f64 / s as f64 };
+        iou_sum += if u == 0 { 1.0 } else { i as f64 / u as f64 };
+        (inter, sums, union) = (inter + i, sums + s, union + u);
+    }
+    let images = logits.len();
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    SegmentationScores {
+        images,
+        dice: ratio(2 * inter, sums),
+        iou: ratio(inter, union),
+        mean_dice: if images == 0 { 0.0 } else { dice_sum / images as f64 },
+        mean_iou: if images == 0 { 0.0 } else { iou_sum / images as f64 },
+        pixel_accuracy: ratio(equal, pixels),
+    }
+}
+
+#[cfg(test)]
+mod segmentation_tests {
+    use super::*;
+
+    #[test]
+    fn dice_iou_and_accuracy_of_known_masks() {
+        // Image 1: predicted {0, 1}, truth {1, 2}: intersection 1. Image 2: both empty.
+        let logits = vec![vec![1.0, 2.0, -1.0, -3.0], vec![-1.0; 4]];
+        let masks = [0, 1, 1, 0, 0, 0, 0, 0];
+        let scores = segmentation(&logits, &masks, 0.5);
+        assert_eq!(scores.images, 2);
+        assert!((scores.dice - 0.5).abs() < 1e-12, "{scores:?}");
+        assert!((scores.iou - 1.0 / 3.0).abs() < 1e-12);
+        assert!((scores.mean_dice - 0.75).abs() < 1e-12);
+        assert!((scores.pixel_accuracy - 6.0 / 8.0).abs() < 1e-12);
+        assert!((logit_threshold(0.5)).abs() < 1e-12);
+        assert!((dice(&[true, true, false, false], &[0, 1, 1, 0]) - 0.5).abs() < 1e-12);
     }
 }

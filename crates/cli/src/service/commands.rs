@@ -205,6 +205,10 @@ pub enum Service {
         /// Also keep the encrypted result batch in this file.
         #[arg(long)]
         raw: Option<PathBuf>,
+        /// Segmentation: ground-truth masks (`NAME.png`, `NAME_segmentation.png` or
+        /// `NAME_mask.png` for the image `NAME.ext`); adds each mask's Dice and the mean.
+        #[arg(long)]
+        masks: Option<PathBuf>,
         #[command(flatten)]
         connection: Connection,
         #[command(flatten)]
@@ -214,9 +218,13 @@ pub enum Service {
     Run {
         #[command(flatten)]
         inputs: Inputs,
-        /// predictions.csv or predictions.json.
+        /// predictions.csv or predictions.json (segmentation: mask PNGs in OUT_STEM-masks/).
         #[arg(long, default_value = "predictions.csv")]
         out: PathBuf,
+        /// Segmentation: ground-truth masks (`NAME.png`, `NAME_segmentation.png` or
+        /// `NAME_mask.png` for the image `NAME.ext`); adds each mask's Dice and the mean.
+        #[arg(long)]
+        masks: Option<PathBuf>,
         #[command(flatten)]
         poll: Poll,
         #[command(flatten)]
@@ -318,28 +326,24 @@ pub fn run(command: Service) -> anyhow::Result<()> {
                 }
             })
         }
-        Service::Fetch { job, keys, out, raw, connection, output } => {
+        Service::Fetch { job, keys, out, raw, masks, connection, output } => {
             let client = connection.client()?;
             let keys = KeySet::open(&keys)?;
             let runtime = runtime()?;
-            let fetched = fetch(&runtime, &client, &keys, job, raw.as_deref(), output)?;
-            write_predictions(&fetched.predictions, &out)?;
+            let mut fetched = fetch(&runtime, &client, &keys, job, raw.as_deref(), output)?;
+            let saved = save_predictions(&mut fetched.predictions, &out, masks.as_deref())?;
             report(
                 output,
                 json!({
                     "command": "fetch", "job": job, "images": fetched.predictions.images.len(),
-                    "predictions": out, "raw": raw, "bytes": fetched.bytes,
+                    "predictions": out, "raw": raw, "bytes": fetched.bytes, "saved": saved,
                 }),
-                || {
-                    format!(
-                        "{} predictions of job {job} written to {}",
-                        fetched.predictions.images.len(),
-                        out.display()
-                    )
-                },
+                || format!("job {job}: {}", crate::hospital::saved_text(&fetched.predictions, &saved)),
             )
         }
-        Service::Run { inputs, out, poll, connection, output } => run_all(&inputs, &out, poll, &connection, output),
+        Service::Run { inputs, out, masks, poll, connection, output } => {
+            run_all(&inputs, &out, masks.as_deref(), poll, &connection, output)
+        }
     }
 }
 
@@ -775,11 +779,22 @@ fn fetch(
     Ok(Fetched { predictions: predictions?, bytes })
 }
 
-fn write_predictions(predictions: &Predictions, out: &Path) -> anyhow::Result<()> {
-    predictions.write(out).with_context(|| format!("writing {}", out.display()))
+fn save_predictions(
+    predictions: &mut Predictions,
+    out: &Path,
+    truth: Option<&Path>,
+) -> anyhow::Result<blindfold_client::Saved> {
+    predictions.save(out, truth).with_context(|| format!("writing {}", out.display()))
 }
 
-fn run_all(inputs: &Inputs, out: &Path, poll: Poll, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn run_all(
+    inputs: &Inputs,
+    out: &Path,
+    truth: Option<&Path>,
+    poll: Poll,
+    connection: &Connection,
+    output: Output,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = connection.client()?;
     let runtime = runtime()?;
@@ -808,21 +823,19 @@ fn run_all(inputs: &Inputs, out: &Path, poll: Poll, connection: &Connection, out
         });
         finished.push(done);
     }
-    let predictions = merged.context("no job was submitted")?;
-    write_predictions(&predictions, out)?;
+    let mut predictions = merged.context("no job was submitted")?;
+    let saved = save_predictions(&mut predictions, out, truth)?;
     report(
         output,
         json!({
             "command": "run", "key_set": submitted.key_set, "images": predictions.images.len(),
             "uploaded_bytes": submitted.bytes, "downloaded_bytes": downloaded, "jobs": finished,
-            "predictions": out, "seconds": started.elapsed().as_secs_f64(),
+            "predictions": out, "saved": saved, "seconds": started.elapsed().as_secs_f64(),
         }),
         || {
             format!(
-                "{} predictions of {} written to {} in {:.1} s ({} job(s): {})",
-                predictions.images.len(),
-                predictions.model,
-                out.display(),
+                "{} in {:.1} s ({} job(s): {})",
+                crate::hospital::saved_text(&predictions, &saved),
                 started.elapsed().as_secs_f64(),
                 finished.len(),
                 finished.iter().map(|j| j.id.to_string()).collect::<Vec<_>>().join(", ")

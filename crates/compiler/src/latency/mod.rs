@@ -251,6 +251,12 @@ impl LatencyPlan {
             .sum()
     }
 
+    /// Bytes an evaluator of this plan holds between images: the evaluation keys as held in
+    /// memory and the pre-encoded plaintext diagonals (what a cache of evaluators budgets).
+    pub fn resident_bytes(&self) -> usize {
+        self.key_memory_bytes() + self.plaintext_bytes()
+    }
+
     /// Estimated peak memory of the engine evaluating one image, in bytes: its plaintext
     /// diagonals and keys, plus the ciphertexts alive at the busiest stage (values a later
     /// stage still reads, and a linear stage's hoisted babies).

@@ -231,6 +231,25 @@ impl ThroughputPlan {
         crate::latency::switching_key_bytes(params, top)
     }
 
+    /// Bytes of the weights the engine holds, reduced per prime at each linear stage's level.
+    pub fn weight_bytes(&self) -> usize {
+        self.stages
+            .iter()
+            .map(|stage| match &stage.op {
+                StageOp::Linear { rows, .. } => {
+                    rows.iter().map(Vec::len).sum::<usize>() * (stage.header.level_in + 1) * 8
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes an evaluator of this plan holds between batches: the relinearization key as held in
+    /// memory and the weights reduced per prime (what a cache of evaluators budgets).
+    pub fn resident_bytes(&self) -> usize {
+        crate::latency::switching_key_memory(&self.header.params, self.header.params.max_level()) + self.weight_bytes()
+    }
+
     /// Estimated peak memory of one batch, in bytes: the ciphertexts alive at the busiest
     /// stage (inputs, outputs and every value a later stage still reads), the weights reduced
     /// per prime, and the buffers of a streamed segment.
