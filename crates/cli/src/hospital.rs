@@ -296,6 +296,7 @@ fn decrypt(
             "images": predictions.images.len(),
             "predictions": out,
             "saved": saved,
+            "overflowed": predictions.overflowed(),
             "seconds": started.elapsed().as_secs_f64(),
         }),
         || saved_text(&predictions, &saved),
@@ -315,6 +316,13 @@ pub(crate) fn saved_text(predictions: &blindfold_client::Predictions, saved: &bl
     }
     if let Some(dice) = saved.mean_dice {
         text.push_str(&format!("; mean Dice against the ground truth {dice:.4}"));
+    }
+    let overflowed = predictions.overflowed();
+    if overflowed > 0 {
+        text.push_str(&format!(
+            "\nwarning: {overflowed} image(s) left the output range the model planned for (inputs unlike its \
+             training data): marked `overflow`, with no result"
+        ));
     }
     text
 }

@@ -379,7 +379,8 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
     let blindfold_nn::Task::Segmentation { threshold } = model.manifest.task else { panic!("a segmentation model") };
     let cut = blindfold_nn::metrics::logit_threshold(threshold);
     let rows: Vec<String> = std::fs::read_to_string(&csv).unwrap().lines().map(str::to_owned).collect();
-    assert_eq!(rows[0], "position,file,lesion_pixels,lesion_fraction,dice");
+    assert_eq!(rows[0], "position,file,status,lesion_pixels,lesion_fraction,dice");
+    assert_eq!(report["overflowed"], 0);
     let mut dice_sum = 0.0;
     for (k, image) in images.iter().enumerate() {
         // The decrypted mask is the plaintext model's, pixel for pixel.
@@ -394,14 +395,15 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
         assert!(differ <= 4, "image {k}: {differ} of 4096 pixels differ from the plaintext mask");
         // The CSV row: its area and its Dice against the ground truth.
         let fields: Vec<&str> = rows[k + 1].split(',').collect();
-        let lesion: usize = fields[2].parse().unwrap();
+        assert_eq!(fields[2], "ok");
+        let lesion: usize = fields[3].parse().unwrap();
         assert_eq!(lesion, mask.as_raw().iter().filter(|p| **p == 255).count(), "{}", rows[k + 1]);
-        assert!((fields[3].parse::<f64>().unwrap() - lesion as f64 / 4096.0).abs() < 1e-6);
+        assert!((fields[4].parse::<f64>().unwrap() - lesion as f64 / 4096.0).abs() < 1e-6);
         let truth = image::open(lesions.join("masks").join(format!("{stem}.png"))).unwrap().to_luma8();
         let predicted: Vec<bool> = mask.as_raw().iter().map(|p| *p == 255).collect();
         let truth: Vec<u8> = truth.as_raw().iter().map(|p| u8::from(*p > 127)).collect();
         let dice = blindfold_nn::metrics::dice(&predicted, &truth);
-        assert!((fields[4].parse::<f64>().unwrap() - dice).abs() < 1e-6, "{}", rows[k + 1]);
+        assert!((fields[5].parse::<f64>().unwrap() - dice).abs() < 1e-6, "{}", rows[k + 1]);
         dice_sum += dice;
     }
     assert!((mean_dice - dice_sum / 2.0).abs() < 1e-9);

@@ -32,6 +32,10 @@ pub struct Prediction {
     /// Segmentation: the predicted mask and its area.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask: Option<Mask>,
+    /// Why this image has no result: its outputs left the range the plan left room for (an
+    /// input unlike the model's training data), so what decrypted is not the model's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<String>,
 }
 
 /// A predicted lesion mask: the pixels whose logit is at least the manifest threshold's.
@@ -85,15 +89,38 @@ pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Pre
     let decrypted =
         ciphertexts.par_iter().map(|ct| decryptor.decrypt_values(ct)).collect::<std::result::Result<Vec<_>, _>>()?;
     drop(decryptor);
-    let logits = plan.unpack(&decrypted, images)?;
+    let logits = plan.unpack_each(&decrypted, images)?;
     let classes = model.manifest().classes.clone();
+    // An image whose outputs overflowed gets no result, and says why; the others are unaffected.
+    let mut checked = Vec::with_capacity(logits.len());
+    for (position, (outputs, file)) in logits.into_iter().zip(names).enumerate() {
+        match outputs {
+            Ok(outputs) => checked.push((position, file, Ok(outputs))),
+            Err(error @ blindfold_compiler::Error::Overflow { .. }) => {
+                tracing::warn!(position, "an image's outputs left the planned range");
+                checked.push((position, file, Err(error.to_string())));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let flagged = |position: usize, file: String, why: String| Prediction {
+        position,
+        file,
+        class: "overflow".into(),
+        class_index: usize::MAX,
+        probabilities: Vec::new(),
+        logits: Vec::new(),
+        mask: None,
+        overflow: Some(why),
+    };
     if let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task {
         let [_, height, width] = model.manifest().input.shape;
-        let images = logits
+        let images = checked
             .into_iter()
-            .zip(names)
-            .enumerate()
-            .map(|(position, (logits, file))| segmented(position, file, &logits, height, width, threshold))
+            .map(|(position, file, outputs)| match outputs {
+                Ok(logits) => segmented(position, file, &logits, height, width, threshold),
+                Err(why) => flagged(position, file, why),
+            })
             .collect();
         return Ok(Predictions {
             model: model.name().into(),
@@ -103,21 +130,23 @@ pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Pre
             images,
         });
     }
-    let images = logits
+    let images = checked
         .into_iter()
-        .zip(names)
-        .enumerate()
-        .map(|(position, (logits, file))| {
-            let class_index = argmax(&logits);
-            Prediction {
-                position,
-                file,
-                class: classes.get(class_index).cloned().unwrap_or_default(),
-                class_index,
-                probabilities: softmax(&logits),
-                logits,
-                mask: None,
+        .map(|(position, file, outputs)| match outputs {
+            Ok(logits) => {
+                let class_index = argmax(&logits);
+                Prediction {
+                    position,
+                    file,
+                    class: classes.get(class_index).cloned().unwrap_or_default(),
+                    class_index,
+                    probabilities: softmax(&logits),
+                    logits,
+                    mask: None,
+                    overflow: None,
+                }
             }
+            Err(why) => flagged(position, file, why),
         })
         .collect();
     Ok(Predictions { model: model.name().into(), key_set: keys.id(), classes, task: "classification", images })
@@ -138,6 +167,7 @@ fn segmented(position: usize, file: String, logits: &[f64], height: usize, width
         probabilities: Vec::new(),
         logits: Vec::new(),
         mask: Some(Mask { height, width, lesion_pixels, lesion_fraction, dice: None, pixels }),
+        overflow: None,
     }
 }
 
@@ -191,16 +221,19 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
 
 impl Predictions {
     /// CSV, one row per image. Classification: `position,file,class,probability,p_<class>…,
-    /// logit_<class>…`. Segmentation: `position,file,lesion_pixels,lesion_fraction,dice`
-    /// (`dice` empty without a ground-truth mask).
+    /// logit_<class>…` (class `overflow` and no numbers for an image whose outputs left the
+    /// planned range). Segmentation: `position,file,status,lesion_pixels,lesion_fraction,dice`
+    /// (status `ok` or `overflow`; `dice` empty without a ground-truth mask).
     pub fn to_csv(&self) -> String {
         if self.task == "segmentation" {
-            let mut out = csv_row(["position", "file", "lesion_pixels", "lesion_fraction", "dice"].into_iter());
+            let header = ["position", "file", "status", "lesion_pixels", "lesion_fraction", "dice"];
+            let mut out = csv_row(header.into_iter());
             for image in &self.images {
                 let mask = image.mask.as_ref();
                 let row = [
                     image.position.to_string(),
                     image.file.clone(),
+                    if image.overflow.is_some() { "overflow" } else { "ok" }.to_owned(),
                     mask.map_or(String::new(), |m| m.lesion_pixels.to_string()),
                     mask.map_or(String::new(), |m| format!("{:.6}", m.lesion_fraction)),
                     mask.and_then(|m| m.dice).map_or(String::new(), |d| format!("{d:.6}")),
@@ -218,10 +251,15 @@ impl Predictions {
                 image.position.to_string(),
                 image.file.clone(),
                 image.class.clone(),
-                format!("{:.6}", image.probabilities.get(image.class_index).copied().unwrap_or(0.0)),
+                image.probabilities.get(image.class_index).map_or(String::new(), |p| format!("{p:.6}")),
             ];
-            row.extend(image.probabilities.iter().map(|p| format!("{p:.6}")));
-            row.extend(image.logits.iter().map(|l| format!("{l:.6}")));
+            if image.overflow.is_some() {
+                // No numbers for an image without a result, but every column.
+                row.extend(std::iter::repeat_n(String::new(), 2 * self.classes.len()));
+            } else {
+                row.extend(image.probabilities.iter().map(|p| format!("{p:.6}")));
+                row.extend(image.logits.iter().map(|l| format!("{l:.6}")));
+            }
             out.push_str(&csv_row(row.iter().map(String::as_str)));
         }
         out
@@ -261,6 +299,11 @@ pub struct Saved {
 }
 
 impl Predictions {
+    /// The images whose outputs left the planned range (no result, see [`Prediction::overflow`]).
+    pub fn overflowed(&self) -> usize {
+        self.images.iter().filter(|p| p.overflow.is_some()).count()
+    }
+
     /// What `decrypt`, `fetch` and `run` write: scores the masks against `truth` when given,
     /// then the predictions to `out` (CSV or JSON), and for a segmentation model one PNG per
     /// mask in `OUT_STEM-masks/` beside it.
@@ -421,7 +464,9 @@ mod tests {
         assert_eq!(png.as_raw(), &vec![255, 255, 0, 0]);
         let csv = predictions.to_csv();
         assert!(
-            csv.starts_with("position,file,lesion_pixels,lesion_fraction,dice\r\n0,scans/a.jpg,2,0.500000,0.666667"),
+            csv.starts_with(
+                "position,file,status,lesion_pixels,lesion_fraction,dice\r\n0,scans/a.jpg,ok,2,0.500000,0.666667"
+            ),
             "{csv}"
         );
     }

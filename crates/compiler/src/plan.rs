@@ -163,6 +163,30 @@ impl Plan {
             }
         }
     }
+    /// [`Plan::unpack`] image by image: the outer error is a batch that does not fit the plan,
+    /// the inner one an image whose outputs left the planned range ([`crate::Error::Overflow`]),
+    /// so one image out of range does not hide the others.
+    pub fn unpack_each(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Result<Vec<f64>>>> {
+        match self {
+            Plan::Throughput(plan) => Ok((0..images)
+                .map(|i| {
+                    let column: Vec<Vec<f64>> = outputs.iter().map(|o| o.get(i..=i).unwrap_or(&[]).to_vec()).collect();
+                    plan.unpack(&column, 1).map(|mut one| one.pop().unwrap_or_default())
+                })
+                .collect()),
+            Plan::Latency(plan) => {
+                let per = plan.output_ciphertexts();
+                if outputs.len() < images * per {
+                    return Err(crate::Error::Input(format!(
+                        "{} result ciphertexts for {images} images of {per} each",
+                        outputs.len()
+                    )));
+                }
+                Ok(outputs.chunks(per).take(images).map(|cts| plan.unpack(cts)).collect())
+            }
+        }
+    }
+
     /// Turns decrypted output slot vectors into outputs per image, refusing any that
     /// overflowed ([`crate::Error::Overflow`]).
     pub fn unpack(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Vec<f64>>> {

@@ -337,6 +337,7 @@ pub fn run(command: Service) -> anyhow::Result<()> {
                 json!({
                     "command": "fetch", "job": job, "images": fetched.predictions.images.len(),
                     "predictions": out, "raw": raw, "bytes": fetched.bytes, "saved": saved,
+                    "overflowed": fetched.predictions.overflowed(),
                 }),
                 || format!("job {job}: {}", crate::hospital::saved_text(&fetched.predictions, &saved)),
             )
@@ -830,7 +831,8 @@ fn run_all(
         json!({
             "command": "run", "key_set": submitted.key_set, "images": predictions.images.len(),
             "uploaded_bytes": submitted.bytes, "downloaded_bytes": downloaded, "jobs": finished,
-            "predictions": out, "saved": saved, "seconds": started.elapsed().as_secs_f64(),
+            "predictions": out, "saved": saved, "overflowed": predictions.overflowed(),
+            "seconds": started.elapsed().as_secs_f64(),
         }),
         || {
             format!(
