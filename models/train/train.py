@@ -360,6 +360,13 @@ def export(model, path, shape):
     onnx.checker.check_model(onnx.load(path))
 
 
+def write_manifest(out_dir, manifest):
+    """`out_dir/manifest.json`, indented, with a final newline (what the registry stores)."""
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+
+
 def ort_logits(path, x):
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {"input": x[i : i + 500]})[0] for i in range(0, len(x), 500)])
@@ -414,9 +421,7 @@ def run_model(args):
             "data": hashes,
         },
     }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+    write_manifest(out_dir, manifest)
 
     os.makedirs(args.fixtures, exist_ok=True)
     fixture = {
