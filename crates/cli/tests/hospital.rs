@@ -385,14 +385,20 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
     for (k, image) in images.iter().enumerate() {
         // The decrypted mask is the plaintext model's, pixel for pixel.
         let input = model.manifest.load_image(image).unwrap();
-        let expected: Vec<u8> =
-            model.network.forward(&input).unwrap().iter().map(|l| if *l >= cut { 255 } else { 0 }).collect();
+        let logits = model.network.forward(&input).unwrap();
         let stem = image.file_stem().unwrap().to_str().unwrap();
         let png = tmp.path().join("areas-masks").join(format!("{k:04}-{stem}.png"));
         let mask = image::open(&png).unwrap().to_luma8();
         assert_eq!(mask.dimensions(), (64, 64));
-        let differ = mask.as_raw().iter().zip(&expected).filter(|(a, b)| a != b).count();
-        assert!(differ <= 4, "image {k}: {differ} of 4096 pixels differ from the plaintext mask");
+        // CKKS is approximate: a pixel may land on the other side of the threshold only if its
+        // plaintext logit is within the encrypted outputs' error of it (measured ≤ 2·10⁻³).
+        for (pixel, (got, logit)) in mask.as_raw().iter().zip(&logits).enumerate() {
+            let expected = if *logit >= cut { 255 } else { 0 };
+            assert!(
+                *got == expected || (logit - cut).abs() < 0.05,
+                "image {k} pixel {pixel}: {got} where the plaintext logit is {logit}"
+            );
+        }
         // The CSV row: its area and its Dice against the ground truth.
         let fields: Vec<&str> = rows[k + 1].split(',').collect();
         assert_eq!(fields[2], "ok");
