@@ -192,16 +192,7 @@ impl Plan {
     pub fn unpack(&self, outputs: &[Vec<f64>], images: usize) -> Result<Vec<Vec<f64>>> {
         match self {
             Plan::Throughput(plan) => plan.unpack(outputs, images),
-            Plan::Latency(plan) => {
-                let per = plan.output_ciphertexts();
-                if outputs.len() < images * per {
-                    return Err(crate::Error::Input(format!(
-                        "{} result ciphertexts for {images} images of {per} each",
-                        outputs.len()
-                    )));
-                }
-                outputs.chunks(per).take(images).map(|cts| plan.unpack(cts)).collect()
-            }
+            Plan::Latency(_) => self.unpack_each(outputs, images)?.into_iter().collect(),
         }
     }
 }
