@@ -45,6 +45,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub model_cache_mib: u64,
 
+    /// Memory one job's evaluation may use, in MiB (default: the cgroup's `memory.max` when
+    /// set, else the memory available when the worker starts). A latency plan whose encoded
+    /// diagonals would not fit streams them (encodes them per image; slower, far smaller), and
+    /// a plan that does not fit even so fails with `does_not_fit`, naming the layer.
+    #[arg(long, env = "BLINDFOLD_WORKER_MEMORY_MIB", value_parser = clap::value_parser!(u64).range(64..))]
+    pub memory_mib: Option<u64>,
+
     /// Address of `/healthz`, `/readyz` and `/metrics` (port 0 picks a free port).
     #[arg(long, env = "BLINDFOLD_WORKER_METRICS_BIND", default_value = "127.0.0.1:9464")]
     pub metrics_bind: SocketAddr,
@@ -93,6 +100,7 @@ impl Config {
             lease_secs: 60,
             key_cache_mib: 2048,
             model_cache_mib: 1024,
+            memory_mib: None,
             metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown_secs: 25,
             poll_ms: 2000,
@@ -117,8 +125,27 @@ impl Config {
         Duration::from_secs(self.shutdown_secs)
     }
 
+    /// Bytes one job's evaluation may use: `memory_mib`, else the cgroup limit, else
+    /// `MemAvailable`; `None` when none is known (no limit is applied).
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.memory_mib.map(|mib| mib << 20).or_else(cgroup_limit).or_else(memory_available)
+    }
+
     /// The thread count in use.
     pub fn thread_count(&self) -> usize {
         self.threads.filter(|&n| n > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
+}
+
+/// The cgroup v2 memory limit of this process (`memory.max`), if one is set.
+fn cgroup_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
+    text.trim().parse().ok()
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = text.lines().find_map(|line| line.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim();
+    kb.parse::<u64>().ok().map(|kb| kb * 1024)
 }

@@ -405,13 +405,18 @@ async fn model(shared: &Shared, name: &str, version: Option<i32>, packing: Packi
         None => None,
     };
     let owned = name.to_owned();
+    let options = CompileOptions { memory_budget: shared.memory_budget, ..CompileOptions::default() };
     let model = tokio::task::spawn_blocking(move || match loaded {
-        Some(model) => CompiledModel::compile(model, packing, &CompileOptions::default()),
-        None => CompiledModel::load(&owned, packing),
+        Some(model) => CompiledModel::compile(model, packing, &options),
+        None => CompiledModel::load_with(&owned, packing, &options),
     })
     .await
     .map_err(|e| JobError::transient("engine", format!("compiling the model panicked: {e}")))?
-    .map_err(|e| JobError::permanent("unknown_model", format!("model {name} ({packing} packing): {e}")))?;
+    .map_err(|e| {
+        let code =
+            if matches!(e, blindfold_compiler::Error::DoesNotFit { .. }) { "does_not_fit" } else { "unknown_model" };
+        JobError::permanent(code, format!("model {name} ({packing} packing): {e}"))
+    })?;
     shared.models.insert(key, model.clone(), model.resident_bytes() as u64);
     Ok(model)
 }

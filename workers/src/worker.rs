@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) models: Lru<(String, Option<i32>, Packing), CompiledModel>,
     pub(crate) evaluators: Lru<(blindfold_batch::Uuid, String, Option<i32>, Packing), Arc<BatchEvaluator>>,
     pub(crate) metrics: Metrics,
+    /// Bytes one job's evaluation may use ([`Config::memory_budget`], read at start).
+    pub(crate) memory_budget: Option<u64>,
 }
 
 /// A worker connected to its database and store, its metrics listener up, not yet claiming.
@@ -81,6 +83,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             models: Lru::new(config.model_cache_mib.saturating_mul(1 << 20)),
             evaluators: Lru::new(config.key_cache_mib.saturating_mul(1 << 20)),
+            memory_budget: config.memory_budget(),
             config,
             id,
             queue,
@@ -93,6 +96,7 @@ impl Worker {
             threads,
             jobs = shared.config.jobs,
             lease_s = shared.config.lease_secs,
+            memory_mib = shared.memory_budget.map(|bytes| bytes >> 20),
             metrics = %metrics_addr,
             "worker ready"
         );

@@ -46,8 +46,9 @@ pub struct InferBench {
     /// fill the batch.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Refuse a plan whose estimated peak memory exceeds this (bytes, or with a K/M/G suffix),
-    /// naming the layer where it does [default: the memory available on this machine].
+    /// Memory the plan may use (bytes, or with a K/M/G suffix) [default: the memory available
+    /// on this machine]. A latency plan over it streams its diagonals (encodes them per image)
+    /// until it fits; a plan that does not fit even so is refused, naming the layer.
     #[arg(long, value_parser = crate::memory::parse_bytes)]
     memory_budget: Option<u64>,
     /// Worker threads (default: all cores).
@@ -111,6 +112,9 @@ struct InferReport {
     /// Latency: the bytes of the plaintext diagonals the engine holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     plaintext_bytes: Option<usize>,
+    /// Latency: linear stages whose diagonals are encoded per image to fit the memory budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    streamed_stages: Option<usize>,
     /// Latency: ciphertexts per image in and out.
     #[serde(skip_serializing_if = "Option::is_none")]
     ciphertexts_per_image: Option<[usize; 2]>,
@@ -275,6 +279,7 @@ fn throughput(options: &InferBench, threads: usize, compile: &CompileOptions) ->
         cold_batch_seconds: Some(cold_batch_seconds),
         latency_seconds: None,
         plaintext_bytes: None,
+        streamed_stages: None,
         ciphertexts_per_image: None,
         layers,
     })
@@ -284,8 +289,8 @@ fn latency(options: &InferBench, threads: usize, compile: &CompileOptions) -> an
     let model = registry::load(&options.model)?;
     let compile = CompileOptions { output_bound: model.manifest.output_bound, ..*compile };
     let plan = LatencyPlan::compile_with(&model.manifest.name, &model.network, &compile)?;
-    let (estimated_peak_bytes, depth, plaintext_bytes) =
-        (plan.peak_memory_bytes(), plan.depth(), plan.plaintext_bytes());
+    let (estimated_peak_bytes, depth, plaintext_bytes, streamed_stages) =
+        (plan.peak_memory_bytes(), plan.depth(), plan.plaintext_bytes(), plan.streamed_stages());
     let ciphertexts_per_image = [plan.input_ciphertexts(), plan.output_ciphertexts()];
     let images = options.images.unwrap_or(100).max(1);
     let inputs = test_inputs(&model, options.data.as_deref(), options.offset, images)?;
@@ -378,6 +383,7 @@ fn latency(options: &InferBench, threads: usize, compile: &CompileOptions) -> an
         cold_batch_seconds: None,
         latency_seconds: Some(latency_seconds),
         plaintext_bytes: Some(plaintext_bytes),
+        streamed_stages: Some(streamed_stages),
         ciphertexts_per_image: Some(ciphertexts_per_image),
         layers,
     })

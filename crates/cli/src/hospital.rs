@@ -66,8 +66,9 @@ pub enum Hospital {
         /// The result batch file to write.
         #[arg(long)]
         out: PathBuf,
-        /// Refuse a model whose plan needs more memory than this (bytes, or with a K/M/G
-        /// suffix), naming the layer [default: the memory available on this machine].
+        /// Memory the model's plan may use (bytes, or with a K/M/G suffix) [default: the
+        /// memory available on this machine]. A latency plan over it streams its diagonals
+        /// (encodes them per image); one that does not fit even so is refused, naming the layer.
         #[arg(long, value_parser = crate::memory::parse_bytes)]
         memory_budget: Option<u64>,
         #[command(flatten)]

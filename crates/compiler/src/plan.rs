@@ -51,6 +51,15 @@ impl Plan {
         }
     }
 
+    /// Fits the plan into `budget` bytes where it can (a latency plan streams diagonals) and
+    /// refuses it otherwise, naming the layer of `network` (the one it was compiled from).
+    pub fn fit_memory(&mut self, network: &Network, budget: u64) -> Result<()> {
+        match self {
+            Plan::Throughput(plan) => plan.check_memory(network, budget),
+            Plan::Latency(plan) => plan.fit_memory(network, budget),
+        }
+    }
+
     /// Bytes an evaluator of the plan holds between jobs: keys as held in memory and encoded
     /// weights or diagonals.
     pub fn resident_bytes(&self) -> usize {
@@ -271,6 +280,11 @@ impl CompiledModel {
     /// layer where it does.
     pub fn check_memory(&self, budget: u64) -> Result<()> {
         self.plan.check_memory(&self.model.network, budget)
+    }
+    /// Fits the plan into `budget` bytes where it can (see [`Plan::fit_memory`]), refusing the
+    /// model, naming the layer, where it cannot.
+    pub fn fit_memory(&mut self, budget: u64) -> Result<()> {
+        self.plan.fit_memory(&self.model.network, budget)
     }
     /// Bytes the compiled model holds in memory, for a cache budgeted in bytes: the ONNX file
     /// and the network's weights as f64 (the plan's own tables are small beside them; the

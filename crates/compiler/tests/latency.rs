@@ -178,6 +178,42 @@ fn a_small_convolution_matches() {
 fn a_lenet_shaped_network_matches() {
     // conv → square → pool → conv → square → pool → dense on a small two-channel image: the
     // pools run as unmasked rotation sums and the second convolution mixes channel blocks.
+    let network = lenet_shaped();
+    let input: Vec<f64> = (0..2 * 14 * 14).map(|k| (k as f64 * 0.37).sin()).collect();
+    let (got, want) = run_network(&network, &input);
+    let error = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(error < 1e-2, "{got:?} vs {want:?}");
+}
+
+#[test]
+fn a_plan_over_its_memory_budget_streams_diagonals_and_still_matches() {
+    use blindfold_compiler::{CompileOptions, Error};
+    let network = lenet_shaped();
+    let resident = LatencyPlan::compile("test", &network).unwrap();
+    assert_eq!(resident.streamed_stages(), 0);
+    // A byte under what the plan needs with every diagonal encoded.
+    let budget = resident.peak_memory_bytes() as u64 - 1;
+    let options = CompileOptions { memory_budget: Some(budget), ..CompileOptions::default() };
+    let streamed = LatencyPlan::compile_with("test", &network, &options).unwrap();
+    assert!(streamed.streamed_stages() > 0, "{}", streamed.summary());
+    assert!(streamed.peak_memory_bytes() as u64 <= budget);
+    assert!(streamed.plaintext_bytes() < resident.plaintext_bytes());
+    assert!(streamed.summary().contains("(streamed)"));
+    // The same keys serve both plans: streaming changes what the engine holds, not the plan.
+    assert_eq!(streamed.rotation_keys(), resident.rotation_keys());
+    let input: Vec<f64> = (0..2 * 14 * 14).map(|k| (k as f64 * 0.37).sin()).collect();
+    let (mut got, _) = common::latency_with(streamed, std::slice::from_ref(&input));
+    let want = network.forward(&input).unwrap();
+    let error = got.remove(0).iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(error < 1e-2, "max error {error}");
+    // Below what even a fully streamed plan needs, the plan is refused, naming a layer.
+    let options = CompileOptions { memory_budget: Some(1 << 20), ..CompileOptions::default() };
+    let error = LatencyPlan::compile_with("test", &network, &options).unwrap_err();
+    assert!(matches!(error, Error::DoesNotFit { .. }), "{error}");
+}
+
+/// conv → square → pool → conv → square → pool → dense on a 2 × 14 × 14 image.
+fn lenet_shaped() -> blindfold_nn::Network {
     use blindfold_nn::{AvgPool2d, Conv2d, Dense, Layer, Network, Polynomial, Shape};
     let conv = |i: usize, o: usize| {
         let weights: Vec<f64> = (0..o * i * 9).map(|n| ((n * 31) % 11) as f64 / 11.0 - 0.5).collect();
@@ -201,13 +237,9 @@ fn a_lenet_shaped_network_matches() {
         weights: (0..60).map(|n| ((n * 7) % 5) as f64 / 5.0 - 0.4).collect(),
         bias: vec![0.05; 5],
     };
-    let network = Network::new(
+    Network::new(
         Shape::Image { channels: 2, height: 14, width: 14 },
         vec![conv(2, 4), square(), pool(), conv(4, 3), square(), pool(), Layer::Flatten, Layer::Dense(dense)],
     )
-    .unwrap();
-    let input: Vec<f64> = (0..2 * 14 * 14).map(|k| (k as f64 * 0.37).sin()).collect();
-    let (got, want) = run_network(&network, &input);
-    let error = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(error < 1e-2, "{got:?} vs {want:?}");
+    .unwrap()
 }

@@ -174,7 +174,8 @@ fn last_reads(plan: &LatencyPlan) -> Vec<usize> {
 }
 
 /// Ciphertext bytes alive at each stage of one image: the values still to be read, the
-/// stage's output and a linear stage's hoisted babies.
+/// stage's output, a linear stage's hoisted babies, decompositions and partial sums, and the
+/// diagonals a streamed stage encodes while it runs (on rayon's current pool).
 pub(super) fn memory_profile(plan: &LatencyPlan) -> Vec<(usize, usize)> {
     let n = plan.header.params.n();
     let bytes = |(cts, level): (usize, usize)| cts * 2 * (level + 1) * n * 8;
@@ -185,7 +186,18 @@ pub(super) fn memory_profile(plan: &LatencyPlan) -> Vec<(usize, usize)> {
         let out = bytes(plan.sizes[stage.op.writes()]);
         let babies = match &stage.op {
             StageOp::Linear { linear, .. } => {
-                linear.baby_steps().iter().map(Vec::len).sum::<usize>() * 2 * (stage.header.level_in + 1) * n * 8
+                let level = stage.header.level_in;
+                let ciphertext = 2 * (level + 1) * n * 8;
+                let threads = rayon::current_num_threads();
+                // An input's decomposition for hoisting: a polynomial per digit over the
+                // level's primes and the special ones.
+                let params = &plan.header.params;
+                let decomposed = params.digits_at(level).len() * (level + 1 + params.special_moduli().len()) * n * 8;
+                linear.baby_steps().iter().map(Vec::len).sum::<usize>() * ciphertext
+                    + linear.input_cts.min(threads) * decomposed
+                    // Per thread, a giant step's accumulator and its rotation.
+                    + threads * 2 * ciphertext
+                    + linear.working_bytes(level, n, threads)
             }
             _ => 0,
         };

@@ -45,6 +45,10 @@ pub(crate) struct LinearStage {
     /// anything, so the stage is rotations and additions only. (A 0/1 mask cannot be encoded
     /// exactly at scale 1, and a larger scale would cost a level.)
     pub unmasked: bool,
+    /// The engine keeps the diagonals as slot vectors (8 bytes a slot) and encodes each one
+    /// when a giant step needs it, instead of holding them encoded ((level + 1) · N · 8 bytes,
+    /// 2 (level + 1) times more) between images: set when the plan must fit a memory budget.
+    pub streamed: bool,
 }
 
 impl LinearStage {
@@ -84,10 +88,40 @@ impl LinearStage {
         (babies, giants, self.sum_steps.len() * self.output.cts)
     }
 
-    /// Bytes of its encoded plaintext diagonals (and biases) at `level`.
+    /// Diagonals that are multiplied (none in an unmasked stage).
+    fn masked_diagonals(&self) -> usize {
+        if self.unmasked { 0 } else { self.entries.len() }
+    }
+
+    /// Bytes the engine holds for the stage between images at input `level`: its diagonals
+    /// (encoded, or as slot vectors when streamed) and its biases.
     pub(crate) fn plaintext_bytes(&self, level: usize, n: usize) -> usize {
-        let diagonals = if self.unmasked { 0 } else { self.entries.len() };
-        (diagonals + self.output.cts) * (level + 1) * n * 8
+        let encoded = (level + 1) * n * 8;
+        let per_diagonal = if self.streamed { n / 2 * 8 } else { encoded };
+        self.masked_diagonals() * per_diagonal + self.output.cts * encoded
+    }
+
+    /// Bytes of the stage's own tables as the plan holds them: every weight with its slot (a
+    /// B-tree entry per diagonal), the biases and the output layout's positions.
+    pub(crate) fn table_bytes(&self) -> usize {
+        const ENTRY: usize = size_of::<DiagonalKey>() + size_of::<Vec<(usize, f64)>>() + 16;
+        let weights: usize = self.entries.values().map(|v| v.capacity() * size_of::<(usize, f64)>() + ENTRY).sum();
+        weights + (self.bias.capacity() + self.output.positions.capacity()) * 8
+    }
+
+    /// Bytes of the diagonals a streamed stage encodes while it runs on `threads` threads: one
+    /// giant step's terms per thread at most; none when not streamed.
+    pub(crate) fn working_bytes(&self, level: usize, n: usize, threads: usize) -> usize {
+        if !self.streamed || self.unmasked {
+            return 0;
+        }
+        let mut per_giant: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        for &(o, _, d) in self.entries.keys() {
+            *per_giant.entry((o, d - d % self.baby)).or_default() += 1;
+        }
+        let mut counts: Vec<usize> = per_giant.into_values().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts.iter().take(threads.max(1)).sum::<usize>() * (level + 1) * n * 8
     }
 }
 
@@ -207,6 +241,7 @@ pub(crate) fn plan(request: &LinearRequest<'_>, input: &Layout, output: Layout) 
         entries,
         sum_steps,
         unmasked,
+        streamed: false,
     };
     (stage, cost)
 }
@@ -248,15 +283,28 @@ pub(crate) struct EncodedLinear {
     rescale: bool,
     /// One bias plaintext per output ciphertext.
     bias: Vec<Plaintext>,
+    /// Level and scale of the diagonals (streamed ones are encoded there when used).
+    level: usize,
+    weight_scale: f64,
 }
 
-/// Input ciphertext, baby (by index), and the diagonal pre-rotated by the giant step; no
-/// diagonal in an unmasked stage (the baby is added as it is).
+/// Input ciphertext, baby (by index), and the diagonal pre-rotated by the giant step.
 #[derive(Debug)]
 struct Term {
     input: usize,
     baby: usize,
-    plaintext: Option<Plaintext>,
+    diagonal: Diagonal,
+}
+
+/// A term's diagonal as the engine holds it.
+#[derive(Debug)]
+enum Diagonal {
+    /// None: an unmasked stage adds the baby as it is.
+    Unit,
+    /// Encoded once, when the engine was built.
+    Encoded(Plaintext),
+    /// Slot values, encoded each time the term runs ([`LinearStage::streamed`]).
+    Streamed(Vec<f64>),
 }
 
 /// Encodes a stage's diagonals, pre-rotated by their giant step, at `level` and the weight
@@ -288,7 +336,7 @@ pub(crate) fn encode(
                                 Error::Internal(format!("baby step {} of input {i} is missing", d - g))
                             })?;
                             if linear.unmasked {
-                                return Ok(Term { input: i, baby, plaintext: None });
+                                return Ok(Term { input: i, baby, diagonal: Diagonal::Unit });
                             }
                             // P[q] = D_d[(q − g) mod slots], so that rot_g(P ⊙ rot_b(x)) = D_d ⊙ rot_d(x).
                             let mut rotated = vec![0.0; slots];
@@ -297,8 +345,12 @@ pub(crate) fn encode(
                                     rotated[(p + copy + g) % slots] += w;
                                 }
                             }
-                            let plaintext = context.encode(&rotated, level, linear.weight_scale)?;
-                            Ok(Term { input: i, baby, plaintext: Some(plaintext) })
+                            let diagonal = if linear.streamed {
+                                Diagonal::Streamed(rotated)
+                            } else {
+                                Diagonal::Encoded(context.encode(&rotated, level, linear.weight_scale)?)
+                            };
+                            Ok(Term { input: i, baby, diagonal })
                         })
                         .collect::<Result<Vec<_>>>()?;
                     Ok((g as i64, terms))
@@ -318,6 +370,8 @@ pub(crate) fn encode(
         sum_steps: linear.sum_steps.iter().map(|&s| s as i64).collect(),
         rescale: linear.rescale,
         bias,
+        level,
+        weight_scale: linear.weight_scale,
     })
 }
 
@@ -358,38 +412,50 @@ pub(crate) fn apply(
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<Vec<Ciphertext>>>>()?;
-    let jobs: Vec<(usize, &(i64, Vec<Term>))> =
-        encoded.giants.iter().enumerate().flat_map(|(o, giants)| giants.iter().map(move |g| (o, g))).collect();
-    let partials = jobs
-        .par_iter()
-        .map(|(o, (step, terms))| {
-            control.check()?;
-            let mut acc: Option<Ciphertext> = None;
-            for term in terms {
-                let x = &babies[term.input][term.baby];
-                match (acc.as_mut(), &term.plaintext) {
-                    (None, Some(p)) => acc = Some(ev.mul_plain(x, p)?),
-                    (None, None) => acc = Some(x.clone()),
-                    (Some(acc), Some(p)) => ev.mul_plain_accumulate(acc, x, p)?,
-                    (Some(acc), None) => ev.add_assign(acc, x)?,
+    // Each output ciphertext sums its giant steps as they finish (a parallel reduction), so
+    // at most a few partial sums are alive at once, not one per giant step.
+    let giant = |(step, terms): &(i64, Vec<Term>)| -> Result<Ciphertext> {
+        control.check()?;
+        let mut acc: Option<Ciphertext> = None;
+        for term in terms {
+            let x = &babies[term.input][term.baby];
+            let streamed;
+            let plaintext = match &term.diagonal {
+                Diagonal::Unit => None,
+                Diagonal::Encoded(p) => Some(p),
+                Diagonal::Streamed(values) => {
+                    streamed = ev.context().encode(values, encoded.level, encoded.weight_scale)?;
+                    Some(&streamed)
                 }
+            };
+            match (acc.as_mut(), plaintext) {
+                (None, Some(p)) => acc = Some(ev.mul_plain(x, p)?),
+                (None, None) => acc = Some(x.clone()),
+                (Some(acc), Some(p)) => ev.mul_plain_accumulate(acc, x, p)?,
+                (Some(acc), None) => ev.add_assign(acc, x)?,
             }
-            let acc = acc.ok_or_else(|| Error::Internal("a giant step without terms".into()))?;
-            Ok((*o, if *step == 0 { acc } else { ev.rotate(&acc, *step, galois)? }))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    drop(babies);
-    let mut sums: Vec<Option<Ciphertext>> = (0..encoded.bias.len()).map(|_| None).collect();
-    for (o, partial) in partials {
-        match sums[o].as_mut() {
-            None => sums[o] = Some(partial),
-            Some(acc) => ev.add_assign(acc, &partial)?,
         }
-    }
+        let acc = acc.ok_or_else(|| Error::Internal("a giant step without terms".into()))?;
+        Ok(if *step == 0 { acc } else { ev.rotate(&acc, *step, galois)? })
+    };
+    let sums = encoded
+        .giants
+        .par_iter()
+        .map(|giants| {
+            giants
+                .par_iter()
+                .map(giant)
+                .try_reduce_with(|mut sum, partial| {
+                    ev.add_assign(&mut sum, &partial)?;
+                    Ok(sum)
+                })
+                .ok_or_else(|| Error::Internal("an output ciphertext without diagonals".into()))?
+        })
+        .collect::<Result<Vec<Ciphertext>>>()?;
+    drop(babies);
     sums.into_par_iter()
         .zip(&encoded.bias)
-        .map(|(sum, bias)| {
-            let mut sum = sum.ok_or_else(|| Error::Internal("an output ciphertext without diagonals".into()))?;
+        .map(|(mut sum, bias)| {
             // Rotate-and-sum before rescaling: the key-switching noise is then small against
             // the scale.
             for &step in &encoded.sum_steps {

@@ -113,19 +113,57 @@ impl LatencyPlan {
 
     /// [`LatencyPlan::compile`] with options (a memory budget).
     pub fn compile_with(model: &str, network: &Network, options: &CompileOptions) -> Result<Self> {
-        let plan = Self::plan(model, network, output_room(network, options)?)?;
+        let mut plan = Self::plan(model, network, output_room(network, options)?)?;
         if let Some(budget) = options.memory_budget {
-            plan.check_memory(network, budget)?;
+            plan.fit_memory(network, budget)?;
         }
         Ok(plan)
+    }
+
+    /// Streams diagonals until the plan's estimated peak memory fits `budget` bytes, and
+    /// refuses it, naming the layer of `network` (the one it was compiled from), when it does
+    /// not fit even so.
+    pub fn fit_memory(&mut self, network: &Network, budget: u64) -> Result<()> {
+        self.stream_to_fit(budget);
+        self.check_memory(network, budget)
     }
 
     /// Refuses the plan when its estimated memory exceeds `budget` bytes at some stage,
     /// naming that stage's node of `network` (the network it was compiled from).
     pub fn check_memory(&self, network: &Network, budget: u64) -> Result<()> {
         let headers: Vec<&StageHeader> = self.stages.iter().map(|s| &s.header).collect();
-        let fixed = self.plaintext_bytes() + self.key_memory_bytes();
-        check_budget(&engine::memory_profile(self), fixed, budget, &headers, network, Packing::Latency)
+        check_budget(&engine::memory_profile(self), self.resident_bytes(), budget, &headers, network, Packing::Latency)
+    }
+
+    /// Streams diagonals ([`linear::LinearStage::streamed`]), the largest stages first, until
+    /// the estimated peak memory fits `budget` or every stage streams. Streaming trades memory
+    /// for time: each streamed diagonal is encoded again for every image.
+    fn stream_to_fit(&mut self, budget: u64) {
+        let n = self.header.params.n();
+        while self.peak_memory_bytes() as u64 > budget {
+            let largest = self
+                .stages
+                .iter_mut()
+                .filter_map(|stage| match &mut stage.op {
+                    StageOp::Linear { linear, .. } if !linear.streamed && !linear.unmasked => {
+                        Some((linear.plaintext_bytes(stage.header.level_in, n), linear))
+                    }
+                    _ => None,
+                })
+                .max_by_key(|(bytes, _)| *bytes);
+            match largest {
+                Some((_, linear)) => linear.streamed = true,
+                None => return,
+            }
+        }
+    }
+
+    /// Linear stages whose diagonals stream (encoded per image, not held).
+    pub fn streamed_stages(&self) -> usize {
+        self.stages
+            .iter()
+            .filter(|stage| matches!(&stage.op, StageOp::Linear { linear, .. } if linear.streamed))
+            .count()
     }
 
     fn plan(model: &str, network: &Network, room: OutputRoom) -> Result<Self> {
@@ -239,7 +277,8 @@ impl LatencyPlan {
         self.stages.iter().map(|stage| stage.header.cost).sum::<f64>() * self.header.params.n() as f64
     }
 
-    /// Bytes the engine holds in pre-encoded plaintext diagonals.
+    /// Bytes the engine holds in plaintext diagonals between images: pre-encoded ones, and the
+    /// slot vectors of streamed ones.
     pub fn plaintext_bytes(&self) -> usize {
         let n = self.header.params.n();
         self.stages
@@ -251,18 +290,34 @@ impl LatencyPlan {
             .sum()
     }
 
-    /// Bytes an evaluator of this plan holds between images: the evaluation keys as held in
-    /// memory and the pre-encoded plaintext diagonals (what a cache of evaluators budgets).
-    pub fn resident_bytes(&self) -> usize {
-        self.key_memory_bytes() + self.plaintext_bytes()
+    /// Bytes of the plan's own tables (every weight with its slot, layouts): what it holds
+    /// before any engine encodes it, and keeps beside the engine's diagonals.
+    pub fn table_bytes(&self) -> usize {
+        let layouts = (self.input.positions.capacity() + self.output.positions.capacity()) * 8;
+        layouts
+            + self
+                .stages
+                .iter()
+                .map(|stage| match &stage.op {
+                    StageOp::Linear { linear, .. } => linear.table_bytes(),
+                    _ => 0,
+                })
+                .sum::<usize>()
     }
 
-    /// Estimated peak memory of the engine evaluating one image, in bytes: its plaintext
-    /// diagonals and keys, plus the ciphertexts alive at the busiest stage (values a later
-    /// stage still reads, and a linear stage's hoisted babies).
+    /// Bytes an evaluator of this plan holds between images: the evaluation keys as held in
+    /// memory, the plaintext diagonals and the plan's tables (what a cache of evaluators
+    /// budgets).
+    pub fn resident_bytes(&self) -> usize {
+        self.key_memory_bytes() + self.plaintext_bytes() + self.table_bytes()
+    }
+
+    /// Estimated peak memory of the engine evaluating one image, in bytes: what it holds
+    /// between images ([`LatencyPlan::resident_bytes`]), plus the ciphertexts alive at the
+    /// busiest stage (values a later stage still reads, and a linear stage's hoisted babies).
     pub fn peak_memory_bytes(&self) -> usize {
         let ciphertexts = engine::memory_profile(self).iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
-        ciphertexts + self.plaintext_bytes() + self.key_memory_bytes()
+        ciphertexts + self.resident_bytes()
     }
 
     /// The slot vectors (one per input ciphertext) of one image in the plan's input layout.
@@ -299,7 +354,7 @@ impl LatencyPlan {
         let keys = self.rotation_keys();
         let mut out = format!(
             "latency plan for {}: {}, input {} ciphertext(s), period {} in {} slots{}, input level {}, scale 2^{:.1}, \
-             {} rotation keys ({:.1} MB), {:.0} MB of plaintext diagonals, peak memory {:.2} GB\n",
+             {} rotation keys ({:.1} MB), {:.0} MB of plaintext diagonals{}, peak memory {:.2} GB\n",
             self.header.model,
             parameter_line(&self.header.params),
             self.input.cts,
@@ -314,6 +369,10 @@ impl LatencyPlan {
             keys.len(),
             self.rotation_key_bytes() as f64 / 1e6,
             self.plaintext_bytes() as f64 / 1e6,
+            match self.streamed_stages() {
+                0 => String::new(),
+                k => format!(" ({k} stages streamed to fit the memory budget)"),
+            },
             self.peak_memory_bytes() as f64 / 1e9,
         );
         for (i, stage) in self.stages.iter().enumerate() {
@@ -321,7 +380,7 @@ impl LatencyPlan {
                 StageOp::Linear { linear, .. } => {
                     let (babies, giants, sums) = linear.rotation_counts();
                     format!(
-                        "{} outputs ({}{}), {} diagonals, B = {}: {babies} baby (hoisted) + {giants} giant + {sums} sum \
+                        "{} outputs ({}{}), {} diagonals{}, B = {}: {babies} baby (hoisted) + {giants} giant + {sums} sum \
                          rotations, weights at 2^{:.1}",
                         linear.outputs,
                         match &linear.output.grid {
@@ -334,6 +393,7 @@ impl LatencyPlan {
                             String::new()
                         },
                         linear.entries.len(),
+                        if linear.streamed { " (streamed)" } else { "" },
                         linear.baby,
                         linear.weight_scale.log2()
                     )
