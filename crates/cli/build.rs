@@ -1,4 +1,5 @@
-//! Embeds the sample images of `samples/` (repository root) into the binary, so `blindfold demo`
+//! Embeds the sample images of `samples/` (repository root: digits, DermaMNIST lesions, and
+//! HAM10000 lesions with their masks) into the binary, so `blindfold demo`
 //! needs no data files: generates `samples.rs`, a table of (data set, file name, bytes).
 
 use std::fmt::Write as _;
@@ -8,7 +9,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut table = String::from("&[\n");
-    for set in ["mnist", "dermamnist"] {
+    for set in ["mnist", "dermamnist", "lesions", "lesions/masks"] {
         let dir = root.join(set);
         println!("cargo:rerun-if-changed={}", dir.display());
         let mut files: Vec<_> =

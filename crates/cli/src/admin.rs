@@ -240,40 +240,14 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
 fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow::Result<()> {
     match command {
         ModelAdmin::Add { dir, operator, output } => {
-            // Checked here first: a model that does not import or compile fails before any upload.
-            let model = blindfold_nn::registry::load_dir(&dir)
-                .with_context(|| format!("reading the model in {}", dir.display()))?;
-            let reference = format!("{}@{}", model.manifest.name, model.manifest.version);
-            let onnx_path = dir.join("model.onnx");
-            let manifest_path = dir.join("manifest.json");
-            let manifest_bytes = std::fs::metadata(&manifest_path)
-                .with_context(|| format!("reading {}", manifest_path.display()))?
-                .len();
-            let digest = {
-                use sha2::Digest as _;
-                sha2::Sha256::digest(&model.onnx).iter().map(|b| format!("{b:02x}")).collect::<String>()
-            };
             let client = operator.client()?;
-            let announced = runtime.block_on(client.announce_model(&blindfold_api::AnnounceModel {
-                name: model.manifest.name.clone(),
-                version: model.manifest.version,
-                onnx_sha256: digest.clone(),
-                onnx_bytes: model.onnx.len() as u64,
-                manifest_bytes,
+            let quiet = output.quiet;
+            let registered = runtime.block_on(crate::service::flows::register_model(&client, &dir, &|reference| {
+                if !quiet {
+                    eprintln!("{reference}: files uploaded; the service is verifying and compiling it …");
+                }
             }))?;
-            let quiet: crate::service::OnBytes = std::sync::Arc::new(|_| {});
-            for (transfer, path) in
-                [(&announced.uploads.onnx, &onnx_path), (&announced.uploads.manifest, &manifest_path)]
-            {
-                let upload = blindfold_api::Upload::Single { request: transfer.clone() };
-                runtime
-                    .block_on(client.upload(&upload, path, quiet.clone()))
-                    .with_context(|| format!("uploading {}", path.display()))?;
-            }
-            if !output.quiet {
-                eprintln!("{reference}: files uploaded; the service is verifying and compiling it …");
-            }
-            let registered = runtime.block_on(client.complete_model(&reference))?;
+            let reference = format!("{}@{}", registered.model.name, registered.model.version);
             report(output, json!({"command": "admin model add", "registered": registered}), || {
                 let mut text = format!(
                     "{reference} registered and active (model.onnx sha256 {})",

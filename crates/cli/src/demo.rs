@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use blindfold_client::{IntakeOptions, KeySet, PackingChoice, read_inputs};
+use blindfold_client::{IntakeOptions, KeySet, PackingChoice, Predictions, read_inputs};
 use blindfold_nn::data::{self, Split};
 use secrecy::SecretString;
 
@@ -24,20 +24,31 @@ const SAMPLES: &[(&str, &str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/samp
 /// The agreement with the plaintext model below which the demo fails.
 const MIN_AGREEMENT: f64 = 0.999;
 
+/// The segmentation model. The binary does not build it in: the demo registers it with the
+/// service as data, as an operator would (`blindfold admin model add models/lesion-unet`), and
+/// makes the hospital's keys from its directory.
+const SEGMENTER: &str = "lesion-unet";
+const SEGMENTER_FILES: [(&str, &[u8]); 2] = [
+    ("model.onnx", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/lesion-unet/model.onnx"))),
+    ("manifest.json", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/lesion-unet/manifest.json"))),
+];
+
 /// Options of `blindfold demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Models to run, comma-separated (default: every registered model).
+    /// Models to run, comma-separated (default: every built-in model, then lesion-unet, which
+    /// the demo registers with the service as data and runs in the latency packing).
     #[arg(long = "model", value_delimiter = ',')]
     pub models: Vec<String>,
     /// Packings to run, comma-separated (default: throughput,latency).
     #[arg(long = "packing", value_delimiter = ',', value_parser = ["throughput", "latency"])]
     pub packings: Vec<String>,
-    /// Images per run (default: the 32 embedded samples).
+    /// Images per run (default: the 32 embedded samples; the 8 sample lesions for
+    /// lesion-unet).
     #[arg(long)]
     pub images: Option<usize>,
     /// Read the full test sets from this directory (`../shared/data`: `mnist/`,
-    /// `dermamnist/`) instead of the embedded samples; use with --images.
+    /// `dermamnist/`, `lesion-seg/`) instead of the embedded samples; use with --images.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run the LeNet-5 models in the throughput packing even when this machine's available
@@ -62,9 +73,13 @@ struct RunReport {
     model: String,
     packing: String,
     images: usize,
-    /// Fraction of images whose prediction matches the label.
+    /// `classification` or `segmentation`.
+    task: &'static str,
+    /// Classification: the fraction of images whose prediction matches the label.
+    /// Segmentation: the mean Dice of the encrypted masks against the ground-truth masks.
     accuracy: f64,
-    /// Fraction of images whose encrypted prediction matches the plaintext model's.
+    /// Classification: the fraction of images whose encrypted prediction matches the
+    /// plaintext model's. Segmentation: the fraction of mask pixels that do.
     agreement: f64,
     keygen_seconds: f64,
     register_seconds: f64,
@@ -118,9 +133,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
-    let plan = plan_runs(args)?;
     let work = tempfile::Builder::new().prefix("blindfold-demo-").tempdir().context("creating a work directory")?;
     let samples = write_samples(work.path())?;
+    let segmenter = work.path().join("models").join(SEGMENTER);
+    std::fs::create_dir_all(&segmenter).context("creating the model directory")?;
+    for (file, bytes) in SEGMENTER_FILES {
+        std::fs::write(segmenter.join(file), bytes).with_context(|| format!("writing {file}"))?;
+    }
+    let plan = plan_runs(args, &segmenter)?;
     let started = Instant::now();
     eprintln!("starting the stack: PostgreSQL, S3 endpoint, API, worker …");
     let stack = LocalStack::start(StackOptions {
@@ -136,9 +156,20 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     let client = ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())))?;
     let mut reports = Vec::new();
     let mut outcome = Ok(());
+    if plan.iter().any(|(model, _, _)| model == SEGMENTER) {
+        let clock = Instant::now();
+        let operator =
+            ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.admin_token.clone())))?;
+        if let Err(error) = flows::register_model(&operator, &segmenter, &|_| {}).await {
+            stack.stop().await?;
+            return Err(error.context(format!("registering {SEGMENTER} with the service")));
+        }
+        eprintln!("── {SEGMENTER} registered with the service as data in {:.1} s", clock.elapsed().as_secs_f64());
+    }
     for (model, packing, images) in &plan {
         eprintln!("── {model} / {packing}: {images} images");
-        match one_run(&client, work.path(), &samples, args.data.as_deref(), model, packing, *images).await {
+        let source = if model == SEGMENTER { segmenter.to_string_lossy().into_owned() } else { model.clone() };
+        match one_run(&client, work.path(), &samples, args.data.as_deref(), model, &source, packing, *images).await {
             Ok(report) => reports.push(report),
             Err(error) => {
                 outcome = Err(error.context(format!("{model} / {packing}")));
@@ -152,15 +183,16 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     Ok(reports)
 }
 
-/// (model, packing, images) to run, in order.
-fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
-    let registered = blindfold_nn::registry::names();
+/// (model, packing, images) to run, in order. `segmenter` is [`SEGMENTER`]'s directory.
+fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, String, usize)>> {
+    let mut known = blindfold_nn::registry::names();
+    known.push(SEGMENTER);
     let models: Vec<String> = if args.models.is_empty() {
-        registered.iter().map(|name| (*name).to_owned()).collect()
+        known.iter().map(|name| (*name).to_owned()).collect()
     } else {
         for model in &args.models {
-            if !registered.contains(&model.as_str()) {
-                bail!("unknown model {model:?}; `blindfold model list` shows the registered models: {registered:?}");
+            if !known.contains(&model.as_str()) {
+                bail!("unknown model {model:?}; the demo runs these models: {known:?}");
             }
         }
         args.models.clone()
@@ -172,23 +204,30 @@ fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
     };
     let mut plan = Vec::new();
     let available = available_memory();
+    let sample_lesions = SAMPLES.iter().filter(|(set, name, _)| *set == "lesions" && name.ends_with(".png")).count();
     for model in &models {
         let heavy = !model.contains("cryptonets");
+        let source = if model == SEGMENTER { segmenter.to_string_lossy().into_owned() } else { model.clone() };
         for packing in &packings {
             let explicit = !args.models.is_empty() && !args.packings.is_empty();
-            if heavy && packing == "throughput" && !args.all && !explicit {
-                let needed = throughput_memory(model)?;
+            // The segmenter's throughput batch (16,384 images of 64 × 64 × 3) is far beyond
+            // any machine the demo runs on: only an explicit choice runs it.
+            if heavy && packing == "throughput" && (!args.all || model == SEGMENTER) && !explicit {
+                let needed = throughput_memory(&source)?;
                 if available.is_none_or(|available| available < needed) {
+                    let anyway = if model == SEGMENTER { "" } else { "--all (or " };
                     eprintln!(
                         "skipping {model} / throughput: one batch needs about {:.0} GB and this machine has {} \
-                         available; --all (or --model {model} --packing throughput) runs it anyway",
+                         available; {anyway}--model {model} --packing throughput{} runs it anyway",
                         needed as f64 / 1e9,
-                        available.map_or("an unknown amount".to_owned(), |a| format!("{:.0} GB", a as f64 / 1e9))
+                        available.map_or("an unknown amount".to_owned(), |a| format!("{:.0} GB", a as f64 / 1e9)),
+                        if anyway.is_empty() { "" } else { ")" }
                     );
                     continue;
                 }
             }
-            plan.push((model.clone(), packing.clone(), args.images.unwrap_or(32).max(1)));
+            let samples = if model == SEGMENTER { sample_lesions } else { 32 };
+            plan.push((model.clone(), packing.clone(), args.images.unwrap_or(samples).max(1)));
         }
     }
     if plan.is_empty() {
@@ -197,7 +236,8 @@ fn plan_runs(args: &DemoArgs) -> anyhow::Result<Vec<(String, String, usize)>> {
     Ok(plan)
 }
 
-/// Peak memory of the demo while it runs one throughput batch of `model`, estimated from its
+/// Peak memory of the demo while it runs one throughput batch of `model` (a registered name or
+/// a model directory), estimated from its
 /// plan: the expanded input ciphertexts (2 parts at the input level), plus the hospital's
 /// encrypted upload, the first layer's outputs and the working set — three times the inputs
 /// (measured: 4.1–5.1 GB for mnist-lenet5 and 9.0–11.7 GB for derma-lenet5 in `bench infer`,
@@ -217,7 +257,7 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Writes the embedded samples into `dir/samples/{mnist,dermamnist}`.
+/// Writes the embedded samples into `dir/samples/{mnist,dermamnist,lesions}`.
 fn write_samples(dir: &Path) -> anyhow::Result<PathBuf> {
     let root = dir.join("samples");
     for (set, name, bytes) in SAMPLES {
@@ -228,16 +268,38 @@ fn write_samples(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(root)
 }
 
-/// The images for `model` and their labels: `count` embedded samples (cycled), or the first
-/// `count` test images of the full set in `data`.
+/// What the demo scores the encrypted predictions against.
+enum Truth {
+    /// A class per image.
+    Labels(Vec<usize>),
+    /// Ground-truth mask PNGs named after the images (`Predictions::score_masks`).
+    MaskFiles(PathBuf),
+    /// An H×W mask per image, 1 = lesion.
+    Masks(Vec<Vec<u8>>),
+}
+
+/// The images for `model` and what they truly show: `count` embedded samples (cycled), or the
+/// first `count` test images of the full set in `data`.
 fn inputs_for(
     model: &blindfold_evaluate::CompiledModel,
     samples: &Path,
     data: Option<&Path>,
     count: usize,
-) -> anyhow::Result<(blindfold_client::Intake, Vec<usize>)> {
-    let derma = model.name().starts_with("derma");
+) -> anyhow::Result<(blindfold_client::Intake, Truth)> {
+    let manifest = model.manifest();
+    let segmentation = matches!(manifest.task, blindfold_nn::Task::Segmentation { .. });
+    let derma = manifest.dataset.as_deref().is_some_and(|set| set.starts_with("dermamnist"));
     if let Some(dir) = data {
+        if segmentation {
+            let set = data::segmentation(dir, manifest.dataset.as_deref().unwrap_or("lesion-seg"), Split::Test)?;
+            let count = count.min(set.images.len());
+            let images = set.images.take(count);
+            let inputs = manifest.inputs(&images)?;
+            let pixels = images.height * images.width;
+            let masks = set.masks.chunks(pixels).take(count).map(<[u8]>::to_vec).collect();
+            let names = (0..inputs.len()).map(|i| format!("test#{i}")).collect();
+            return Ok((blindfold_client::Intake { names, inputs }, Truth::Masks(masks)));
+        }
         let images = if derma {
             data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
         } else {
@@ -245,35 +307,100 @@ fn inputs_for(
         };
         let count = count.min(images.len());
         let images = images.take(count);
-        let inputs = model.manifest().inputs(&images)?;
+        let inputs = manifest.inputs(&images)?;
         let names = (0..inputs.len()).map(|i| format!("test#{i}")).collect();
         let labels = images.labels.iter().map(|&l| usize::from(l)).collect();
-        return Ok((blindfold_client::Intake { names, inputs }, labels));
+        return Ok((blindfold_client::Intake { names, inputs }, Truth::Labels(labels)));
     }
-    let folder = samples.join(if derma { "dermamnist" } else { "mnist" });
+    let folder = samples.join(if segmentation {
+        "lesions"
+    } else if derma {
+        "dermamnist"
+    } else {
+        "mnist"
+    });
     let labels_csv = std::fs::read_to_string(folder.join("labels.csv")).context("reading the sample labels")?;
     let mut labels = HashMap::new();
     let mut files = Vec::new();
     for line in labels_csv.lines().skip(1) {
-        let Some((file, label)) = line.split_once(',') else { continue };
-        labels.insert(file.to_owned(), label.trim().parse::<usize>().context("a sample label")?);
+        let mut fields = line.split(',');
+        let (Some(file), Some(label)) = (fields.next(), fields.next()) else { continue };
+        if !segmentation {
+            labels.insert(file.to_owned(), label.trim().parse::<usize>().context("a sample label")?);
+        }
         files.push(folder.join(file));
     }
     let paths: Vec<PathBuf> = files.iter().cycle().take(count).cloned().collect();
-    let intake = read_inputs(model.manifest(), &paths, IntakeOptions::default())?;
+    let intake = read_inputs(manifest, &paths, IntakeOptions::default())?;
+    if segmentation {
+        return Ok((intake, Truth::MaskFiles(folder.join("masks"))));
+    }
     let labels = paths
         .iter()
         .map(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| labels.get(n).copied()).unwrap_or(usize::MAX))
         .collect();
-    Ok((intake, labels))
+    Ok((intake, Truth::Labels(labels)))
 }
 
+/// (accuracy, agreement) of one run's predictions (see [`RunReport`]), against the truth and
+/// against the plaintext model's outputs `reference`.
+fn score(
+    model: &blindfold_evaluate::CompiledModel,
+    predictions: &mut Predictions,
+    truth: &Truth,
+    reference: &[Vec<f64>],
+) -> anyhow::Result<(f64, f64)> {
+    let images = predictions.images.len();
+    if images != reference.len() {
+        bail!("{images} predictions for {} images", reference.len());
+    }
+    let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task else {
+        let Truth::Labels(labels) = truth else { bail!("a classification run scored against masks") };
+        let plain = reference.iter().map(|logits| crate::bench_infer::argmax(logits));
+        let agree = predictions.images.iter().zip(plain).filter(|(p, plain)| p.class_index == *plain).count();
+        let correct = predictions.images.iter().zip(labels).filter(|(p, label)| p.class_index == **label).count();
+        return Ok((correct as f64 / images as f64, agree as f64 / images as f64));
+    };
+    let cut = blindfold_nn::metrics::logit_threshold(threshold);
+    let (mut equal, mut pixels) = (0usize, 0usize);
+    for (prediction, logits) in predictions.images.iter().zip(reference) {
+        pixels += logits.len();
+        // An image whose outputs overflowed has no mask: every pixel counts as disagreeing.
+        if let Some(mask) = &prediction.mask {
+            equal += mask.pixels.iter().zip(logits).filter(|(p, l)| (**p == 1) == (**l >= cut)).count();
+        }
+    }
+    let dice = match truth {
+        Truth::MaskFiles(dir) => predictions.score_masks(dir)?.unwrap_or(0.0),
+        Truth::Masks(masks) => {
+            let scores: Vec<f64> = predictions
+                .images
+                .iter()
+                .zip(masks)
+                .map(|(p, truth)| match &p.mask {
+                    Some(mask) => {
+                        let predicted: Vec<bool> = mask.pixels.iter().map(|&v| v == 1).collect();
+                        blindfold_nn::metrics::dice(&predicted, truth)
+                    }
+                    None => 0.0,
+                })
+                .collect();
+            scores.iter().sum::<f64>() / scores.len().max(1) as f64
+        }
+        Truth::Labels(_) => bail!("a segmentation run scored against labels"),
+    };
+    Ok((dice, equal as f64 / pixels.max(1) as f64))
+}
+
+/// One model and packing end to end; `source` is the model's name or directory.
+#[allow(clippy::too_many_arguments)]
 async fn one_run(
     client: &ApiClient,
     work: &Path,
     samples: &Path,
     data: Option<&Path>,
     model_name: &str,
+    source: &str,
     packing: &str,
     count: usize,
 ) -> anyhow::Result<RunReport> {
@@ -283,7 +410,7 @@ async fn one_run(
     let choice = if packing == "latency" { PackingChoice::Latency } else { PackingChoice::Throughput };
 
     let clock = Instant::now();
-    let name = model_name.to_owned();
+    let name = source.to_owned();
     let keys_dir = dir.clone();
     let keys = tokio::task::spawn_blocking(move || KeySet::generate(&keys_dir, &name, choice)).await??;
     let keygen_seconds = clock.elapsed().as_secs_f64();
@@ -296,7 +423,7 @@ async fn one_run(
     let register_seconds = clock.elapsed().as_secs_f64();
     step(&format!("register {:.1} MB of evaluation keys", registered.bytes as f64 / 1e6), register_seconds);
 
-    let (intake, labels) = inputs_for(&model, samples, data, count)?;
+    let (intake, truth) = inputs_for(&model, samples, data, count)?;
     let clock = Instant::now();
     let out = dir.join("jobs-out");
     std::fs::create_dir_all(&out)?;
@@ -342,13 +469,16 @@ async fn one_run(
     step("download", download_seconds);
 
     let clock = Instant::now();
-    let (predicted, keys) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut predicted = Vec::new();
+    let (mut predictions, keys) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut all: Option<Predictions> = None;
         for (id, raw) in &raws {
             let predictions = flows::decrypt_result(&keys, *id, raw)?;
-            predicted.extend(predictions.images.iter().map(|p| p.class_index));
+            match all.as_mut() {
+                None => all = Some(predictions),
+                Some(all) => all.images.extend(predictions.images),
+            }
         }
-        Ok((predicted, keys))
+        Ok((all.context("no result was decrypted")?, keys))
     })
     .await??;
     let decrypt_seconds = clock.elapsed().as_secs_f64();
@@ -356,19 +486,15 @@ async fn one_run(
     drop(keys);
 
     let reference = model.network().forward_batch(&intake.inputs)?;
-    let plain: Vec<usize> = reference.iter().map(|logits| crate::bench_infer::argmax(logits)).collect();
-    if predicted.len() != plain.len() {
-        bail!("{} predictions for {} images", predicted.len(), plain.len());
-    }
-    let images = plain.len();
-    let agree = predicted.iter().zip(&plain).filter(|(a, b)| a == b).count();
-    let correct = predicted.iter().zip(&labels).filter(|(a, b)| a == b).count();
+    let (accuracy, agreement) = score(&model, &mut predictions, &truth, &reference)?;
+    let images = reference.len();
     Ok(RunReport {
         model: model_name.to_owned(),
         packing: packing.to_owned(),
+        task: predictions.task,
         images,
-        accuracy: correct as f64 / images as f64,
-        agreement: agree as f64 / images as f64,
+        accuracy,
+        agreement,
         keygen_seconds,
         register_seconds,
         encrypt_seconds,
@@ -434,6 +560,12 @@ fn print_table(reports: &[RunReport]) {
          running time (keys, download, evaluation, upload); up/down: encrypted bytes per image",
         100.0 * MIN_AGREEMENT
     );
+    if reports.iter().any(|r| r.task == "segmentation") {
+        println!(
+            "{SEGMENTER}: accuracy is the mean Dice of the encrypted masks against the ground-truth masks, agreement \
+             the share of mask pixels equal to the plaintext model's"
+        );
+    }
 }
 
 fn human_bytes(bytes: f64) -> String {

@@ -32,9 +32,38 @@ fn the_demo_runs_end_to_end_and_agrees_with_the_plaintext_model() {
 }
 
 #[test]
+fn the_demo_registers_the_segmenter_as_data_and_its_masks_agree() {
+    // lesion-unet is not built in: the demo registers it with the service, then segments one
+    // sample lesion encrypted and scores the mask against its ground truth.
+    let output = Command::cargo_bin("blindfold")
+        .unwrap()
+        .env_remove("DATABASE_URL")
+        .args(["demo", "--model", "lesion-unet", "--images", "1", "--json"])
+        .timeout(std::time::Duration::from_secs(900))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stderr}");
+    assert!(stderr.contains("lesion-unet registered with the service as data"), "{stderr}");
+    assert!(stderr.contains("skipping lesion-unet / throughput"), "{stderr}");
+    let reports: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert_eq!((report["model"].as_str(), report["packing"].as_str()), (Some("lesion-unet"), Some("latency")));
+    assert_eq!(report["task"], "segmentation");
+    assert_eq!(report["images"], 1);
+    // Every mask pixel as the plaintext model has it, and a real lesion outline (the first
+    // sample's encrypted Dice is 0.94).
+    assert!(report["agreement"].as_f64().unwrap() >= 0.999, "{report}");
+    assert!(report["accuracy"].as_f64().unwrap() > 0.8, "{report}");
+}
+
+#[test]
 fn the_demo_refuses_an_unknown_model() {
     let output = Command::cargo_bin("blindfold").unwrap().args(["demo", "--model", "no-such-model"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown model") && stderr.contains("mnist-cryptonets"), "{stderr}");
+    assert!(stderr.contains("lesion-unet"), "{stderr}");
 }

@@ -16,6 +16,43 @@ use uuid::Uuid;
 
 use super::client::{ApiClient, OnBytes, ServiceError};
 
+/// Registers the model directory `dir` (`model.onnx` and `manifest.json`) with the service, as
+/// an operator (`client` holds the admin token): checks that it imports first, announces it,
+/// uploads both files, then asks the service to verify, compile and activate it.
+/// `on_uploaded` hears `NAME@VERSION` once the files are up (the compile can take a while).
+pub async fn register_model(
+    client: &ApiClient,
+    dir: &Path,
+    on_uploaded: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<blindfold_api::ModelRegistered> {
+    use sha2::Digest as _;
+    // Checked here first: a model that does not import fails before any upload.
+    let model =
+        blindfold_nn::registry::load_dir(dir).with_context(|| format!("reading the model in {}", dir.display()))?;
+    let reference = format!("{}@{}", model.manifest.name, model.manifest.version);
+    let onnx_path = dir.join("model.onnx");
+    let manifest_path = dir.join("manifest.json");
+    let manifest_bytes =
+        std::fs::metadata(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?.len();
+    let digest = sha2::Sha256::digest(&model.onnx).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let announced = client
+        .announce_model(&blindfold_api::AnnounceModel {
+            name: model.manifest.name.clone(),
+            version: model.manifest.version,
+            onnx_sha256: digest,
+            onnx_bytes: model.onnx.len() as u64,
+            manifest_bytes,
+        })
+        .await?;
+    let quiet: OnBytes = std::sync::Arc::new(|_| {});
+    for (transfer, path) in [(&announced.uploads.onnx, &onnx_path), (&announced.uploads.manifest, &manifest_path)] {
+        let upload = blindfold_api::Upload::Single { request: transfer.clone() };
+        client.upload(&upload, path, quiet.clone()).await.with_context(|| format!("uploading {}", path.display()))?;
+    }
+    on_uploaded(&reference);
+    Ok(client.complete_model(&reference).await?)
+}
+
 /// The registration record in a keys directory.
 pub const REGISTRATION_FILE: &str = "registration.json";
 /// Where a keys directory keeps the names of its submitted batches.
