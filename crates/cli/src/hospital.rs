@@ -100,8 +100,10 @@ pub enum Hospital {
 /// `--packing`.
 #[derive(Debug, clap::Args)]
 pub struct PackingArg {
-    /// auto, throughput or latency. auto: the key set's packing, except that a latency key set
-    /// (which also serves the throughput packing) picks the cheaper one for the image count.
+    /// auto, throughput or latency. auto: for keygen, the throughput packing unless one batch of
+    /// the model would need more than 64 GiB (lesion-unet: 600 GiB), then latency; otherwise the
+    /// key set's packing, except that a latency key set (which also serves the throughput
+    /// packing) picks the cheaper one for the image count.
     #[arg(long, default_value = "auto")]
     pub packing: PackingChoice,
 }

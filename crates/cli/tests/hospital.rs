@@ -414,3 +414,20 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
     }
     assert!((mean_dice - dice_sum / 2.0).abs() < 1e-9);
 }
+
+#[test]
+fn keygen_picks_the_latency_packing_for_a_model_whose_batch_no_worker_holds() {
+    // lesion-unet's throughput batch (16,384 images of 64 × 64 × 3) is planned at about
+    // 600 GiB; the automatic choice makes latency keys for it and stays with throughput for
+    // a digit model.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let packing_of = |model: &str, out: &Path| {
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&["keygen", "--model", model, "--out", s(out), "--json"]))
+                .unwrap_or_else(|e| panic!("keygen --json: {e}"));
+        json["packing"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(packing_of(s(&root.join("models/lesion-unet")), &tmp.path().join("unet")), "latency");
+    assert_eq!(packing_of(MODEL, &tmp.path().join("digits")), "throughput");
+}

@@ -79,17 +79,32 @@ pub struct KeySet {
     descriptor: KeySetDescriptor,
 }
 
+/// The largest estimated peak memory of one throughput batch for which `keygen`'s automatic
+/// choice stays with the throughput packing: 64 GiB, more than any worker we deploy (the k8s
+/// worker has 6 GiB) yet above every built-in model's batch (at most 6.95 GB, derma-lenet5).
+pub const THROUGHPUT_BATCH_CEILING: u64 = 64 << 30;
+
 impl KeySet {
     /// Makes a key set for `model` (a registered name or a model directory) in `dir` (created
     /// if missing; must not hold a key set):
     /// the plan for the chosen packing decides the parameters and which evaluation keys are
     /// needed (relinearization always, rotations only for latency).
+    /// `Auto` is the throughput packing, unless one throughput batch of the model needs more
+    /// than [`THROUGHPUT_BATCH_CEILING`] (a 64 × 64 U-Net's needs about 600 GiB): then the
+    /// latency packing, whose key set serves both.
     pub fn generate(dir: &Path, model: &str, packing: PackingChoice) -> Result<KeySet> {
-        let packing = match packing {
-            PackingChoice::Auto | PackingChoice::Throughput => Packing::Throughput,
-            PackingChoice::Latency => Packing::Latency,
+        let compiled = match packing {
+            PackingChoice::Throughput => CompiledModel::load(model, Packing::Throughput)?,
+            PackingChoice::Latency => CompiledModel::load(model, Packing::Latency)?,
+            PackingChoice::Auto => {
+                let throughput = CompiledModel::load(model, Packing::Throughput)?;
+                if throughput.plan().peak_memory_bytes() as u64 > THROUGHPUT_BATCH_CEILING {
+                    CompiledModel::load(model, Packing::Latency)?
+                } else {
+                    throughput
+                }
+            }
         };
-        let compiled = CompiledModel::load(model, packing)?;
         create_private_dir(dir)?;
         for name in [DESCRIPTOR_FILE, EVALUATION_KEYS_FILE, SECRET_KEY_FILE] {
             let file = dir.join(name);

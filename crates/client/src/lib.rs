@@ -45,7 +45,8 @@ use blindfold_compiler::{CompiledModel, Plan};
 /// The packing asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PackingChoice {
-    /// The key set's packing (`keygen --packing` decides; throughput by default).
+    /// The key set's packing (`keygen --packing` decides; throughput by default, latency for a
+    /// model whose throughput batch is beyond any worker: see [`KeySet::generate`]).
     #[default]
     Auto,
     /// One image per slot.
