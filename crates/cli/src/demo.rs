@@ -203,7 +203,7 @@ fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, S
         args.packings.clone()
     };
     let mut plan = Vec::new();
-    let available = available_memory();
+    let available = crate::memory::available();
     let sample_lesions = SAMPLES.iter().filter(|(set, name, _)| *set == "lesions" && name.ends_with(".png")).count();
     for model in &models {
         let heavy = !model.contains("cryptonets");
@@ -247,14 +247,6 @@ fn throughput_memory(model: &str) -> anyhow::Result<u64> {
     let plan = blindfold_compiler::ThroughputPlan::compile(model, &network)?;
     let input_bytes = plan.input_count() * 2 * (plan.input_level() + 1) * plan.params().n() * 8;
     Ok(input_bytes as u64 * 3)
-}
-
-/// MemAvailable from /proc/meminfo, in bytes (None where there is no such file).
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Writes the embedded samples into `dir/samples/{mnist,dermamnist,lesions}`.
