@@ -326,6 +326,24 @@ def check_components(report: Report, overlay: str, docs: list[dict]) -> None:
                          f"ScaledObject targetQueryValue {target} must equal BLINDFOLD_WORKER_JOBS {jobs}")
 
 
+def check_fleet_memory(report: Report, overlay: str, docs: list[dict]) -> None:
+    """The API refuses jobs by what the workers declare, so the two figures must agree."""
+    def values(component: str) -> dict:
+        for doc in docs:
+            spec = pod_spec(doc)
+            if spec is not None and doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == component:
+                return {k: v.get("value") for k, v in env_map(spec["containers"][0]).items()}
+        return {}
+    api, worker = values("api"), values("worker")
+    if not api or not worker:
+        return
+    fleet, budget, jobs = (parse_number(v) for v in (api.get("BLINDFOLD_FLEET_MEMORY_MIB"),
+                                                      worker.get("BLINDFOLD_WORKER_MEMORY_MIB"),
+                                                      worker.get("BLINDFOLD_WORKER_JOBS", "1")))
+    report.check(fleet is not None and budget is not None and fleet == budget, f"{overlay}: blindfold-api",
+                 f"BLINDFOLD_FLEET_MEMORY_MIB {fleet} must equal the workers' BLINDFOLD_WORKER_MEMORY_MIB {budget}")
+
+
 def check_security(report: Report, overlay: str, docs: list[dict]) -> None:
     namespace = next(d for d in docs if d["kind"] == "Namespace")
     report.check(namespace["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") == "restricted",
@@ -442,6 +460,7 @@ def main() -> int:
         check_keda(report, overlay, docs, secret)
         check_references(report, overlay, docs, secret)
         check_components(report, overlay, docs)
+        check_fleet_memory(report, overlay, docs)
         check_security(report, overlay, docs)
         if args.source_root is not None:
             check_env_names(report, overlay, docs, args.source_root)

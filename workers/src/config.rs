@@ -78,9 +78,20 @@ pub struct Config {
     #[arg(long, env = "BLINDFOLD_WORKER_ID")]
     pub worker_id: Option<String>,
 
+    /// Test hook (hidden): while this file exists, every claimed attempt waits after loading
+    /// its keys, heartbeating and reporting the stage `held`; a cancel, a lost lease or the
+    /// shutdown deadline still stop it. Fault tests use it to hold a job exactly where they
+    /// kill, cancel or stop its worker, instead of racing the computation.
+    #[arg(long, env = "BLINDFOLD_WORKER_TEST_HOLD_FILE", hide = true)]
+    pub test_hold_file: Option<std::path::PathBuf>,
+
     /// Object storage.
     #[command(flatten)]
     pub store: StoreConfig,
+
+    /// Housekeeping, which every worker runs beside its jobs.
+    #[command(flatten)]
+    pub housekeeping: blindfold_housekeeping::Settings,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
@@ -106,7 +117,9 @@ impl Config {
             poll_ms: 2000,
             retries: 6,
             worker_id: None,
+            test_hold_file: None,
             store,
+            housekeeping: blindfold_housekeeping::Settings::default(),
         }
     }
 

@@ -227,6 +227,7 @@ async fn process(shared: &Shared, claimed: &Claimed, watch: &Arc<Watch>) -> Resu
     let evaluator = evaluator(shared, claimed, key_set, packing, watch).await?;
     timings.keys = stage(shared, "keys", clock);
     watch.check()?;
+    hold(shared, watch).await?;
 
     // The batch streams from storage into the reader, which checks the header against the job
     // before any ciphertext is read and every chunk as it arrives; it is never held whole.
@@ -275,6 +276,22 @@ async fn process(shared: &Shared, claimed: &Claimed, watch: &Arc<Watch>) -> Resu
     Ok((key, timings))
 }
 
+/// The test hook of [`crate::Config::test_hold_file`]: waits while the file exists.
+async fn hold(shared: &Shared, watch: &Watch) -> Result<(), JobError> {
+    let Some(path) = shared.config.test_hold_file.as_deref() else { return Ok(()) };
+    if !path.exists() {
+        return Ok(());
+    }
+    watch.report(0.01, "held");
+    tracing::info!(file = %path.display(), "held by the test hook until the file is removed");
+    while path.exists() {
+        watch.check()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("released by the test hook");
+    Ok(())
+}
+
 /// Marks the job succeeded (fenced by the lease) now that its result is stored.
 async fn finish(
     shared: &Shared,
@@ -289,10 +306,20 @@ async fn finish(
         return Err(JobError::Stopped);
     }
     let clock = Instant::now();
-    let completion =
-        retry(shared, "completing the job", || shared.queue.complete(&claimed.lease, result.as_str()), |_| false)
-            .await
-            .map_err(|e| JobError::transient("database", format!("completing the job: {e}")))?;
+    let completion = match retry(
+        shared,
+        "completing the job",
+        || shared.queue.complete(&claimed.lease, result.as_str()),
+        queue_gives_up,
+    )
+    .await
+    {
+        Ok(completion) => completion,
+        // Another worker holds the job now (this one stalled past its lease), or it was
+        // settled: this attempt's result is an orphan.
+        Err(blindfold_queue::Error::LeaseLost { .. }) => Completion::Lost,
+        Err(e) => return Err(JobError::transient("database", format!("completing the job: {e}"))),
+    };
     stage(shared, "complete", clock);
     match completion {
         Completion::Succeeded => {

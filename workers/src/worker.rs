@@ -127,6 +127,9 @@ impl Worker {
                 WakeUp::polling(poll)
             }
         };
+        // Stops with this function: a stopped worker no longer keeps house.
+        let _housekeeper =
+            blindfold_housekeeping::spawn(shared.queue.clone(), shared.store.clone(), config.housekeeping.clone());
         let (deadline_passed, deadline_seen) = watch::channel(false);
         let mut running: JoinSet<()> = JoinSet::new();
         let slots = config.jobs as usize;

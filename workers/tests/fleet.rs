@@ -47,11 +47,12 @@ async fn three_workers_run_thirty_jobs_exactly_once_with_the_reference_results()
 async fn a_job_whose_worker_is_killed_is_finished_by_another_once() {
     let _serial = common::SERIAL.lock().await;
     let stack = Stack::start().await;
-    let input = batches(1, 16).remove(0);
+    let input = batches(1, 1).remove(0);
     let expected = expected_result(&input);
-    let mut first = stack.worker("doomed", &[]);
-    let id = stack.submit(&input, 16).await;
-    let running = stack.wait_computing(id).await;
+    let gate = stack.gate("doomed");
+    let mut first = stack.worker("doomed", &[gate.env()]);
+    let id = stack.submit(&input, 1).await;
+    let running = stack.wait_held(id).await;
     assert!(running.worker_id.as_ref().unwrap().0.starts_with("doomed/"));
     first.kill();
     let _second = stack.worker("survivor", &[]);
@@ -73,12 +74,13 @@ async fn a_job_whose_worker_is_killed_is_finished_by_another_once() {
 async fn sigterm_mid_job_releases_it_without_spending_an_attempt() {
     let _serial = common::SERIAL.lock().await;
     let stack = Stack::start().await;
-    let input = batches(1, 16).remove(0);
+    let input = batches(1, 1).remove(0);
     let expected = expected_result(&input);
     // A deadline of zero: the running job is cancelled at once and given back.
-    let mut leaving = stack.worker("leaving", &[("BLINDFOLD_WORKER_SHUTDOWN_SECS", "0")]);
-    let id = stack.submit(&input, 16).await;
-    stack.wait_computing(id).await;
+    let gate = stack.gate("leaving");
+    let mut leaving = stack.worker("leaving", &[("BLINDFOLD_WORKER_SHUTDOWN_SECS", "0"), gate.env()]);
+    let id = stack.submit(&input, 1).await;
+    stack.wait_held(id).await;
     let status = leaving.terminate();
     assert!(status.success(), "the worker exits 0 after SIGTERM: {status:?}\n{}", stack.log_tail());
     let released = stack.job(id).await;
@@ -167,12 +169,13 @@ async fn a_batch_whose_stream_breaks_is_streamed_again_in_place() {
 async fn a_job_cancelled_while_running_stops_within_a_heartbeat() {
     let _serial = common::SERIAL.lock().await;
     let stack = Stack::start().await;
-    let input = batches(1, 60).remove(0);
+    let input = batches(1, 1).remove(0);
     // A 3 s lease: heartbeats every second.
-    let worker = stack.worker("obedient", &[("BLINDFOLD_WORKER_LEASE_SECS", "3")]);
+    let gate = stack.gate("obedient");
+    let worker = stack.worker("obedient", &[("BLINDFOLD_WORKER_LEASE_SECS", "3"), gate.env()]);
     let metrics = format!("http://{}/metrics", worker.metrics_addr());
-    let id = stack.submit(&input, 60).await;
-    stack.wait_computing(id).await;
+    let id = stack.submit(&input, 1).await;
+    stack.wait_held(id).await;
     let asked = Instant::now();
     assert_eq!(stack.queue.cancel(stack.tenant, id).await.unwrap(), CancelOutcome::Requested);
     let job = stack.wait_final(id).await;
@@ -193,4 +196,122 @@ async fn a_job_cancelled_while_running_stops_within_a_heartbeat() {
     assert!(stack.result_objects(id).await.is_empty(), "a cancelled job uploads nothing");
     let health = client.get(format!("http://{}/healthz", worker.metrics_addr())).send().await.unwrap();
     assert!(health.status().is_success());
+}
+
+/// The lease the test workers run with (`BLINDFOLD_WORKER_LEASE_SECS` in `Stack::worker`).
+const LEASE: Duration = Duration::from_secs(6);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_on_the_last_attempt_fails_the_job_and_a_resubmission_succeeds() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let input = batches(1, 1).remove(0);
+    let gate = stack.gate("last");
+    let mut doomed = stack.worker("last", &[gate.env()]);
+    let (id, key) = stack.upload(&input).await;
+    stack.enqueue_attempts(id, &key, 1, Some(1)).await;
+    stack.wait_held(id).await;
+    doomed.kill();
+    let killed = Instant::now();
+    // No claim takes a job on its last attempt; only housekeeping, which every worker runs,
+    // settles it. This worker has nothing else to do.
+    let interval = Duration::from_secs(1);
+    let _keeper = stack.worker("keeper", &[("BLINDFOLD_HOUSEKEEPING_SECS", "1")]);
+    let failed = stack.wait_final(id).await;
+    let settled_after = killed.elapsed();
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}\n{}", stack.log_tail());
+    assert_eq!(failed.error_code.as_deref(), Some("lease_expired"), "{failed:?}");
+    assert_eq!(failed.attempt, 1);
+    // The guarantee is lease + interval after the last heartbeat; the keeper's own start-up
+    // (a process, a database connection) comes on top, so the bound allows for it.
+    let bound = LEASE + interval.mul_f64(1.2) + Duration::from_secs(30);
+    eprintln!("the dead attempt was settled {settled_after:?} after the kill (lease {LEASE:?}, interval {interval:?})");
+    assert!(settled_after <= bound, "settled only after {settled_after:?}");
+    assert!(event_reasons(&stack.queue, id).await.contains(&"lease_expired".to_owned()));
+
+    // The hospital submits the same batch again, and it runs.
+    let (again, key) = stack.upload(&input).await;
+    stack.enqueue_attempts(again, &key, 1, Some(1)).await;
+    let job = stack.wait_final(again).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+    assert_eq!(stack.result_bytes(&job).await, expected_result(&input));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_to_a_job_whose_worker_died_ends_it_cancelled() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let input = batches(1, 1).remove(0);
+    let gate = stack.gate("vanishing");
+    let mut doomed = stack.worker("vanishing", &[gate.env()]);
+    let id = stack.submit(&input, 1).await;
+    stack.wait_held(id).await;
+    // Killed first, so no heartbeat of the dead worker can acknowledge the cancel: only
+    // housekeeping can.
+    doomed.kill();
+    assert_eq!(stack.queue.cancel(stack.tenant, id).await.unwrap(), CancelOutcome::Requested);
+    let _keeper = stack.worker("keeper", &[("BLINDFOLD_HOUSEKEEPING_SECS", "1")]);
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}\n{}", stack.log_tail());
+    assert_eq!(job.attempt, 1, "a cancelled job is not run again");
+    assert!(stack.result_objects(id).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_mid_run_loses_no_job_and_runs_none_twice() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start_on_own_cluster().await;
+    let inputs = batches(6, 1);
+    let expected: Vec<Vec<u8>> = inputs.iter().map(expected_result).collect();
+    // Two workers, each holding the job it claimed at the gate: the restart lands while both
+    // run, four more wait in the queue.
+    let gate = stack.gate("restart");
+    let _workers: Vec<_> = (0..2).map(|i| stack.worker(&format!("steady-{i}"), &[gate.env()])).collect();
+    let mut ids = Vec::new();
+    for batch in &inputs {
+        ids.push(stack.submit(batch, 1).await);
+    }
+    let mut held = 0;
+    let started = Instant::now();
+    while held < 2 {
+        held = 0;
+        for id in &ids {
+            let job = stack.job(*id).await;
+            held += usize::from(job.state == JobState::Running && job.stage.as_deref() == Some("held"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the workers never held two jobs\n{}", stack.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.restart_database().await;
+    gate.open();
+    for (id, expected) in ids.iter().zip(&expected) {
+        let job = stack.wait_final(*id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+        let reasons = event_reasons(&stack.queue, *id).await;
+        assert_eq!(reasons.iter().filter(|r| *r == "succeeded").count(), 1, "{reasons:?}");
+        assert_eq!(reasons.iter().filter(|r| *r == "claimed").count(), 1, "ran once: {reasons:?}");
+        assert_eq!(&stack.result_bytes(&job).await, expected, "job {id}");
+        assert_eq!(stack.result_objects(*id).await.len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_second_storage_outage_fails_no_job() {
+    let _serial = common::SERIAL.lock().await;
+    let mut stack = Stack::start().await;
+    let inputs = batches(3, 1);
+    let mut ids = Vec::new();
+    for batch in &inputs {
+        ids.push(stack.submit(batch, 1).await);
+    }
+    stack.stop_storage().await;
+    let _worker = stack.worker("enduring", &[]);
+    stack.wait_for(ids[0], Duration::from_secs(60), |job| job.state == JobState::Running).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stack.restart_storage().await;
+    for (id, batch) in ids.iter().zip(&inputs) {
+        let job = stack.wait_final(*id).await;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+        assert_eq!(stack.result_bytes(&job).await, expected_result(batch));
+    }
 }

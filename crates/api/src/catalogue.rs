@@ -43,6 +43,19 @@ pub struct PackingInfo {
     /// The plan's estimate of a worker's peak memory for one batch (or one image), in bytes.
     #[serde(default)]
     pub peak_memory_bytes: u64,
+    /// The least memory a worker needs for this packing, in bytes: `peak_memory_bytes` for the
+    /// throughput packing; for the latency packing the peak with every diagonal streamed
+    /// (slower, far smaller), which a worker with less memory falls back to. 0 on rows
+    /// registered before this field existed (read it as `peak_memory_bytes`).
+    #[serde(default)]
+    pub min_memory_bytes: u64,
+}
+
+impl PackingInfo {
+    /// The least memory a worker needs to run a job in this packing, in bytes.
+    pub fn required_memory_bytes(&self) -> u64 {
+        if self.min_memory_bytes == 0 { self.peak_memory_bytes } else { self.min_memory_bytes }
+    }
 }
 
 /// One model version.
@@ -153,6 +166,7 @@ pub fn verify_model(model: &ModelRef, onnx: Vec<u8>, manifest: &[u8]) -> Result<
                 rotation_steps: plan.rotation_steps(),
                 key_bytes: plan.key_bytes(),
                 peak_memory_bytes: plan.peak_memory_bytes(),
+                min_memory_bytes: plan.peak_memory_bytes(),
             },
         )),
         Err(error) => refused_packings.push(format!("throughput packing: {error}")),
@@ -167,6 +181,7 @@ pub fn verify_model(model: &ModelRef, onnx: Vec<u8>, manifest: &[u8]) -> Result<
                 rotation_steps: plan.rotation_steps(),
                 key_bytes: plan.key_bytes(),
                 peak_memory_bytes: plan.peak_memory_bytes(),
+                min_memory_bytes: plan.smallest_peak_memory_bytes(),
             },
         )),
         Err(error) => refused_packings.push(format!("latency packing: {error}")),
@@ -185,6 +200,7 @@ struct PlanFigures {
     rotation_steps: Vec<i64>,
     key_bytes: usize,
     peak_memory_bytes: usize,
+    min_memory_bytes: usize,
 }
 
 fn packing_info(packing: Packing, params: &Parameters, figures: PlanFigures) -> PackingInfo {
@@ -205,5 +221,6 @@ fn packing_info(packing: Packing, params: &Parameters, figures: PlanFigures) -> 
         relinearization_key: true,
         key_bytes: figures.key_bytes as u64,
         peak_memory_bytes: figures.peak_memory_bytes as u64,
+        min_memory_bytes: figures.min_memory_bytes as u64,
     }
 }

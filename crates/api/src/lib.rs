@@ -88,6 +88,14 @@ pub struct Config {
     #[arg(long, env = "BLINDFOLD_API_PRESIGN_SECS", default_value_t = 3600)]
     pub presign_secs: u64,
 
+    /// Memory each worker of the fleet gives one job, in MiB: the workers'
+    /// `BLINDFOLD_WORKER_MEMORY_MIB` (or their container limit divided by their
+    /// `BLINDFOLD_WORKER_JOBS`). A job whose plan needs more, even with every diagonal streamed,
+    /// would be killed for memory on every attempt, so `POST /v1/jobs` refuses it (422
+    /// `does_not_fit`) with both figures. Unset: no check.
+    #[arg(long, env = "BLINDFOLD_FLEET_MEMORY_MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub fleet_memory_mib: Option<u64>,
+
     /// Largest page of `GET /v1/jobs`.
     #[arg(long, env = "BLINDFOLD_API_MAX_PAGE", default_value_t = 200)]
     pub max_page: u32,
@@ -95,6 +103,10 @@ pub struct Config {
     /// Object storage.
     #[command(flatten)]
     pub store: blindfold_store::StoreConfig,
+
+    /// Housekeeping, which every API process runs beside serving.
+    #[command(flatten)]
+    pub housekeeping: blindfold_housekeeping::Settings,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
@@ -141,9 +153,14 @@ impl Application {
     ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + Send + 'static)> {
         let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let housekeeper =
+            blindfold_housekeeping::spawn(state.queue.clone(), state.store.clone(), state.config.housekeeping.clone());
         let app = routes::router(state);
-        let server =
-            async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP") };
+        let server = async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP");
+            drop(housekeeper);
+            served
+        };
         tracing::info!(%addr, "API listening");
         Ok((addr, server))
     }

@@ -610,3 +610,23 @@ async fn client_chosen_key_set_ids_listings_and_revocation_by_id() {
     let twice = api.call(Method::DELETE, &format!("/v1/admin/tokens/{b_token_id}"), Some(ADMIN), None).await;
     assert_eq!(twice.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_no_worker_of_the_fleet_could_hold_is_refused_with_both_figures() {
+    let api = start_with(|config| config.fleet_memory_mib = Some(1)).await;
+    let (_, token, _) = api.tenant("st-kilda").await;
+    let key_set = api.ready_key_set(&token).await;
+    let batch = crypto().batch(key_set, 2, MODEL);
+    let body = json!({"model": MODEL, "key_set_id": key_set, "image_count": 2, "size_bytes": batch.len()});
+    let refused = api.call(Method::POST, "/v1/jobs", Some(&token), Some(body)).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "does_not_fit"),
+        "{:?}",
+        refused.body
+    );
+    let detail = refused.detail();
+    assert!(detail.contains("throughput packing needs about") && detail.contains("give a job 1 MiB"), "{detail}");
+    let listed = api.call(Method::GET, "/v1/jobs", Some(&token), None).await;
+    assert!(listed.body["jobs"].as_array().unwrap().is_empty(), "nothing was announced");
+}

@@ -131,12 +131,16 @@ pub struct Operator {
     /// users can see command lines.
     #[arg(long, env = "BLINDFOLD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
+    /// Send the operator token over plain http:// to another machine (anyone on the way can
+    /// read it). Without it, only https:// or this machine's loopback address are used.
+    #[arg(long)]
+    allow_http: bool,
 }
 
 impl Operator {
     fn client(&self) -> anyhow::Result<ApiClient> {
-        let api = Connection { api: self.api.clone(), token: None }.api()?;
-        Ok(ApiClient::admin(&api, SecretString::from(self.admin_token.clone()))?)
+        let api = Connection { api: self.api.clone(), token: None, allow_http: self.allow_http }.api()?;
+        Ok(ApiClient::admin(&api, SecretString::from(self.admin_token.clone()), self.allow_http)?)
     }
 }
 

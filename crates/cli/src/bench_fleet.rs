@@ -193,7 +193,8 @@ async fn fleet(options: &FleetBench) -> anyhow::Result<FleetReport> {
         ..Default::default()
     })
     .await?;
-    let client = ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())))?;
+    let client =
+        ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())), false)?;
     flows::register_keys(&client, &keys, quiet.clone()).await?;
 
     // Warm-up: one job per worker (keys fetched, model compiled, evaluator cached).

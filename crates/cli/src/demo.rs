@@ -153,13 +153,17 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     .await
     .context("starting the local stack")?;
     eprintln!("stack up in {:.1} s at {}", started.elapsed().as_secs_f64(), stack.endpoints.api_url);
-    let client = ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())))?;
+    let client =
+        ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())), false)?;
     let mut reports = Vec::new();
     let mut outcome = Ok(());
     if plan.iter().any(|(model, _, _)| model == SEGMENTER) {
         let clock = Instant::now();
-        let operator =
-            ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.admin_token.clone())))?;
+        let operator = ApiClient::new(
+            &stack.endpoints.api_url,
+            Some(SecretString::from(stack.endpoints.admin_token.clone())),
+            false,
+        )?;
         if let Err(error) = flows::register_model(&operator, &segmenter, &|_| {}).await {
             stack.stop().await?;
             return Err(error.context(format!("registering {SEGMENTER} with the service")));

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -102,8 +102,65 @@ pub struct LocalStack {
 
 #[derive(Debug)]
 enum WorkerHandle {
-    Process(Child),
+    /// A `blindfold worker` process under [`supervise`]; sending stops it.
+    Process(oneshot::Sender<()>, JoinHandle<()>),
     InProcess(oneshot::Sender<()>, JoinHandle<Result<(), blindfold_worker::Error>>),
+}
+
+/// The first wait before restarting a worker process that died; it doubles per restart up to
+/// [`MAX_RESTART_BACKOFF`], and starts over once a process has run [`HEALTHY_RUN`] (as
+/// Kubernetes' CrashLoopBackOff does for the Deployment's pods).
+const FIRST_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs a worker process and restarts it whenever it exits unasked, with backoff, saying so on
+/// stderr; on `stop`, sends it SIGTERM and waits up to 60 s before killing it.
+async fn supervise(name: String, command: Command, mut stop: oneshot::Receiver<()>) {
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    let mut backoff = FIRST_RESTART_BACKOFF;
+    let mut restarts = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let exited = match command.spawn() {
+            Ok(mut child) => {
+                tokio::select! {
+                    status = child.wait() => status.map_or_else(|e| format!("could not be waited for: {e}"), |s| s.to_string()),
+                    _ = &mut stop => {
+                        terminate(&name, child).await;
+                        return;
+                    }
+                }
+            }
+            Err(error) => format!("could not start: {error}"),
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = FIRST_RESTART_BACKOFF;
+        }
+        restarts += 1;
+        eprintln!(
+            "blindfold dev up: worker {name} exited ({exited}); restarting it in {:.0} s (restart {restarts})",
+            backoff.as_secs_f64()
+        );
+        tracing::warn!(worker = %name, exited, restarts, backoff_s = backoff.as_secs_f64(), "worker process exited; restarting");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut stop => return,
+        }
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+    }
+}
+
+/// SIGTERM, as an orchestrator sends; a kill after 60 s.
+async fn terminate(name: &str, mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    if tokio::time::timeout(Duration::from_secs(60), child.wait()).await.is_err() {
+        tracing::warn!(worker = %name, "a worker process ignored SIGTERM for 60 s and was killed");
+        let _ = child.kill().await;
+    }
 }
 
 const BUCKET: &str = "blindfold";
@@ -163,6 +220,8 @@ impl LocalStack {
             max_upload_bytes: 64 << 30,
             presign_secs: 3600,
             max_page: 200,
+            fleet_memory_mib: None,
+            housekeeping: blindfold_housekeeping::Settings::default(),
             store: store_config.clone(),
         };
         let state = blindfold_api::AppState::connect(api_config).await.context("starting the API")?;
@@ -258,12 +317,18 @@ impl LocalStack {
             command.env("BLINDFOLD_WORKER_THREADS", threads.to_string());
         }
         if let Some(dir) = &options.worker_logs {
+            // Appended to, so a restarted process's log follows the one that died.
             let path = dir.join(format!("worker-{index}.log"));
-            let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
             command.stderr(file);
         }
-        let child = command.spawn().context("starting a worker process (`blindfold worker`)")?;
-        self.workers.push(WorkerHandle::Process(child));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(supervise(format!("local-{index}"), command, stopped));
+        self.workers.push(WorkerHandle::Process(stop, task));
         Ok(())
     }
 
@@ -276,26 +341,9 @@ impl LocalStack {
                     let _ = stop.send(());
                     task.await.context("joining a worker")?.context("a worker failed")?;
                 }
-                WorkerHandle::Process(mut child) => {
-                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-                    let waited = tokio::task::spawn_blocking(move || {
-                        let started = std::time::Instant::now();
-                        loop {
-                            if let Ok(Some(status)) = child.try_wait() {
-                                return Some(status);
-                            }
-                            if started.elapsed() > Duration::from_secs(60) {
-                                let _ = child.kill();
-                                let _ = child.wait();
-                                return None;
-                            }
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    })
-                    .await?;
-                    if waited.is_none() {
-                        tracing::warn!("a worker process ignored SIGTERM for 60 s and was killed");
-                    }
+                WorkerHandle::Process(stop, task) => {
+                    let _ = stop.send(());
+                    task.await.context("joining a worker's supervisor")?;
                 }
             }
         }
@@ -315,10 +363,10 @@ impl LocalStack {
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
-        for worker in &mut self.workers {
-            if let WorkerHandle::Process(child) = worker {
-                let _ = child.kill();
-                let _ = child.wait();
+        // A supervisor's child is killed when the aborted task drops it (`kill_on_drop`).
+        for worker in &self.workers {
+            if let WorkerHandle::Process(_, task) = worker {
+                task.abort();
             }
         }
     }

@@ -278,9 +278,26 @@ impl Predictions {
             Some("json") => self.to_json(),
             _ => return Err(Error::OutputFormat { path: path.to_path_buf() }),
         };
-        let mut file = File::create(path).map_err(Error::io(path))?;
+        let mut file = create_private(path)?;
         file.write_all(text.as_bytes()).map_err(Error::io(path))
     }
+}
+
+/// Creates (or truncates) a file only its owner may read: predictions and masks are patient
+/// data. An existing file's wider permissions are narrowed too.
+fn create_private(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        let file = options.open(path).map_err(Error::io(path))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(Error::io(path))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path).map_err(Error::io(path))
 }
 
 /// What [`Predictions::save`] wrote.
@@ -342,7 +359,9 @@ impl Predictions {
             let pixels: Vec<u8> = mask.pixels.iter().map(|p| p * 255).collect();
             let png = image::GrayImage::from_raw(mask.width as u32, mask.height as u32, pixels)
                 .ok_or_else(|| Error::Invalid { path: path.clone(), reason: "mask size mismatch".into() })?;
-            png.save(&path).map_err(|e| Error::Invalid { path: path.clone(), reason: e.to_string() })?;
+            let file = std::io::BufWriter::new(create_private(&path)?);
+            png.write_with_encoder(image::codecs::png::PngEncoder::new(file))
+                .map_err(|e| Error::Invalid { path: path.clone(), reason: e.to_string() })?;
             written.push(path);
         }
         Ok(written)
@@ -462,6 +481,15 @@ mod tests {
         assert_eq!(written.len(), 1);
         let png = image::open(&written[0]).unwrap().to_luma8();
         assert_eq!(png.as_raw(), &vec![255, 255, 0, 0]);
+        // Patient data: only the owner may read what is written, even over a wider file.
+        let csv_path = dir.path().join("predictions.csv");
+        std::fs::write(&csv_path, "old").unwrap();
+        std::fs::set_permissions(&csv_path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        predictions.write(&csv_path).unwrap();
+        for path in [&written[0], &csv_path] {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions());
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
         let csv = predictions.to_csv();
         assert!(
             csv.starts_with(

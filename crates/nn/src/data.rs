@@ -238,6 +238,9 @@ fn rgb_images(npz: &Path, key: &str) -> Result<Images> {
     let [_, height, width, 3] = array.shape[..] else {
         return Err(data_err(npz, format!("{key} has shape {:?}; (N, H, W, 3) expected", array.shape)));
     };
+    if height == 0 || width == 0 {
+        return Err(data_err(npz, format!("{key} has shape {:?}: images of zero height or width", array.shape)));
+    }
     let plane = height * width;
     let mut pixels = vec![0u8; array.data.len()];
     for (i, hwc) in array.data.chunks_exact(plane * 3).enumerate() {
@@ -379,6 +382,22 @@ mod tests {
         assert!(parse_idx_labels(&lbl[..9], p).is_err());
         assert!(parse_idx_images(&lbl, p).unwrap_err().to_string().contains("not 2051"));
         assert!(parse_idx_images(&[0, 0], p).is_err());
+    }
+
+    #[test]
+    fn dermamnist_refuses_images_of_zero_height_or_width() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.npz");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("train_images.npy", stored).unwrap();
+        zip.write_all(&npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 0, 28, 3), }", &[])).unwrap();
+        zip.start_file("train_labels.npy", stored).unwrap();
+        zip.write_all(&npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 1), }", &[0, 1])).unwrap();
+        zip.finish().unwrap();
+        let error = dermamnist(&path, Split::Train).unwrap_err().to_string();
+        assert!(error.contains("zero height or width"), "{error}");
     }
 
     proptest::proptest! {

@@ -1,15 +1,17 @@
-//! Housekeeping: settling jobs whose worker vanished on their last attempt, and retention.
+//! The queue's side of housekeeping: settling jobs whose worker vanished where no claim will
+//! take them, and finding and deleting finished jobs past retention. The loop that calls these
+//! (and deletes the purged jobs' objects from storage) is `blindfold-housekeeping`'s.
 
 use std::time::Duration;
 
-use crate::{Queue, Result};
+use crate::{JobId, Queue, Result, TenantId};
 
 /// How long finished jobs (and their audit trails) are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Finished jobs older than this (by `finished_at`) are deleted with their events.
     pub finished_jobs: Duration,
-    /// Rows deleted per statement, so retention never holds many locks at once.
+    /// Jobs looked at per statement, so retention never holds many locks at once.
     pub batch: i64,
 }
 
@@ -19,31 +21,31 @@ impl Default for RetentionPolicy {
     }
 }
 
-/// What a housekeeping pass did.
+/// Jobs settled by [`Queue::settle_expired`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Housekeeping {
+pub struct Settled {
     /// Jobs failed because their lease expired on the last attempt.
     pub failed: u64,
     /// Jobs cancelled because their lease expired with a cancel request pending.
     pub cancelled: u64,
-    /// Finished jobs deleted by retention.
-    pub purged: u64,
+}
+
+/// A finished job past retention, with what names its stored objects. Its objects go first,
+/// then its row ([`Queue::purge`]), so a failed deletion leaves the row to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredJob {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    /// The input batch's object key, as enqueued.
+    pub input_key: String,
+    /// The result's object key, for a job that succeeded.
+    pub result_key: Option<String>,
 }
 
 impl Queue {
-    /// One housekeeping pass: [`Queue::settle_expired`] then [`Queue::purge_finished`].
-    /// Run it every few seconds from one place (any API or worker process may; it is safe to
-    /// run concurrently).
-    pub async fn housekeeping(&self, retention: &RetentionPolicy) -> Result<Housekeeping> {
-        let (failed, cancelled) = self.settle_expired().await?;
-        let purged = self.purge_finished(retention).await?;
-        Ok(Housekeeping { failed, cancelled, purged })
-    }
-
     /// Settles running jobs whose lease expired and that no claim will take: those on their
     /// last attempt fail (`lease_expired`), those with a cancel request are cancelled.
-    /// Returns (failed, cancelled).
-    pub async fn settle_expired(&self) -> Result<(u64, u64)> {
+    pub async fn settle_expired(&self) -> Result<Settled> {
         let counts: Vec<(String, i64)> = sqlx::query_as(
             r#"
             WITH dead AS (
@@ -78,34 +80,39 @@ impl Queue {
         .await?;
         let count =
             |state: &str| counts.iter().filter(|(s, _)| s == state).map(|(_, n)| u64::try_from(*n).unwrap_or(0)).sum();
-        Ok((count("failed"), count("cancelled")))
+        Ok(Settled { failed: count("failed"), cancelled: count("cancelled") })
     }
 
-    /// Deletes finished jobs older than the policy allows, with their events, in batches.
-    /// Returns how many jobs were deleted.
-    pub async fn purge_finished(&self, retention: &RetentionPolicy) -> Result<u64> {
-        let mut purged = 0;
-        loop {
-            let deleted = sqlx::query(
-                r#"
-                DELETE FROM jobs
-                WHERE id IN (
-                    SELECT id FROM jobs
-                    WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => $1)
-                    LIMIT $2
-                    FOR UPDATE SKIP LOCKED
-                )
-                "#,
-            )
-            .bind(retention.finished_jobs.as_secs_f64())
-            .bind(retention.batch.max(1))
+    /// Up to `retention.batch` finished jobs older than the policy allows, oldest first.
+    /// Nothing is locked or deleted: finished jobs never change, and concurrent callers that
+    /// find the same jobs delete the same objects and rows, which is harmless.
+    pub async fn expired_finished(&self, retention: &RetentionPolicy) -> Result<Vec<ExpiredJob>> {
+        let rows: Vec<(JobId, TenantId, String, Option<String>)> = sqlx::query_as(
+            r#"
+            SELECT id, tenant_id, input_key, result_key FROM jobs
+            WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => $1)
+            ORDER BY finished_at
+            LIMIT $2
+            "#,
+        )
+        .bind(retention.finished_jobs.as_secs_f64())
+        .bind(retention.batch.max(1))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant_id, input_key, result_key)| ExpiredJob { id, tenant_id, input_key, result_key })
+            .collect())
+    }
+
+    /// Deletes these jobs, if finished, with their events. Returns how many were deleted.
+    pub async fn purge(&self, jobs: &[JobId]) -> Result<u64> {
+        let ids: Vec<uuid::Uuid> = jobs.iter().map(|id| id.0).collect();
+        let deleted = sqlx::query("DELETE FROM jobs WHERE id = ANY($1) AND finished_at IS NOT NULL")
+            .bind(ids)
             .execute(self.pool())
             .await?
             .rows_affected();
-            purged += deleted;
-            if deleted < u64::try_from(retention.batch.max(1)).unwrap_or(1) {
-                return Ok(purged);
-            }
-        }
+        Ok(deleted)
     }
 }

@@ -83,6 +83,17 @@ impl ThrowawayCluster {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Restarts the server on the same port and data (`pg_ctl restart -m fast`): every session
+    /// is disconnected, as when a managed database fails over or is patched. Blocks until it
+    /// accepts connections again. For fault tests.
+    pub fn restart(&self) -> Result<(), Error> {
+        let log = self.dir.join("postgres.log");
+        let mut command = self.tool("pg_ctl");
+        command.arg("restart").arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w", "-t", "30", "-l"]).arg(&log);
+        command.arg("-o").arg(self.server_options());
+        check("pg_ctl restart", run(command, "pg_ctl restart")?)
+    }
+
     /// Stops the server at once and deletes its directory. Idempotent.
     pub fn stop(&self) {
         if self.stopped.swap(true, Ordering::SeqCst) {
@@ -112,21 +123,24 @@ impl ThrowawayCluster {
 
     fn pg_ctl_start(&self) -> Result<(), Error> {
         let log = self.dir.join("postgres.log");
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k '{}' -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300",
-            self.port,
-            self.dir.display()
-        );
         let mut command = self.tool("pg_ctl");
         command.arg("start").arg("-D").arg(self.data_dir()).args(["-w", "-t", "30", "-l"]).arg(&log);
-        command.arg("-o").arg(options);
+        command.arg("-o").arg(self.server_options());
         let output = run(command, "pg_ctl start")?;
         if output.status.success() {
             return Ok(());
         }
         let log_tail = std::fs::read_to_string(&log).map(|text| tail(&text)).unwrap_or_default();
         Err(Error::Tool { tool: "pg_ctl start".into(), status: output.status.to_string(), output: log_tail })
+    }
+
+    fn server_options(&self) -> String {
+        format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k '{}' -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300",
+            self.port,
+            self.dir.display()
+        )
     }
 
     fn tool(&self, name: &str) -> Command {

@@ -14,9 +14,10 @@ use blindfold_compiler::Control;
 use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
 use blindfold_queue::{Job, JobId, JobState, NewJob, Queue, QueueConfig, TenantId, tenants};
 use blindfold_store::{EmbeddedS3, ObjectKey, ObjectName, Store, StoreConfig};
-use blindfold_testkit::TestDatabase;
+use blindfold_testkit::{TestDatabase, ThrowawayCluster};
 use bytes::Bytes;
 use secrecy::SecretString;
+use sqlx::PgPool;
 
 pub const MODEL: &str = "mnist-cryptonets";
 const ACCESS_KEY: &str = "worker-test";
@@ -87,9 +88,41 @@ pub fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
 }
 
+/// The stack's database: a fresh one on the shared server, or one on a cluster of the test's
+/// own (which the test may restart).
+pub struct Database {
+    url: String,
+    pool: PgPool,
+    _fresh: Option<TestDatabase>,
+    pub cluster: Option<ThrowawayCluster>,
+}
+
+impl Database {
+    async fn fresh() -> Self {
+        let db = TestDatabase::new().await.unwrap();
+        Self { url: db.url().to_owned(), pool: db.pool().clone(), _fresh: Some(db), cluster: None }
+    }
+
+    async fn own_cluster() -> Self {
+        let cluster = tokio::task::spawn_blocking(ThrowawayCluster::start).await.unwrap().unwrap();
+        let url = cluster.url("postgres");
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
+        blindfold_queue::MIGRATOR.run(&pool).await.unwrap();
+        Self { url, pool, _fresh: None, cluster: Some(cluster) }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// A database, a store with the test tenant's key set registered, and the queue.
 pub struct Stack {
-    pub db: TestDatabase,
+    pub db: Database,
     pub s3: Option<EmbeddedS3>,
     pub s3_dir: tempfile::TempDir,
     pub s3_port: u16,
@@ -101,7 +134,22 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
-        let db = TestDatabase::new().await.unwrap();
+        Self::start_on(Database::fresh().await).await
+    }
+
+    /// A stack whose PostgreSQL is a cluster of its own, which [`Stack::restart_database`]
+    /// restarts.
+    pub async fn start_on_own_cluster() -> Self {
+        Self::start_on(Database::own_cluster().await).await
+    }
+
+    /// Restarts the stack's own PostgreSQL cluster: every session is cut.
+    pub async fn restart_database(&self) {
+        let cluster = self.db.cluster.as_ref().expect("a stack on its own cluster");
+        tokio::task::block_in_place(|| cluster.restart()).unwrap();
+    }
+
+    async fn start_on(db: Database) -> Self {
         let s3_dir = tempfile::tempdir().unwrap();
         let s3 = EmbeddedS3::start(s3_dir.path(), 0, ACCESS_KEY, &SecretString::from(SECRET_KEY)).await.unwrap();
         let s3_port = s3.port();
@@ -172,6 +220,11 @@ impl Stack {
 
     /// Enqueues the job `id` for the uploaded batch `key`.
     pub async fn enqueue(&self, id: JobId, key: &ObjectKey, images: usize) {
+        self.enqueue_attempts(id, key, images, None).await;
+    }
+
+    /// As [`Stack::enqueue`], with `max_attempts` attempts (the queue's default when `None`).
+    pub async fn enqueue_attempts(&self, id: JobId, key: &ObjectKey, images: usize, max_attempts: Option<i32>) {
         let (_, keys) = key_set();
         let job = NewJob {
             tenant_id: self.tenant,
@@ -183,7 +236,7 @@ impl Stack {
             image_count: images as i32,
             priority: 0,
             input_key: key.as_str().to_owned(),
-            max_attempts: None,
+            max_attempts,
         };
         let mut conn = self.db.pool().acquire().await.unwrap();
         self.queue.enqueue_as_in(&mut conn, id, job).await.unwrap();
@@ -215,9 +268,20 @@ impl Stack {
         self.wait_for(id, Duration::from_secs(240), |job| job.state.is_final()).await
     }
 
-    /// Waits until the job is being computed (past download, before upload).
-    pub async fn wait_computing(&self, id: JobId) -> Job {
-        self.wait_for(id, Duration::from_secs(120), |job| job.state == JobState::Running && job.progress >= 0.06).await
+    /// A closed gate: workers started with [`Gate::env`] hold every job they claim (after
+    /// loading its keys) until [`Gate::open`].
+    pub fn gate(&self, name: &str) -> Gate {
+        let path = self.logs.path().join(format!("{name}.hold"));
+        std::fs::write(&path, b"held by a test").unwrap();
+        Gate { path }
+    }
+
+    /// Waits until a worker holds the job at its gate (its heartbeat reported the stage).
+    pub async fn wait_held(&self, id: JobId) -> Job {
+        self.wait_for(id, Duration::from_secs(120), |job| {
+            job.state == JobState::Running && job.stage.as_deref() == Some("held")
+        })
+        .await
     }
 
     pub async fn result_bytes(&self, job: &Job) -> Vec<u8> {
@@ -279,6 +343,23 @@ impl Stack {
 
 pub fn store_config(endpoint: &str) -> StoreConfig {
     StoreConfig::for_endpoint(endpoint, BUCKET, ACCESS_KEY, SecretString::from(SECRET_KEY))
+}
+
+/// The worker's test hook (`BLINDFOLD_WORKER_TEST_HOLD_FILE`): closed while its file exists.
+pub struct Gate {
+    path: PathBuf,
+}
+
+impl Gate {
+    /// The environment entry that makes a worker wait at this gate.
+    pub fn env(&self) -> (&'static str, &str) {
+        ("BLINDFOLD_WORKER_TEST_HOLD_FILE", self.path.to_str().unwrap())
+    }
+
+    /// Lets held jobs go on.
+    pub fn open(&self) {
+        std::fs::remove_file(&self.path).unwrap();
+    }
 }
 
 /// A worker process, killed when dropped.

@@ -147,6 +147,7 @@ pub async fn create(
         reference.version = key_set.model_version;
     }
     let (model, packing) = super::model_packing(&state, &reference, body.packing.as_deref()).await?;
+    fits_the_fleet(&state, &model, &packing)?;
     let fingerprint = &key_set.params_fingerprint;
     if *fingerprint != packing.params_fingerprint
         || key_set.model.as_deref().is_some_and(|m| m != model.name)
@@ -530,6 +531,45 @@ pub async fn result(
     }
     let download = state.store.presign_get(&key, state.config.presign_expiry()).await?;
     Ok(Json(JobResult { job_id: id, download: download.into() }))
+}
+
+/// Refuses a job no worker of the fleet could hold ([`crate::Config::fleet_memory_mib`]):
+/// accepted, it would be killed for memory on every attempt.
+fn fits_the_fleet(
+    state: &AppState,
+    model: &crate::catalogue::ModelInfo,
+    packing: &crate::catalogue::PackingInfo,
+) -> ApiResult<()> {
+    let Some(limit) = state.config.fleet_memory_mib.map(|mib| mib << 20) else { return Ok(()) };
+    let needs = packing.required_memory_bytes();
+    if needs <= limit {
+        return Ok(());
+    }
+    let gib = |bytes: u64| {
+        if bytes >= 1 << 30 {
+            format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+        } else {
+            format!("{:.0} MiB", (bytes as f64 / f64::from(1u32 << 20)).ceil())
+        }
+    };
+    let alternative = model
+        .packings
+        .iter()
+        .filter(|other| other.packing != packing.packing && other.required_memory_bytes() <= limit)
+        .map(|other| format!("; the {} packing needs {} and fits", other.packing, gib(other.required_memory_bytes())))
+        .next()
+        .unwrap_or_default();
+    Err(ApiError::unprocessable(
+        "does_not_fit",
+        format!(
+            "{} in the {} packing needs about {} per worker (the plan's peak estimate), but this \
+             fleet's workers give a job {}{alternative}",
+            model.reference(),
+            packing.packing,
+            gib(needs),
+            gib(limit),
+        ),
+    ))
 }
 
 /// Whether a key set registered for `key_set_packing` can evaluate a job in `job_packing`: its

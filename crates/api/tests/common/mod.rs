@@ -48,6 +48,8 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
         max_upload_bytes: 1 << 30,
         presign_secs: 600,
         max_page: 100,
+        fleet_memory_mib: None,
+        housekeeping: blindfold_housekeeping::Settings::default(),
         store: store_config.clone(),
     };
     adjust(&mut config);

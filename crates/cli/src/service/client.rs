@@ -129,6 +129,14 @@ fn hint(code: &str, status: u16) -> String {
     format!("; {hint}")
 }
 
+/// Whether the URL's host is this machine: `localhost` or a loopback address.
+fn is_loopback(base: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base) else { return false };
+    let Some(host) = url.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A client of one API, authenticated as a tenant or as the operator.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -140,21 +148,33 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client of the API at `base` (`http(s)://host:port`) with a tenant token.
-    pub fn new(base: &str, token: Option<SecretString>) -> Result<ApiClient, ServiceError> {
-        Self::build(base, token, false)
+    /// A client of the API at `base` (`http(s)://host:port`) with a tenant token. A token is
+    /// sent over plain `http://` only to this machine (loopback), unless `plain_http` says so.
+    pub fn new(base: &str, token: Option<SecretString>, plain_http: bool) -> Result<ApiClient, ServiceError> {
+        Self::build(base, token, false, plain_http)
     }
 
-    /// A client of the API's operator routes with the admin token.
-    pub fn admin(base: &str, admin_token: SecretString) -> Result<ApiClient, ServiceError> {
-        Self::build(base, Some(admin_token), true)
+    /// A client of the API's operator routes with the admin token (the same rule for `http://`).
+    pub fn admin(base: &str, admin_token: SecretString, plain_http: bool) -> Result<ApiClient, ServiceError> {
+        Self::build(base, Some(admin_token), true, plain_http)
     }
 
-    fn build(base: &str, token: Option<SecretString>, admin: bool) -> Result<ApiClient, ServiceError> {
+    fn build(
+        base: &str,
+        token: Option<SecretString>,
+        admin: bool,
+        plain_http: bool,
+    ) -> Result<ApiClient, ServiceError> {
         let base = base.trim().trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ServiceError::NotConfigured(format!(
                 "the API address {base:?} must start with http:// or https://, e.g. http://127.0.0.1:8080"
+            )));
+        }
+        if token.is_some() && !plain_http && base.starts_with("http://") && !is_loopback(&base) {
+            return Err(ServiceError::NotConfigured(format!(
+                "{base} is plain http:// to another machine: anyone on the way could read the token. Use \
+                 https://, or pass --allow-http if this network is trusted"
             )));
         }
         let build = |timeout: Option<Duration>| {
@@ -479,7 +499,7 @@ impl ApiClient {
             builder = builder.header(reqwest::header::CONTENT_LENGTH, len);
         }
         let response =
-            builder.body(reqwest::Body::wrap_stream(stream)).send().await.map_err(|e| (error_chain(&e), true))?;
+            builder.body(reqwest::Body::wrap_stream(stream)).send().await.map_err(|e| (transfer_error(e), true))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -534,7 +554,7 @@ impl ApiClient {
         for header in &transfer.headers {
             builder = builder.header(&header.name, &header.value);
         }
-        let response = builder.send().await.map_err(|e| (error_chain(&e), true))?;
+        let response = builder.send().await.map_err(|e| (transfer_error(e), true))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -550,7 +570,7 @@ impl ApiClient {
         let mut written = 0u64;
         progress(0);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| (error_chain(&e), true))?;
+            let chunk = chunk.map_err(|e| (transfer_error(e), true))?;
             file.write_all(&chunk).await.map_err(local)?;
             written += chunk.len() as u64;
             progress(written);
@@ -571,6 +591,12 @@ fn method(name: &str) -> Method {
 
 fn retryable(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// A storage transfer's error without its URL: a presigned URL carries its signature, which
+/// grants access to the object until it expires, and must not reach a terminal or a log.
+fn transfer_error(error: reqwest::Error) -> String {
+    error_chain(&error.without_url())
 }
 
 /// The error with its sources ("error sending request: connection refused"), which reqwest's
@@ -604,4 +630,34 @@ fn query_value(value: &str) -> String {
 /// only `@` needs encoding (some proxies treat it specially).
 fn path_segment(model: &str) -> String {
     model.replace('@', "%40")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_goes_over_plain_http_only_to_this_machine() {
+        let token = || Some(SecretString::from("token"));
+        for local in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "https://api.example.org"]
+        {
+            assert!(ApiClient::new(local, token(), false).is_ok(), "{local}");
+        }
+        let refused = ApiClient::new("http://api.example.org", token(), false).unwrap_err().to_string();
+        assert!(refused.contains("--allow-http"), "{refused}");
+        assert!(ApiClient::admin("http://10.0.0.5:8080", SecretString::from("admin"), false).is_err());
+        assert!(ApiClient::new("http://10.0.0.5:8080", token(), true).is_ok(), "the explicit flag allows it");
+        assert!(ApiClient::new("http://api.example.org", None, false).is_ok(), "no token, nothing to leak");
+    }
+
+    #[tokio::test]
+    async fn a_failed_transfer_never_shows_the_presigned_url() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let url = "http://127.0.0.1:1/bucket/batch?X-Amz-Credential=AKIA&X-Amz-Signature=0123abcd";
+        let error = reqwest::Client::new().put(url).send().await.unwrap_err();
+        assert!(error.to_string().contains("X-Amz-Signature"), "reqwest's own message names the URL: {error}");
+        let shown = transfer_error(error);
+        assert!(!shown.contains("X-Amz") && !shown.contains("0123abcd"), "{shown}");
+        assert!(!shown.is_empty());
+    }
 }

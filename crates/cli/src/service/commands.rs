@@ -29,6 +29,10 @@ pub struct Connection {
     /// environment variable: other users can see command lines.
     #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Send the token over plain http:// to another machine (anyone on the way can read it).
+    /// Without it, only https:// or this machine's loopback address are used.
+    #[arg(long)]
+    pub allow_http: bool,
 }
 
 impl Connection {
@@ -36,7 +40,7 @@ impl Connection {
     /// token is never sent to another server by accident.
     pub fn client(&self) -> Result<ApiClient, ServiceError> {
         if let (Some(api), Some(token)) = (&self.api, &self.token) {
-            return ApiClient::new(api, Some(SecretString::from(token.clone())));
+            return ApiClient::new(api, Some(SecretString::from(token.clone())), self.allow_http);
         }
         let path = config_path()?;
         let saved = ServiceConfig::load(&path)?;
@@ -60,7 +64,7 @@ impl Connection {
                 )));
             }
         };
-        ApiClient::new(&api, Some(token))
+        ApiClient::new(&api, Some(token), self.allow_http)
     }
 
     /// The API URL alone (operator commands bring their own token).
@@ -137,6 +141,10 @@ pub enum Service {
         /// The tenant token the operator issued (`blindfold admin token create`).
         #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
         token: String,
+        /// Send the token over plain http:// to another machine (anyone on the way can read
+        /// it); later commands need the flag too.
+        #[arg(long)]
+        allow_http: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -282,7 +290,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs a service command.
 pub fn run(command: Service) -> anyhow::Result<()> {
     match command {
-        Service::Login { api, token, output } => login(&api, token, output),
+        Service::Login { api, token, allow_http, output } => login(&api, token, allow_http, output),
         Service::Keys(Keys::Register { keys, connection, output }) => keys_register(&keys, &connection, output),
         Service::Keys(Keys::List { connection, output }) => keys_list(&connection, output),
         Service::Submit { inputs, wait, poll, connection, output } => {
@@ -348,9 +356,9 @@ pub fn run(command: Service) -> anyhow::Result<()> {
     }
 }
 
-fn login(api: &str, token: String, output: Output) -> anyhow::Result<()> {
+fn login(api: &str, token: String, allow_http: bool, output: Output) -> anyhow::Result<()> {
     let token = SecretString::from(token);
-    let client = ApiClient::new(api, Some(token.clone()))?;
+    let client = ApiClient::new(api, Some(token.clone()), allow_http)?;
     runtime()?.block_on(client.check_token())?;
     let path = config_path()?;
     ServiceConfig { api: client.base().to_owned(), token }.save(&path)?;

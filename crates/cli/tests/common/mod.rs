@@ -46,6 +46,8 @@ impl Stack {
                 max_upload_bytes: 1 << 30,
                 presign_secs: 600,
                 max_page: 100,
+                fleet_memory_mib: None,
+                housekeeping: blindfold_housekeeping::Settings::default(),
                 store: store.clone(),
             };
             let (addr, server) = Application::build(config).await.unwrap();

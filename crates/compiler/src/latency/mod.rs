@@ -320,6 +320,15 @@ impl LatencyPlan {
         ciphertexts + self.resident_bytes()
     }
 
+    /// The least memory this plan can run in, in bytes: its estimated peak with every linear
+    /// stage streamed (what [`LatencyPlan::fit_memory`] falls back to under a tight budget).
+    /// A worker that gives a job less refuses it with [`crate::Error::DoesNotFit`].
+    pub fn smallest_peak_memory_bytes(&self) -> usize {
+        let mut streamed = self.clone();
+        streamed.stream_to_fit(0);
+        streamed.peak_memory_bytes()
+    }
+
     /// The slot vectors (one per input ciphertext) of one image in the plan's input layout.
     pub fn pack(&self, image: &[f64]) -> Result<Vec<Vec<f64>>> {
         if image.len() != self.header.input_len {

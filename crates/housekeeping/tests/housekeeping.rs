@@ -1,0 +1,143 @@
+//! Housekeeping against a real PostgreSQL and the embedded S3 endpoint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use blindfold_housekeeping::{Settings, pass, spawn};
+use blindfold_queue::{
+    CancelOutcome, JobId, JobState, NewJob, Queue, QueueConfig, RetentionPolicy, TenantId, WorkerId, tenants,
+};
+use blindfold_store::{EmbeddedS3, ObjectKey, ObjectName, Prefix, Store, StoreConfig};
+use blindfold_testkit::TestDatabase;
+use bytes::Bytes;
+use secrecy::SecretString;
+
+struct Fixture {
+    _db: TestDatabase,
+    _s3: EmbeddedS3,
+    _s3_dir: tempfile::TempDir,
+    queue: Queue,
+    store: Store,
+    tenant: TenantId,
+}
+
+async fn fixture(lease: Duration) -> Fixture {
+    let db = TestDatabase::new().await.unwrap();
+    let s3_dir = tempfile::tempdir().unwrap();
+    let secret = SecretString::from("housekeeping-secret-key");
+    let s3 = EmbeddedS3::start(s3_dir.path(), 0, "housekeeping", &secret).await.unwrap();
+    let store =
+        Store::connect(&StoreConfig::for_endpoint(s3.endpoint(), "blindfold", "housekeeping", secret)).await.unwrap();
+    store.ensure_bucket().await.unwrap();
+    let queue = Queue::new(db.pool().clone(), QueueConfig { lease, ..QueueConfig::default() });
+    let tenant = tenants::create_tenant(db.pool(), "st-mary").await.unwrap().id;
+    Fixture { _db: db, _s3: s3, _s3_dir: s3_dir, queue, store, tenant }
+}
+
+fn key(tenant: TenantId, job: JobId, input: bool, name: &str) -> ObjectKey {
+    let tenant = blindfold_store::TenantId::new(tenant.to_string()).unwrap();
+    let job = blindfold_store::JobId::new(job.to_string()).unwrap();
+    let name = ObjectName::new(name).unwrap();
+    if input { ObjectKey::job_input(&tenant, &job, &name) } else { ObjectKey::job_result(&tenant, &job, &name) }
+}
+
+fn prefix(tenant: TenantId, job: JobId) -> Prefix {
+    Prefix::job(
+        &blindfold_store::TenantId::new(tenant.to_string()).unwrap(),
+        &blindfold_store::JobId::new(job.to_string()).unwrap(),
+    )
+}
+
+/// Enqueues a job under a fresh id with its input stored under the job's prefix.
+async fn stored_job(f: &Fixture, max_attempts: i32) -> JobId {
+    let id = JobId::new_random();
+    let input = key(f.tenant, id, true, "batch.bfb");
+    f.store.put_bytes(&input, Bytes::from_static(b"input")).await.unwrap();
+    let new = NewJob {
+        tenant_id: f.tenant,
+        idempotency_key: None,
+        model: "mnist-cnn".into(),
+        model_version: None,
+        packing: "throughput".into(),
+        key_set_id: None,
+        image_count: 1,
+        priority: 0,
+        input_key: input.as_str().to_owned(),
+        max_attempts: Some(max_attempts),
+    };
+    let mut conn = f.queue.pool().acquire().await.unwrap();
+    f.queue.enqueue_as_in(&mut conn, id, new).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn the_loop_settles_a_job_whose_worker_died_on_its_last_attempt_and_a_cancelled_one() {
+    let f = fixture(Duration::from_secs(1)).await;
+    let last = stored_job(&f, 1).await;
+    let cancelled = stored_job(&f, 3).await;
+    let doomed = WorkerId::unique("doomed");
+    assert_eq!(f.queue.claim(&doomed, 2).await.unwrap().len(), 2);
+    assert_eq!(f.queue.cancel(f.tenant, cancelled).await.unwrap(), CancelOutcome::Requested);
+    // The worker never heartbeats again. Nothing but the housekeeper may settle these jobs.
+    let settings = Settings { interval_secs: 1, ..Settings::default() };
+    let started = Instant::now();
+    let _housekeeper = spawn(f.queue.clone(), f.store.clone(), settings);
+    loop {
+        let (a, b) = (f.queue.job(last).await.unwrap().unwrap(), f.queue.job(cancelled).await.unwrap().unwrap());
+        if a.state != JobState::Running && b.state != JobState::Running {
+            assert_eq!((a.state, a.error_code.as_deref()), (JobState::Failed, Some("lease_expired")));
+            assert_eq!(b.state, JobState::Cancelled);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the housekeeper never settled {a:?} / {b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Within the default retention nothing is deleted.
+    assert_eq!(f.store.list(&prefix(f.tenant, last)).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn retention_deletes_finished_jobs_with_every_object_and_keeps_the_rest() {
+    let f = fixture(Duration::from_secs(30)).await;
+    let done = stored_job(&f, 3).await;
+    let waiting = stored_job(&f, 3).await;
+    let worker = WorkerId::unique("w");
+    let claimed = f.queue.claim(&worker, 1).await.unwrap().remove(0);
+    assert_eq!(claimed.job.id, done);
+    // A lost first attempt's orphan and the completing attempt's result.
+    let orphan = key(f.tenant, done, false, "result-0.bfrb");
+    let result = key(f.tenant, done, false, "result-1.bfrb");
+    for object in [&orphan, &result] {
+        f.store.put_bytes(object, Bytes::from_static(b"result")).await.unwrap();
+    }
+    f.queue.complete(&claimed.lease, result.as_str()).await.unwrap();
+
+    let keep = RetentionPolicy { finished_jobs: Duration::from_secs(3600), batch: 10 };
+    assert_eq!(pass(&f.queue, &f.store, &keep).await.unwrap().purged, 0);
+    assert_eq!(f.store.list(&prefix(f.tenant, done)).await.unwrap().len(), 3);
+
+    let report = pass(&f.queue, &f.store, &RetentionPolicy { finished_jobs: Duration::ZERO, batch: 1 }).await.unwrap();
+    assert_eq!((report.purged, report.objects_deleted), (1, 3), "{report:?}");
+    assert!(f.queue.job(done).await.unwrap().is_none());
+    assert!(f.store.list(&prefix(f.tenant, done)).await.unwrap().is_empty());
+    // The queued job and its input are untouched.
+    assert_eq!(f.queue.job(waiting).await.unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(f.store.list(&prefix(f.tenant, waiting)).await.unwrap().len(), 1);
+}
+
+#[test]
+fn settings_read_flags_and_refuse_a_zero_interval() {
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+    let cli = Cli::try_parse_from(["x", "--housekeeping-secs", "5", "--retention-secs", "60"]).unwrap();
+    assert_eq!(cli.settings, Settings { interval_secs: 5, retention_secs: 60 });
+    assert_eq!(cli.settings.retention().finished_jobs, Duration::from_secs(60));
+    assert!(Cli::try_parse_from(["x", "--housekeeping-secs", "0"]).is_err());
+    let defaults = Cli::try_parse_from(["x"]).unwrap().settings;
+    assert_eq!(defaults, Settings::default());
+}
