@@ -295,9 +295,15 @@ def check_components(report: Report, overlay: str, docs: list[dict]) -> None:
             report.check("DATABASE_URL" in env, where, "`blindfold admin migrate` reads DATABASE_URL")
             continue
         report.check("BLINDFOLD_DATABASE_URL" in env, where, "BLINDFOLD_DATABASE_URL is required")
-        bind_var = "BLINDFOLD_API_BIND" if component == "api" else "BLINDFOLD_WORKER_METRICS_BIND"
+        if component == "api":
+            api_port = bind_port(env.get("BLINDFOLD_API_BIND", {}).get("value"))
+            report.check(api_port is not None and api_port in ports, where,
+                         "BLINDFOLD_API_BIND must listen on all interfaces on a container port")
+        bind_var = "BLINDFOLD_API_METRICS_BIND" if component == "api" else "BLINDFOLD_WORKER_METRICS_BIND"
         port = bind_port(env.get(bind_var, {}).get("value"))
         report.check(port is not None and port in ports, where, f"{bind_var} must listen on all interfaces on a container port")
+        if component == "api":
+            report.check(port != api_port, where, "/metrics must have a listener of its own, not the public API port")
         report.check(annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == str(port)
                      and annotations.get("prometheus.io/path") == "/metrics", where, "Prometheus scrape annotations must name the /metrics port")
         probes = {name: (container.get(name) or {}).get("httpGet", {}).get("path") for name in ("readinessProbe", "livenessProbe")}

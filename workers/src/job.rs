@@ -238,7 +238,7 @@ async fn process(shared: &Shared, claimed: &Claimed, watch: &Arc<Watch>) -> Resu
     let mut tries = 1;
     let mut wait = Duration::from_millis(500);
     let (result, download) = loop {
-        match compute(shared, &evaluator, &input, key_set.0, image_count, watch).await {
+        match compute(shared, &evaluator, &input, job.id.0, key_set.0, image_count, watch).await {
             Ok(done) => break done,
             Err(Streamed::Failed(error)) => return Err(error),
             Err(Streamed::Storage(error)) => {
@@ -390,9 +390,22 @@ async fn evaluator(
         )
     })?;
     let object = parse_key(&record.object_key, "key set")?;
-    let bundle = retry(shared, "downloading the key set", || shared.store.get_bytes(&object), store_gives_up)
-        .await
-        .map_err(|e| store_failure("key set", &e))?;
+    // Never more than the size the API verified: a bundle replaced since is refused unread.
+    let verified = u64::try_from(record.size_bytes).unwrap_or(0);
+    let bundle =
+        retry(shared, "downloading the key set", || shared.store.get_bytes_at_most(&object, verified), store_gives_up)
+            .await
+            .map_err(|e| store_failure("key set", &e))?;
+    if bundle.len() as u64 != verified {
+        return Err(JobError::permanent(
+            "object_changed",
+            format!(
+                "key set {key_set}: its bundle in storage is {} bytes, {verified} when it was verified; it was \
+                 replaced after registration: register the keys again and resubmit",
+                bundle.len()
+            ),
+        ));
+    }
     watch.check()?;
     // What the evaluator holds in memory, not the bundle's size on the wire: keys unpacked to
     // 64-bit coefficients, the engine's encoded weights or diagonals, and the model itself.
@@ -465,12 +478,23 @@ async fn registered_model(
     let file = |file: &str| ObjectName::new(file).map(|f| ObjectKey::model_file(&model_name, version as u32, &f));
     let onnx_key = file("model.onnx").map_err(bad)?;
     let manifest_key = file("manifest.json").map_err(bad)?;
-    let onnx = retry(shared, "downloading the model", || shared.store.get_bytes(&onnx_key), store_gives_up)
-        .await
-        .map_err(|e| store_failure("model", &e))?;
-    let manifest = retry(shared, "downloading the manifest", || shared.store.get_bytes(&manifest_key), store_gives_up)
-        .await
-        .map_err(|e| store_failure("manifest", &e))?;
+    let (onnx_bytes, manifest_bytes) = (row.onnx_bytes.max(0) as u64, row.manifest_bytes.max(0) as u64);
+    let onnx = retry(
+        shared,
+        "downloading the model",
+        || shared.store.get_bytes_at_most(&onnx_key, onnx_bytes),
+        store_gives_up,
+    )
+    .await
+    .map_err(|e| store_failure("model", &e))?;
+    let manifest = retry(
+        shared,
+        "downloading the manifest",
+        || shared.store.get_bytes_at_most(&manifest_key, manifest_bytes),
+        store_gives_up,
+    )
+    .await
+    .map_err(|e| store_failure("manifest", &e))?;
     let digest: [u8; 32] = Sha256::digest(&onnx).into();
     if digest[..] != row.onnx_sha256[..] {
         // Storage does not hold what was registered: an operator's error or tampering; retrying
@@ -502,6 +526,7 @@ async fn compute(
     shared: &Shared,
     evaluator: &Arc<BatchEvaluator>,
     input: &ObjectKey,
+    job: blindfold_batch::Uuid,
     key_set: blindfold_batch::Uuid,
     image_count: u64,
     watch: &Arc<Watch>,
@@ -537,7 +562,8 @@ async fn compute(
                 .cancelled_by(&watch.cancel);
                 let expect = evaluator.model().expect_input(key_set).image_count(image_count);
                 let input = InputBatchReader::open(source, evaluator.keys().context(), &expect)?;
-                evaluator.evaluate(input, Vec::new(), &control)
+                // The result records this job and the input's digest: the hospital checks both.
+                evaluator.evaluate_job(job, input, Vec::new(), &control)
             })
         }))
     })
@@ -609,9 +635,9 @@ fn queue_gives_up(error: &blindfold_queue::Error) -> bool {
     matches!(error, blindfold_queue::Error::LeaseLost { .. })
 }
 
-/// A missing object stays missing: no point retrying.
+/// A missing object stays missing, and one larger than verified stays so: no point retrying.
 fn store_gives_up(error: &StoreError) -> bool {
-    matches!(error, StoreError::NotFound { .. } | StoreError::InvalidName { .. })
+    matches!(error, StoreError::NotFound { .. } | StoreError::InvalidName { .. } | StoreError::TooLarge { .. })
 }
 
 fn store_failure(what: &str, error: &StoreError) -> JobError {
@@ -619,6 +645,10 @@ fn store_failure(what: &str, error: &StoreError) -> JobError {
         StoreError::NotFound { key, .. } => JobError::permanent(
             "object_missing",
             format!("the {what} object {key} is not in storage; upload it again and resubmit"),
+        ),
+        StoreError::TooLarge { .. } => JobError::permanent(
+            "object_changed",
+            format!("the {what} object was replaced after it was verified ({error}); upload it again and resubmit"),
         ),
         _ => JobError::transient("storage", format!("the {what} object: {error}")),
     }

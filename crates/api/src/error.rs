@@ -140,6 +140,12 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<blindfold_store::StoreError> for ApiError {
     fn from(error: blindfold_store::StoreError) -> Self {
-        Self::internal("talking to object storage", error)
+        match error {
+            blindfold_store::StoreError::TooLarge { .. } => Self::conflict(
+                "object_changed",
+                format!("an uploaded file changed while it was being verified ({error}); upload it again"),
+            ),
+            error => Self::internal("talking to object storage", error),
+        }
     }
 }

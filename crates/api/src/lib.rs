@@ -5,9 +5,9 @@
 //!
 //! ```no_run
 //! # async fn run(config: blindfold_api::Config) -> anyhow::Result<()> {
-//! let (addr, server) = blindfold_api::Application::build(config).await?;
-//! println!("listening on http://{addr}");
-//! server.await?;
+//! let serving = blindfold_api::Application::build(config).await?;
+//! println!("listening on http://{}, metrics on http://{}/metrics", serving.addr, serving.metrics_addr);
+//! serving.server.await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -66,6 +66,11 @@ pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "BLINDFOLD_API_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
+
+    /// Address of `/metrics` (Prometheus), a listener of its own so that the public port never
+    /// serves it (it aggregates over the whole jobs table). Port 0 picks a free port.
+    #[arg(long, env = "BLINDFOLD_API_METRICS_BIND", default_value = "127.0.0.1:9465")]
+    pub metrics_bind: SocketAddr,
 
     /// Operator token for `/v1/admin/*` (at least 32 characters). Without it the admin routes
     /// answer 401.
@@ -134,35 +139,57 @@ impl Config {
 #[derive(Debug)]
 pub struct Application;
 
+/// A bound API: its addresses, and the future that serves both listeners until shutdown.
+#[derive(Debug)]
+pub struct Serving<F> {
+    /// The public listener (the API and the health probes).
+    pub addr: SocketAddr,
+    /// The `/metrics` listener.
+    pub metrics_addr: SocketAddr,
+    /// Serves until it fails or the shutdown future resolves.
+    pub server: F,
+}
+
 impl Application {
     /// Connects to the database (applying migrations) and the store (creating the bucket if
-    /// missing), compiles the model catalogue, binds `config.bind` and returns the bound address
-    /// and the server future, which runs until it fails or the process gets Ctrl-C/SIGTERM.
+    /// missing), compiles the model catalogue, binds `config.bind` and `config.metrics_bind`
+    /// and returns them with the server future, which runs until it fails or the process gets
+    /// Ctrl-C/SIGTERM.
     pub async fn build(
         config: Config,
-    ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + Send + 'static)> {
+    ) -> anyhow::Result<Serving<impl Future<Output = anyhow::Result<()>> + Send + 'static>> {
         let state = AppState::connect(config.clone()).await?;
         Self::serve(state, config.bind, shutdown_signal()).await
     }
 
     /// As [`Application::build`] with a prepared state and a shutdown future of the caller's.
+    /// The housekeeping loop runs for as long as the server does.
     pub async fn serve(
         state: AppState,
         bind: SocketAddr,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + Send + 'static)> {
+    ) -> anyhow::Result<Serving<impl Future<Output = anyhow::Result<()>> + Send + 'static>> {
         let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let metrics_bind = state.config.metrics_bind;
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_bind)
+            .await
+            .with_context(|| format!("binding the metrics address {metrics_bind}"))?;
+        let metrics_addr = metrics_listener.local_addr().context("reading the bound metrics address")?;
         let housekeeper =
             blindfold_housekeeping::spawn(state.queue.clone(), state.store.clone(), state.config.housekeeping.clone());
+        let metrics_app = routes::metrics_router(state.clone());
+        // Stops with the server (aborted below); a scrape in flight then is simply cut.
+        let metrics = tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
         let app = routes::router(state);
         let server = async move {
             let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP");
+            metrics.abort();
             drop(housekeeper);
             served
         };
-        tracing::info!(%addr, "API listening");
-        Ok((addr, server))
+        tracing::info!(%addr, %metrics_addr, "API listening");
+        Ok(Serving { addr, metrics_addr, server })
     }
 }
 

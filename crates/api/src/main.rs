@@ -18,6 +18,6 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     blindfold_api::json_logs(std::io::stderr).context("installing the log format")?;
     let cli = Cli::parse();
-    let (_addr, server) = blindfold_api::Application::build(cli.config).await.context("starting the API")?;
-    server.await
+    let serving = blindfold_api::Application::build(cli.config).await.context("starting the API")?;
+    serving.server.await
 }

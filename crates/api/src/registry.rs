@@ -147,8 +147,10 @@ pub async fn complete(pool: &PgPool, store: &Store, reference: &ModelRef) -> Api
             return Err(refuse(pool, store, &row, Refused(reason)).await);
         }
     }
-    let onnx = store.get_bytes(&onnx_key).await?.to_vec();
-    let manifest = store.get_bytes(&manifest_key).await?;
+    // Read no more than announced: the files could be replaced between the HEAD and the GET.
+    let at_most = |bytes: i64| u64::try_from(bytes).unwrap_or(0);
+    let onnx = store.get_bytes_at_most(&onnx_key, at_most(row.onnx_bytes)).await?.to_vec();
+    let manifest = store.get_bytes_at_most(&manifest_key, at_most(row.manifest_bytes)).await?;
     let digest: [u8; 32] = Sha256::digest(&onnx).into();
     if digest[..] != row.onnx_sha256[..] {
         let reason =

@@ -104,7 +104,10 @@ async fn full_lifecycle_over_http() {
     let finished_cancel = api.call(Method::POST, &format!("/v1/jobs/{job}/cancel"), Some(&token), None).await;
     assert_eq!((finished_cancel.status, finished_cancel.code()), (StatusCode::CONFLICT, "already_final"));
 
-    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    // Metrics are on their own listener; the public port does not serve them.
+    let public = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let metrics = api.http.get(&api.metrics).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("blindfold_jobs{state=\"succeeded\"} 1"), "{metrics}");
     assert!(metrics.contains("blindfold_http_requests_total{method=\"POST\",route=\"/v1/jobs/{job_id}/submit\""));
     assert!(metrics.contains("blindfold_http_request_duration_seconds_bucket"));
@@ -446,7 +449,6 @@ async fn openapi_lists_every_route() {
         "DELETE /v1/admin/tokens/{token_id}",
         "GET /healthz",
         "GET /readyz",
-        "GET /metrics",
         "GET /openapi.json",
     ]
     .iter()

@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         level,
         scale,
         key_set: Uuid::new_v4(),
+        origin: None,
     };
     // One ciphertext, pushed 784 times: the container does not care, and encryption time is
     // not what is measured here.

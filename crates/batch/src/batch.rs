@@ -126,6 +126,18 @@ impl<W: Write, C: BatchCiphertext> BatchWriter<W, C> {
     /// fingerprint goes into the header). Nothing is written until the first push.
     pub fn new(writer: W, context: &Arc<Context>, header: BatchHeader) -> Result<Self> {
         header.validate()?;
+        match (C::KIND, header.origin.is_some()) {
+            (BatchKind::Result, false) => {
+                return Err(Error::InvalidHeader {
+                    field: "origin",
+                    reason: "a result batch records the job and input it was computed from".into(),
+                });
+            }
+            (BatchKind::Input, true) => {
+                return Err(Error::InvalidHeader { field: "origin", reason: "an input batch has no origin".into() });
+            }
+            _ => {}
+        }
         if header.level > context.max_level() {
             return Err(Error::InvalidHeader {
                 field: "level",

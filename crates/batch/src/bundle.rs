@@ -307,7 +307,8 @@ fn decode_header<R: Read>(source: &mut Source<R>) -> Result<BundleHeader> {
     )?;
     buf.extend_from_slice(&rest);
     let version = le_u16(&buf, 4);
-    if version != FORMAT_VERSION {
+    // Versions 1 and 2 lay a bundle out alike.
+    if !crate::framing::reads_version(version) {
         return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
     let stored = le_u32(&buf, 92);

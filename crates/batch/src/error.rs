@@ -36,7 +36,10 @@ pub enum Error {
         offset: u64,
     },
     /// A format version this build does not read.
-    #[error("format version {found} at byte 4: this build reads version {supported}; use a matching blindfold release")]
+    #[error(
+        "format version {found} at byte 4: this build reads versions {} to {supported}; use a matching blindfold release",
+        crate::framing::OLDEST_READ_VERSION
+    )]
     UnsupportedVersion {
         /// The version in the file.
         found: u16,

@@ -6,8 +6,16 @@ use std::io::{ErrorKind, Read, Write};
 
 use crate::error::{Error, Result};
 
-/// The format version both containers are written in, and the only one read.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version every container is written in. Version 2 added the origin of result
+/// batches (`crates/batch/FORMAT.md`).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest version still read (its files differ only in what version 2 added).
+pub const OLDEST_READ_VERSION: u16 = 1;
+
+/// Whether this build reads files of `version`.
+pub(crate) fn reads_version(version: u16) -> bool {
+    (OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version)
+}
 
 /// Tag opening every chunk.
 pub(crate) const CHUNK_TAG: [u8; 4] = *b"BFCH";

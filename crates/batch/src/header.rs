@@ -9,10 +9,11 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::framing::{
-    CHUNK_OVERHEAD, FORMAT_VERSION, SECRET_KEY_MAGIC, Source, TRAILER_LEN, describe_magic, le_u16, le_u32, le_u64,
+    CHUNK_OVERHEAD, ContentDigest, FORMAT_VERSION, SECRET_KEY_MAGIC, Source, TRAILER_LEN, describe_magic, le_u16,
+    le_u32, le_u64, reads_version,
 };
 
-/// Largest header a reader accepts (a real one is at most 263 bytes).
+/// Largest header a reader accepts (a real one is at most 311 bytes).
 pub const MAX_HEADER_LEN: u32 = 4096;
 /// Most ciphertexts in one batch.
 pub const MAX_CIPHERTEXTS: u64 = 1 << 24;
@@ -31,6 +32,8 @@ pub const MAX_RANK: usize = 8;
 
 /// Bytes before the variable part of the header.
 const FIXED_LEN: usize = 96;
+/// Bytes of a result's origin (job id, input digest), after the shape (version 2).
+const ORIGIN_LEN: usize = 16 + 32;
 
 /// Which of the two batch containers a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,6 +90,21 @@ pub struct BatchHeader {
     pub scale: f64,
     /// The key set the ciphertexts were made with (inputs) or for (results).
     pub key_set: Uuid,
+    /// Results: the input and the job they were computed from, so the hospital can refuse a
+    /// stale or swapped result. Every result written from format version 2 has one; inputs and
+    /// version-1 results have none.
+    pub origin: Option<Origin>,
+}
+
+/// What a result batch was computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The job it was computed for; `None` when evaluated outside the service (`blindfold
+    /// eval`), written as the nil UUID.
+    pub job: Option<Uuid>,
+    /// The input batch's content digest (the BLAKE3 of its trailer, which the hospital's names
+    /// sidecar records at encryption).
+    pub input: ContentDigest,
 }
 
 impl BatchHeader {
@@ -322,7 +340,16 @@ pub(crate) fn encode(
     ciphertext_len: u32,
     per_chunk: u32,
 ) -> Vec<u8> {
-    let len = FIXED_LEN + 1 + header.model.len() + 1 + header.model_version.len() + 1 + 4 * header.shape.len() + 4;
+    let origin = header.origin.filter(|_| kind == BatchKind::Result);
+    let len = FIXED_LEN
+        + 1
+        + header.model.len()
+        + 1
+        + header.model_version.len()
+        + 1
+        + 4 * header.shape.len()
+        + origin.map_or(0, |_| ORIGIN_LEN)
+        + 4;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&kind.magic());
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -345,6 +372,10 @@ pub(crate) fn encode(
     out.push(header.shape.len() as u8);
     for dim in &header.shape {
         out.extend_from_slice(&dim.to_le_bytes());
+    }
+    if let Some(origin) = origin {
+        out.extend_from_slice(origin.job.unwrap_or(Uuid::nil()).as_bytes());
+        out.extend_from_slice(&origin.input.0);
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -375,7 +406,7 @@ pub(crate) fn decode<R: Read>(source: &mut Source<R>, kind: BatchKind) -> Result
     source.read_into(&mut fixed, 8, &place)?;
     buf.extend_from_slice(&fixed);
     let version = le_u16(&buf, 4);
-    if version != FORMAT_VERSION {
+    if !reads_version(version) {
         return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
     let field =
@@ -504,6 +535,18 @@ pub(crate) fn decode<R: Read>(source: &mut Source<R>, kind: BatchKind) -> Result
         return Err(field(at + 1, "shape", format!("{shape:?} has a zero dimension")));
     }
     at += 1 + 4 * rank;
+    let origin = if kind == BatchKind::Result && version >= 2 {
+        if at + ORIGIN_LEN > crc_at {
+            return Err(field(at, "origin", "missing (a version-2 result records its job and input)".into()));
+        }
+        let job = Uuid::from_slice(&buf[at..at + 16]).unwrap_or_default();
+        let mut input = [0u8; 32];
+        input.copy_from_slice(&buf[at + 16..at + ORIGIN_LEN]);
+        at += ORIGIN_LEN;
+        Some(Origin { job: (!job.is_nil()).then_some(job), input: ContentDigest(input) })
+    } else {
+        None
+    };
     if at != crc_at {
         return Err(field(
             8,
@@ -523,6 +566,7 @@ pub(crate) fn decode<R: Read>(source: &mut Source<R>, kind: BatchKind) -> Result
         level,
         scale,
         key_set: Uuid::from_bytes(key_set),
+        origin,
     };
     let layout = Layout::new(header_len, ciphertext_len, per_chunk, ciphertext_count);
     Ok(Decoded { header, fingerprint: Fingerprint(fingerprint), layout })

@@ -30,6 +30,7 @@
 //!     level,
 //!     scale,
 //!     key_set,
+//!     origin: None,
 //! };
 //! let mut writer = InputBatchWriter::new(Vec::new(), &context, header)?;
 //! for pixel in [0.25, 0.5] {
@@ -65,10 +66,10 @@ pub use bundle::{
     KeyBundleExpect, KeyBundleWriter,
 };
 pub use error::{Error, Result};
-pub use framing::{ContentDigest, FORMAT_VERSION, Finished};
+pub use framing::{ContentDigest, FORMAT_VERSION, Finished, OLDEST_READ_VERSION};
 pub use header::{
     BatchHeader, BatchKind, DEFAULT_CHUNK_TARGET, Expect, Layout, MAX_CHUNK_PAYLOAD, MAX_CIPHERTEXT_LEN,
-    MAX_CIPHERTEXTS, MAX_HEADER_LEN, MAX_IMAGES, MAX_NAME_LEN, MAX_RANK, Packing,
+    MAX_CIPHERTEXTS, MAX_HEADER_LEN, MAX_IMAGES, MAX_NAME_LEN, MAX_RANK, Origin, Packing,
 };
 
 /// Re-exported so callers name key-set ids with the same type.

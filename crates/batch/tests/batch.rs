@@ -4,8 +4,8 @@
 use std::sync::{Arc, OnceLock};
 
 use blindfold_batch::{
-    BatchHeader, BatchKind, Error, Expect, InputBatchReader, InputBatchWriter, Packing, RawBatchReader,
-    ResultBatchReader, ResultBatchWriter, Uuid,
+    BatchHeader, BatchKind, ContentDigest, Error, Expect, InputBatchReader, InputBatchWriter, Origin, Packing,
+    RawBatchReader, ResultBatchReader, ResultBatchWriter, Uuid,
 };
 use blindfold_ckks::{Context, KeyGenerator, ParametersBuilder, SecretKeyEncryptor, SeededCiphertext};
 use proptest::prelude::*;
@@ -64,6 +64,7 @@ fn header(ciphertext_count: u64, level: usize, scale: f64) -> BatchHeader {
         level,
         scale,
         key_set: key_set(),
+        origin: None,
     }
 }
 
@@ -141,16 +142,17 @@ proptest! {
         let full: Vec<_> = seeded(count, 3).iter().map(|c| c.expand(context)).collect();
         let mut header = header(count as u64, context.max_level(), context.params().scale());
         header.shape = vec![10];
+        let origin = Origin { job: Some(Uuid::from_u128(count as u128)), input: ContentDigest([per_chunk as u8; 32]) };
+        header.origin = Some(origin);
         let mut writer =
             ResultBatchWriter::new(Vec::new(), context, header).unwrap().ciphertexts_per_chunk(per_chunk);
         for c in &full {
             writer.push(c).unwrap();
         }
         let file = writer.finish().unwrap().writer;
-        let read: Vec<_> = ResultBatchReader::open(&file[..], context, &Expect::new())
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let reader = ResultBatchReader::open(&file[..], context, &Expect::new()).unwrap();
+        prop_assert_eq!(reader.header().origin, Some(origin));
+        let read: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
         prop_assert_eq!(read.len(), count);
         for (a, b) in full.iter().zip(&read) {
             prop_assert_eq!(a.to_bytes(context), b.to_bytes(context));
@@ -400,10 +402,10 @@ fn wrong_containers_are_named() {
     assert!(error.to_string().contains("a single CKKS object"), "{error}");
     // A newer format version.
     let mut newer = file.clone();
-    newer[4] = 2;
+    newer[4] = 3;
     assert_eq!(
         read_error(&newer, &Expect::new()).to_string(),
-        "format version 2 at byte 4: this build reads version 1; use a matching blindfold release"
+        "format version 3 at byte 4: this build reads versions 1 to 2; use a matching blindfold release"
     );
     // Data after the trailer.
     let mut longer = file.clone();
@@ -509,4 +511,58 @@ fn a_corrupted_ciphertext_behind_a_recomputed_crc_is_refused_by_the_loader() {
     bad[end..end + 4].copy_from_slice(&crc.to_le_bytes());
     let error = read_error(&bad, &Expect::new());
     assert!(matches!(error, Error::Digest { .. }), "{error:?}");
+}
+
+#[test]
+fn a_result_records_its_origin_and_an_input_has_none() {
+    let context = &setup().context;
+    let scale = context.params().scale();
+    let full: Vec<_> = seeded(1, 4).iter().map(|c| c.expand(context)).collect();
+    let mut result = header(1, context.max_level(), scale);
+    result.shape = vec![10];
+    let refused = ResultBatchWriter::new(Vec::new(), context, result.clone()).unwrap_err();
+    assert!(refused.to_string().contains("origin"), "{refused}");
+    let mut input = header(1, context.max_level(), scale);
+    input.origin = Some(Origin { job: None, input: ContentDigest([7; 32]) });
+    assert!(InputBatchWriter::new(Vec::new(), context, input).unwrap_err().to_string().contains("no origin"));
+
+    // Evaluated outside the service: no job, written as the nil UUID and read back as none.
+    result.origin = Some(Origin { job: None, input: ContentDigest([9; 32]) });
+    let mut writer = ResultBatchWriter::new(Vec::new(), context, result).unwrap();
+    writer.push(&full[0]).unwrap();
+    let file = writer.finish().unwrap().writer;
+    let reader = ResultBatchReader::open(&file[..], context, &Expect::new()).unwrap();
+    assert_eq!(reader.header().origin, Some(Origin { job: None, input: ContentDigest([9; 32]) }));
+}
+
+#[test]
+fn a_version_1_result_without_an_origin_is_still_read() {
+    let context = &setup().context;
+    let full: Vec<_> = seeded(1, 5).iter().map(|c| c.expand(context)).collect();
+    let mut result = header(1, context.max_level(), context.params().scale());
+    result.shape = vec![10];
+    result.origin = Some(Origin { job: Some(Uuid::from_u128(5)), input: ContentDigest([3; 32]) });
+    let mut writer = ResultBatchWriter::new(Vec::new(), context, result).unwrap();
+    writer.push(&full[0]).unwrap();
+    let mut file = writer.finish().unwrap().writer;
+    // Rewrite it as version 1 wrote it: no origin, version 1, header length and CRC to match.
+    let header_len = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    let old_len = header_len - 48;
+    let mut header = file[..header_len - 4 - 48].to_vec();
+    header[4..6].copy_from_slice(&1u16.to_le_bytes());
+    header[8..12].copy_from_slice(&(old_len as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    let body = file.split_off(header_len);
+    // The trailer's digest covers the header: recompute it as version 1 would have.
+    let mut old = header;
+    old.extend_from_slice(&body);
+    let trailer_at = old.len() - 52;
+    let digest = blake3::hash(&old[..trailer_at]);
+    old[trailer_at + 16..trailer_at + 48].copy_from_slice(digest.as_bytes());
+    let crc = crc32c::crc32c(&old[trailer_at..trailer_at + 48]);
+    old[trailer_at + 48..].copy_from_slice(&crc.to_le_bytes());
+    let reader = ResultBatchReader::open(&old[..], context, &Expect::new()).unwrap();
+    assert_eq!(reader.header().origin, None);
+    assert_eq!(reader.collect::<Result<Vec<_>, _>>().unwrap().len(), 1);
 }

@@ -48,7 +48,7 @@ fn bundle(chunk_size: u32) -> Vec<u8> {
 fn encode(fingerprint: [u8; 32], key_set: Uuid, chunk_size: u32, sections: [&[u8]; 3]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(b"BFKB");
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&96u32.to_le_bytes());
     out.extend_from_slice(&fingerprint);

@@ -9,6 +9,7 @@ use crate::poly::RnsPoly;
 use crate::sampling::{fresh_seed, gaussian, os_rng, ternary, uniform_from_seed};
 use crate::serialize::check_fingerprint;
 use crate::{Error, Result};
+use zeroize::Zeroizing;
 
 /// A CKKS ciphertext: 2 parts (or 3 after a multiplication without relinearization), each in
 /// evaluation form over q_0 … q_level, with the scale of the message it carries.
@@ -95,7 +96,8 @@ impl Encryptor {
         let ctx = &self.context;
         let limbs = plaintext.level + 1;
         let mut rng = os_rng();
-        let u = ctx.poly_from_signed(&ternary(&mut rng, ctx.n), limbs, false);
+        // The ephemeral secret: with the ciphertext it would reveal the message.
+        let u = Zeroizing::new(ctx.poly_from_signed(&ternary(&mut rng, ctx.n), limbs, false));
         let e0 = ctx.poly_from_signed(&gaussian(&mut rng, ctx.n), limbs, false);
         let mut c0 = e0;
         let mut c1 = ctx.poly_from_signed(&gaussian(&mut rng, ctx.n), limbs, false);
@@ -133,11 +135,12 @@ impl SecretKeyEncryptor {
         let a = uniform_from_seed(ctx, &seed, &ctx.basis(limbs, false));
         let mut rng = os_rng();
         let mut c0 = ctx.poly_from_signed(&gaussian(&mut rng, ctx.n), limbs, false);
-        let mut product = vec![0u64; ctx.n];
+        // a·s: with a (public, from the seed) it gives s away; zeroized when dropped.
+        let mut product = Zeroizing::new(vec![0u64; ctx.n]);
         for i in 0..limbs {
             let (m, ntt) = (&ctx.moduli[i], &ctx.ntt[i]);
             ntt.mul_into(&mut product, a.limb(i), self.key.poly.limb(i));
-            for ((x, &p), &as_) in c0.limb_mut(i).iter_mut().zip(plaintext.poly.limb(i)).zip(&product) {
+            for ((x, &p), &as_) in c0.limb_mut(i).iter_mut().zip(plaintext.poly.limb(i)).zip(product.iter()) {
                 *x = m.sub(m.add(*x, p), as_);
             }
         }
@@ -173,7 +176,8 @@ impl Decryptor {
         }
         let limbs = ciphertext.level + 1;
         let mut message = ciphertext.parts[0].prefix(limbs);
-        let mut square = vec![0u64; ctx.n];
+        // s², zeroized when dropped.
+        let mut square = Zeroizing::new(vec![0u64; ctx.n]);
         for i in 0..limbs {
             let ntt = &ctx.ntt[i];
             let s = self.key.poly.limb(i);

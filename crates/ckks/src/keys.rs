@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::Result;
 use crate::context::Context;
@@ -37,12 +37,12 @@ impl SecretKey {
     /// Samples a fresh secret key.
     pub fn generate(context: &Context) -> Self {
         let mut rng = os_rng();
-        let coefficients: Vec<i8> = ternary(&mut rng, context.n).into_iter().map(|c| c as i8).collect();
+        let coefficients: Vec<i8> = ternary(&mut rng, context.n).iter().map(|&c| c as i8).collect();
         Self::from_coefficients(context, coefficients)
     }
 
     pub(crate) fn from_coefficients(context: &Context, coefficients: Vec<i8>) -> Self {
-        let wide: Vec<i64> = coefficients.iter().map(|&c| c as i64).collect();
+        let wide: Zeroizing<Vec<i64>> = Zeroizing::new(coefficients.iter().map(|&c| c as i64).collect());
         let poly = context.poly_from_signed(&wide, context.max_level() + 1, true);
         Self { coefficients, poly, fingerprint: context.params.fingerprint() }
     }

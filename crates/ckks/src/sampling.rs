@@ -3,6 +3,7 @@
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use zeroize::Zeroizing;
 
 use crate::context::Context;
 use crate::poly::RnsPoly;
@@ -24,14 +25,17 @@ pub(crate) fn fresh_seed() -> [u8; 32] {
     seed
 }
 
-/// Uniform ternary coefficients in {-1, 0, 1}.
-pub(crate) fn ternary(rng: &mut impl RngCore, n: usize) -> Vec<i64> {
-    (0..n).map(|_| rng.random_range(0..3i64) - 1).collect()
+/// Uniform ternary coefficients in {-1, 0, 1}: a secret key, or an encryption's ephemeral
+/// secret; zeroized when dropped.
+pub(crate) fn ternary(rng: &mut impl RngCore, n: usize) -> Zeroizing<Vec<i64>> {
+    Zeroizing::new((0..n).map(|_| rng.random_range(0..3i64) - 1).collect())
 }
 
-/// Rounded Gaussian coefficients with σ = 3.2, cut at 6σ.
-pub(crate) fn gaussian(rng: &mut impl RngCore, n: usize) -> Vec<i64> {
-    let mut out = Vec::with_capacity(n);
+/// Rounded Gaussian coefficients with σ = 3.2, cut at 6σ: an error term, which with its
+/// ciphertext or key would give away the secret; zeroized when dropped. Allocated once at its
+/// full size, so no reallocation leaves a copy behind.
+pub(crate) fn gaussian(rng: &mut impl RngCore, n: usize) -> Zeroizing<Vec<i64>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(n));
     while out.len() < n {
         // Box–Muller: two independent normal samples per pair of uniforms.
         let u1: f64 = 1.0 - rng.random::<f64>();

@@ -17,6 +17,7 @@ use crate::keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey, expa
 use crate::params::{Fingerprint, Parameters};
 use crate::poly::RnsPoly;
 use crate::{Error, Result};
+use zeroize::Zeroizing;
 
 const MAGIC: [u8; 4] = *b"BFCK";
 const SECRET_MAGIC: [u8; 4] = *b"BFSK";
@@ -245,16 +246,20 @@ impl GaloisKeys {
 }
 
 impl SecretKey {
-    /// Serializes the secret key under its own magic (`BFSK`), 2 bits per coefficient.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Serializes the secret key under its own magic (`BFSK`), 2 bits per coefficient. The
+    /// bytes are the key: they come back zeroizing, and are built in one allocation of their
+    /// final size, so no reallocation leaves a copy behind.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let packed_len = self.coefficients.len().div_ceil(4);
         let mut w = Writer::with_magic(SECRET_MAGIC, Kind::SecretKey, self.fingerprint);
+        w.out.reserve_exact(4 + packed_len);
         w.u32(self.coefficients.len() as u32);
-        let mut packed = vec![0u8; self.coefficients.len().div_ceil(4)];
+        let mut packed = Zeroizing::new(vec![0u8; packed_len]);
         for (i, &c) in self.coefficients.iter().enumerate() {
             packed[i / 4] |= ((c + 1) as u8) << (2 * (i % 4));
         }
         w.bytes(&packed);
-        w.finish()
+        Zeroizing::new(w.finish())
     }
 
     /// Loads a secret key for `context`.
@@ -266,6 +271,7 @@ impl SecretKey {
             return Err(r.error(format!("{n} coefficients, expected {}", context.n)));
         }
         let packed = r.take(n.div_ceil(4))?;
+        // Allocated once at its final size (no reallocation copies); the key owns and zeroizes it.
         let mut coefficients = Vec::with_capacity(n);
         for i in 0..n {
             let code = (packed[i / 4] >> (2 * (i % 4))) & 3;

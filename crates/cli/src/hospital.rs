@@ -50,6 +50,11 @@ pub enum Hospital {
         /// Encrypt at most N images (in input order).
         #[arg(long)]
         limit: Option<usize>,
+        /// Use image files far from the model's input (a colour image for a grayscale model,
+        /// a grayscale one for a colour model, an aspect ratio more than twice off), which are
+        /// otherwise refused: the model would answer them confidently and wrongly.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         packing: PackingArg,
         #[command(flatten)]
@@ -132,8 +137,9 @@ pub(crate) fn parse_split(s: &str) -> Result<Split, String> {
 pub fn run(command: Hospital) -> anyhow::Result<()> {
     match command {
         Hospital::Keygen { model, out, packing, output } => keygen(&model, &out, packing.packing, output),
-        Hospital::Encrypt { keys, model, inputs, out, split, limit, packing, output } => {
-            encrypt(&keys, model.as_deref(), &inputs, &out, IntakeOptions { split, limit }, packing.packing, output)
+        Hospital::Encrypt { keys, model, inputs, out, split, limit, force, packing, output } => {
+            let intake = IntakeOptions { split, limit, force };
+            encrypt(&keys, model.as_deref(), &inputs, &out, intake, packing.packing, output)
         }
         Hospital::Eval { keys, input, out, memory_budget, output } => {
             eval(&keys, &input, &out, memory_budget.or_else(crate::memory::available), output)

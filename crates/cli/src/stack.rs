@@ -220,17 +220,19 @@ impl LocalStack {
             max_upload_bytes: 64 << 30,
             presign_secs: 3600,
             max_page: 200,
+            metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             fleet_memory_mib: None,
             housekeeping: blindfold_housekeeping::Settings::default(),
             store: store_config.clone(),
         };
         let state = blindfold_api::AppState::connect(api_config).await.context("starting the API")?;
         let (stop_api, api_stopped) = oneshot::channel::<()>();
-        let (api_addr, server) = blindfold_api::Application::serve(state, options.api_bind, async {
+        let serving = blindfold_api::Application::serve(state, options.api_bind, async {
             let _ = api_stopped.await;
         })
         .await?;
-        let api = tokio::spawn(server);
+        let api_addr = serving.addr;
+        let api = tokio::spawn(serving.server);
 
         let tenant = match tenants::tenant_by_name(&pool, &options.tenant).await? {
             Some(tenant) => tenant,

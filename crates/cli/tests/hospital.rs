@@ -137,6 +137,29 @@ fn encrypted_predictions_match_the_plaintext_model_and_bad_files_are_refused() {
     assert_eq!(csv.lines().count(), 8);
     assert!(csv.starts_with("position,file,class,probability,p_0,"), "{csv}");
 
+    // The result records the input it came from: decrypted under the names of another batch of
+    // as many images (the same images, encrypted again), it is refused, not misattributed.
+    let other = dir.join("other.bfib");
+    ok(&["encrypt", "--keys", s(&keys), s(&folder), s(&mnist_images()), "--limit", "7", "--out", s(&other), "--quiet"]);
+    let other_names = dir.join("other.bfib.names.json");
+    let err = refused(&[
+        "decrypt",
+        "--keys",
+        s(&keys),
+        "--in",
+        s(&result),
+        "--names",
+        s(&other_names),
+        "--out",
+        s(&dir.join("x.csv")),
+    ]);
+    assert!(err.contains("not the result of these images") && err.contains("stale or swapped"), "{err}");
+    // And a result evaluated outside the service is no job's result.
+    let opened = blindfold_client::KeySet::open(&keys).unwrap();
+    let job = uuid::Uuid::new_v4();
+    let err = blindfold_client::decrypt_job(&opened, &result, None, job).unwrap_err().to_string();
+    assert!(err.contains(&format!("it records no job, so it cannot be job {job}'s result")), "{err}");
+
     // The worker's situation: the evaluation-key bundle alone, model taken from the batch
     // header. Evaluation is deterministic, so the result is byte for byte the same.
     let worker = dir.join("worker");
@@ -430,4 +453,21 @@ fn keygen_picks_the_latency_packing_for_a_model_whose_batch_no_worker_holds() {
     };
     assert_eq!(packing_of(s(&root.join("models/lesion-unet")), &tmp.path().join("unet")), "latency");
     assert_eq!(packing_of(MODEL, &tmp.path().join("digits")), "throughput");
+}
+
+#[test]
+fn an_image_far_from_the_model_input_is_refused_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = dir.join("keys");
+    ok(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]);
+    let photo = dir.join("photo.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, 90, (y * 5) as u8])).save(&photo).unwrap();
+    let batch = dir.join("photo.bfib");
+    let err = refused(&["encrypt", "--keys", s(&keys), s(&photo), "--out", s(&batch)]);
+    assert!(err.contains("photo.png") && err.contains("a colour image for a grayscale model"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert!(!batch.exists());
+    ok(&["encrypt", "--keys", s(&keys), s(&photo), "--out", s(&batch), "--force", "--quiet"]);
+    assert!(batch.exists());
 }

@@ -193,6 +193,15 @@ fn a_worker_answers_submit_wait_fetch_and_run_and_a_corrupted_batch_fails() {
     assert_eq!(rows.len(), 3, "a header and two predictions: {rows:?}");
     assert!(rows[1].contains("t10k-images-idx3-ubyte.gz#0"), "names come back from the keys directory: {rows:?}");
 
+    // Another job of as many images whose stored result is swapped for the first job's: the
+    // result records its job and input, so fetch refuses it instead of misnaming its images.
+    let second = stack.run(&["submit", s(&images), "--limit", "2", "--keys", s(&keys), "--quiet"]).ok().stdout;
+    let second = second.trim().to_owned();
+    stack.run(&["wait", &second, "--interval", "0.2"]).ok();
+    stack.swap_result(&tenant, &second, &std::fs::read(&raw).unwrap());
+    let refused = stack.run(&["fetch", &second, "--keys", s(&keys), "--out", s(&csv)]).refused(1, "not the result");
+    assert!(refused.stderr.contains(&format!("computed for job {job}, not job {second}")), "{}", refused.stderr);
+
     // run: the same in one command, checked against the plaintext model.
     let out = stack.home.path().join("predictions.json");
     let ran = stack

@@ -74,7 +74,20 @@ pub struct Predictions {
 
 /// Decrypts the result batch `result` with the key set's secret key. Image names come from
 /// `names` if given, else from `RESULT.names.json` if it exists, else are `#position`.
+///
+/// A result records the digest of the input it was computed from; with a names sidecar, that
+/// digest must be the sidecar's batch digest ([`Error::NotThisResult`] otherwise), so a stale or
+/// swapped result never decrypts under another batch's file names.
 pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Predictions> {
+    decrypt_checked(keys, result, names, None)
+}
+
+/// [`decrypt`] for the result of the service's job `job`: the result must also record that job.
+pub fn decrypt_job(keys: &KeySet, result: &Path, names: Option<&Path>, job: Uuid) -> Result<Predictions> {
+    decrypt_checked(keys, result, names, Some(job))
+}
+
+fn decrypt_checked(keys: &KeySet, result: &Path, names: Option<&Path>, job: Option<Uuid>) -> Result<Predictions> {
     let model = keys.compiled_model_of_batch(result, BatchKind::Result)?;
     let plan = model.plan();
     let context = Context::new(plan.params().clone())?;
@@ -82,9 +95,20 @@ pub fn decrypt(keys: &KeySet, result: &Path, names: Option<&Path>) -> Result<Pre
     let reader = ResultBatchReader::open(BufReader::new(file), &context, &model.expect_result(keys.id()))
         .map_err(Error::batch(result))?;
     let images = reader.header().image_count as usize;
+    let origin = reader.header().origin;
+    let not_this = |reason: String| Error::NotThisResult { path: result.to_path_buf(), reason };
+    if let Some(job) = job {
+        match origin.and_then(|origin| origin.job) {
+            Some(recorded) if recorded == job => {}
+            Some(recorded) => {
+                return Err(not_this(format!("it was computed for job {recorded}, not job {job}")));
+            }
+            None => return Err(not_this(format!("it records no job, so it cannot be job {job}'s result"))),
+        }
+    }
     let ciphertexts = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(Error::batch(result))?;
 
-    let names = image_names(keys, result, names, images)?;
+    let names = image_names(keys, result, names, images, origin.map(|origin| origin.input))?;
     let decryptor = Decryptor::new(&context, keys.secret_key(&context)?)?;
     let decrypted =
         ciphertexts.par_iter().map(|ct| decryptor.decrypt_values(ct)).collect::<std::result::Result<Vec<_>, _>>()?;
@@ -171,7 +195,15 @@ fn segmented(position: usize, file: String, logits: &[f64], height: usize, width
     }
 }
 
-fn image_names(keys: &KeySet, result: &Path, given: Option<&Path>, images: usize) -> Result<Vec<String>> {
+/// The image names of the sidecar that belongs to `result`, checked against the input digest
+/// the result records (`input`; `None` for a result of format version 1, which records none).
+fn image_names(
+    keys: &KeySet,
+    result: &Path,
+    given: Option<&Path>,
+    images: usize,
+    input: Option<blindfold_batch::ContentDigest>,
+) -> Result<Vec<String>> {
     let path: PathBuf = match given {
         Some(path) => path.to_path_buf(),
         None => {
@@ -183,6 +215,26 @@ fn image_names(keys: &KeySet, result: &Path, given: Option<&Path>, images: usize
         }
     };
     let names = read_names(&path)?;
+    let not_this = |reason: String| Error::NotThisResult { path: result.to_path_buf(), reason };
+    match input {
+        Some(input) if input.to_string() == names.batch_digest => {}
+        Some(input) => {
+            return Err(not_this(format!(
+                "it was computed from the input batch with digest {}…, but {} names the images of batch {}… \
+                 (a stale or swapped result: fetch the job's result again)",
+                &input.to_string()[..16],
+                path.display(),
+                &names.batch_digest[..names.batch_digest.len().min(16)]
+            )));
+        }
+        None => {
+            return Err(not_this(format!(
+                "it records no input digest (written before batch format version 2), so it cannot be matched \
+                 with the names in {}; move that file away to decrypt it with positions only",
+                path.display()
+            )));
+        }
+    }
     if names.key_set != keys.id() || names.model != keys.descriptor().model {
         return Err(Error::Invalid {
             path,

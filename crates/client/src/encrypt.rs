@@ -130,6 +130,7 @@ pub fn encrypt(
             level,
             scale,
             key_set: keys.id(),
+            origin: None,
         };
         let slots = plan.pack(inputs)?;
         let file = File::create(&path).map_err(Error::io(&path))?;

@@ -79,6 +79,15 @@ pub enum Error {
         /// The file found there.
         file: PathBuf,
     },
+    /// A result that is not the one asked for: computed from another input batch than the
+    /// names sidecar's, or for another job. Decrypting it would name its images wrongly.
+    #[error("{}: not the result of these images: {reason}", path.display())]
+    NotThisResult {
+        /// The result file.
+        path: PathBuf,
+        /// Which record disagrees, with both values.
+        reason: String,
+    },
     /// A client-side JSON file (key-set descriptor, names sidecar) is malformed or disagrees.
     #[error("{}: {reason}", path.display())]
     Invalid {

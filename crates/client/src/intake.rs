@@ -20,11 +20,14 @@ pub struct IntakeOptions {
     pub split: Split,
     /// Read at most this many images in all (in input order).
     pub limit: Option<usize>,
+    /// Take image files far from the model's input (colour against grayscale, an aspect ratio
+    /// more than twice off) instead of listing them as problems (`--force`).
+    pub force: bool,
 }
 
 impl Default for IntakeOptions {
     fn default() -> Self {
-        Self { split: Split::Test, limit: None }
+        Self { split: Split::Test, limit: None, force: false }
     }
 }
 
@@ -95,7 +98,7 @@ pub fn read_inputs(manifest: &Manifest, paths: &[PathBuf], options: IntakeOption
                 remaining -= 1;
             }
             Item::Dataset(path, kind) => {
-                load_images(manifest, std::mem::take(&mut pending), &mut intake, &mut problems);
+                load_images(manifest, std::mem::take(&mut pending), options.force, &mut intake, &mut problems);
                 match read_dataset(manifest, &path, kind, options.split, remaining) {
                     Ok(inputs) => {
                         remaining -= inputs.len();
@@ -108,7 +111,7 @@ pub fn read_inputs(manifest: &Manifest, paths: &[PathBuf], options: IntakeOption
             }
         }
     }
-    load_images(manifest, pending, &mut intake, &mut problems);
+    load_images(manifest, pending, options.force, &mut intake, &mut problems);
     if !problems.is_empty() {
         return Err(Error::Inputs { problems: FileProblems(problems) });
     }
@@ -151,8 +154,14 @@ fn dataset_kind(path: &Path) -> Option<DatasetKind> {
 
 /// Decodes and preprocesses `paths` in parallel, appending images in order and every failure
 /// to `problems`.
-fn load_images(manifest: &Manifest, paths: Vec<PathBuf>, intake: &mut Intake, problems: &mut Vec<FileProblem>) {
-    let loaded: Vec<_> = paths.into_par_iter().map(|path| (manifest.load_image(&path), path)).collect();
+fn load_images(
+    manifest: &Manifest,
+    paths: Vec<PathBuf>,
+    force: bool,
+    intake: &mut Intake,
+    problems: &mut Vec<FileProblem>,
+) {
+    let loaded: Vec<_> = paths.into_par_iter().map(|path| (manifest.load_checked_image(&path, force), path)).collect();
     for (result, path) in loaded {
         match result {
             Ok(input) => {

@@ -126,7 +126,7 @@ impl KeySet {
         finish_file(finished.writer, &bundle_path)?;
 
         let secret_path = dir.join(SECRET_KEY_FILE);
-        let secret = Zeroizing::new(generator.secret_key().to_bytes());
+        let secret = generator.secret_key().to_bytes();
         drop(generator);
         let mut file = create_file(&secret_path, 0o600)?;
         file.write_all(&secret).map_err(Error::io(&secret_path))?;

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use blindfold_batch::{BatchHeader, Finished, InputBatchReader, KeyBundle, ResultBatchWriter};
+use blindfold_batch::{BatchHeader, Finished, InputBatchReader, KeyBundle, Origin, ResultBatchWriter, Uuid};
 use blindfold_ckks::Ciphertext;
 use blindfold_compiler::{CompiledModel, Control, LatencyEngine, Plan, ThroughputEngine};
 use rayon::prelude::*;
@@ -97,8 +97,33 @@ impl BatchEvaluator {
     /// for this model, packing and key set (opened with [`crate::BatchExpect::expect_input`] these
     /// are checked before any ciphertext is read; they are checked again here). Uses rayon's
     /// current pool; `control` reports progress and can cancel.
+    ///
+    /// The result records the input's content digest and no job ([`BatchEvaluator::evaluate_job`]
+    /// for the service).
     pub fn evaluate<R: Read, W: Write>(
         &self,
+        input: InputBatchReader<R>,
+        output: W,
+        control: &Control<'_>,
+    ) -> Result<Evaluated<W>> {
+        self.evaluate_for(None, input, output, control)
+    }
+
+    /// [`BatchEvaluator::evaluate`] for a job of the service: the result records the job's id
+    /// beside the input's digest, so the hospital can refuse a result that is not its job's.
+    pub fn evaluate_job<R: Read, W: Write>(
+        &self,
+        job: Uuid,
+        input: InputBatchReader<R>,
+        output: W,
+        control: &Control<'_>,
+    ) -> Result<Evaluated<W>> {
+        self.evaluate_for(Some(job), input, output, control)
+    }
+
+    fn evaluate_for<R: Read, W: Write>(
+        &self,
+        job: Option<Uuid>,
         mut input: InputBatchReader<R>,
         output: W,
         control: &Control<'_>,
@@ -110,6 +135,11 @@ impl BatchEvaluator {
         while let Some(ciphertext) = input.next_ciphertext()? {
             seeded.push(ciphertext);
         }
+        // Read to its end, so the trailer (and with it the digest) has been verified.
+        let input_digest = input.digest().ok_or_else(|| Error::Mismatch {
+            what: "input",
+            detail: "the input batch ended before its trailer".into(),
+        })?;
         let ciphertexts: Vec<Ciphertext> = seeded.par_iter().map(|s| s.expand(context)).collect();
         drop(seeded);
         let outputs = match &self.engine {
@@ -144,6 +174,7 @@ impl BatchEvaluator {
             level: first.level(),
             scale: first.scale(),
             key_set: header.key_set,
+            origin: Some(Origin { job, input: input_digest }),
         };
         let mut writer = ResultBatchWriter::new(output, context, result.clone())?;
         for ciphertext in &outputs {

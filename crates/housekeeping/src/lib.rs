@@ -1,7 +1,8 @@
 //! The owner of the service's background duties. On an interval it settles running jobs whose
 //! worker stopped heartbeating where no claim will take them (the last attempt fails with
-//! `lease_expired`, a pending cancel is acknowledged), and deletes finished jobs past retention
-//! together with their stored objects (input, results of every attempt).
+//! `lease_expired`, a pending cancel is acknowledged), forgets announced uploads never confirmed
+//! (deleting their objects, aborting their multipart uploads), and deletes finished jobs past
+//! retention together with their stored objects (input, results of every attempt).
 //!
 //! Every worker process and every API process runs one ([`spawn`]), so the duty has an owner
 //! whenever any part of the service runs; concurrent passes are safe (settling locks with
@@ -17,7 +18,7 @@
 
 use std::time::Duration;
 
-use blindfold_queue::{ExpiredJob, Queue, RetentionPolicy};
+use blindfold_queue::{ExpiredJob, ExpiredUpload, Queue, RetentionPolicy};
 use blindfold_store::{ObjectKey, Prefix, Store, StoreError};
 
 /// How often housekeeping runs and how long finished jobs are kept. Flattened into the
@@ -35,11 +36,18 @@ pub struct Settings {
     /// its input batch and its results; then all of it is deleted. Default: 30 days.
     #[arg(long = "retention-secs", env = "BLINDFOLD_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
     pub retention_secs: u64,
+
+    /// Seconds an announced upload (a key set or a job whose `complete`/`submit` never came)
+    /// is kept; then it is forgotten, its object deleted and its multipart upload aborted, so
+    /// abandoned uploads hold no storage. Default: 24 hours.
+    #[arg(long = "upload-expiry-secs", env = "BLINDFOLD_UPLOAD_EXPIRY_SECS", default_value_t = 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub upload_expiry_secs: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { interval_secs: 15, retention_secs: 30 * 24 * 3600 }
+        Self { interval_secs: 15, retention_secs: 30 * 24 * 3600, upload_expiry_secs: 24 * 3600 }
     }
 }
 
@@ -66,6 +74,8 @@ pub struct Report {
     pub purged: u64,
     /// Stored objects deleted with them.
     pub objects_deleted: u64,
+    /// Announced uploads that expired unconfirmed (their objects and multipart uploads went too).
+    pub uploads_expired: u64,
 }
 
 impl Report {
@@ -88,11 +98,23 @@ pub enum Error {
     },
 }
 
-/// One pass: settle expired leases, then delete finished jobs past retention, batch by batch,
-/// each job's objects before its row (a failed deletion keeps the row for the next pass).
-pub async fn pass(queue: &Queue, store: &Store, retention: &RetentionPolicy) -> Result<Report, Error> {
+/// One pass: settle expired leases, expire unconfirmed uploads, then delete finished jobs past
+/// retention, batch by batch, each job's objects before its row (a failed deletion keeps the
+/// row for the next pass).
+pub async fn pass(queue: &Queue, store: &Store, settings: &Settings) -> Result<Report, Error> {
+    let retention = &settings.retention();
     let settled = queue.settle_expired().await?;
     let mut report = Report { failed: settled.failed, cancelled: settled.cancelled, ..Report::default() };
+    loop {
+        let expired = queue.expire_uploads(Duration::from_secs(settings.upload_expiry_secs), retention.batch).await?;
+        for upload in &expired {
+            forget_upload(store, upload).await;
+        }
+        report.uploads_expired += expired.len() as u64;
+        if (expired.len() as i64) < retention.batch.max(1) {
+            break;
+        }
+    }
     loop {
         let expired = queue.expired_finished(retention).await?;
         let full_batch = expired.len() as i64 >= retention.batch.max(1);
@@ -133,6 +155,27 @@ async fn delete_objects(store: &Store, job: &ExpiredJob) -> Result<u64, Error> {
     Ok(deleted)
 }
 
+/// Aborts an expired upload's multipart upload and deletes its object. Its row is already
+/// gone, so a failure is logged rather than retried: the object lies under a key no row names.
+async fn forget_upload(store: &Store, upload: &ExpiredUpload) {
+    let Ok(key) = ObjectKey::parse(&upload.object_key) else {
+        tracing::warn!(upload = %upload.id, key = %upload.object_key, "an expired upload names a key outside the layout");
+        return;
+    };
+    if key.tenant().map(ToString::to_string) != Some(upload.tenant_id.to_string()) {
+        tracing::warn!(upload = %upload.id, "an expired upload names another tenant's key; left alone");
+        return;
+    }
+    if let Some(upload_id) = &upload.upload_id
+        && let Err(error) = store.abort_upload(&key, upload_id).await
+    {
+        tracing::warn!(%error, upload = %upload.id, "could not abort an expired multipart upload");
+    }
+    if let Err(error) = store.delete(&key).await {
+        tracing::warn!(%error, upload = %upload.id, "could not delete an expired upload's object");
+    }
+}
+
 /// A running housekeeping loop; dropping it stops the loop.
 #[derive(Debug)]
 pub struct Housekeeper {
@@ -150,20 +193,21 @@ impl Drop for Housekeeper {
 /// changed something are logged at info.
 pub fn spawn(queue: Queue, store: Store, settings: Settings) -> Housekeeper {
     let task = tokio::spawn(async move {
-        let retention = settings.retention();
         tracing::info!(
             interval_s = settings.interval_secs,
             retention_s = settings.retention_secs,
+            upload_expiry_s = settings.upload_expiry_secs,
             "housekeeping started"
         );
         loop {
-            match pass(&queue, &store, &retention).await {
+            match pass(&queue, &store, &settings).await {
                 Ok(report) if report.is_empty() => {}
                 Ok(report) => tracing::info!(
                     failed = report.failed,
                     cancelled = report.cancelled,
                     purged = report.purged,
                     objects_deleted = report.objects_deleted,
+                    uploads_expired = report.uploads_expired,
                     "housekeeping pass"
                 ),
                 Err(error) => tracing::warn!(%error, "housekeeping pass failed; trying again next interval"),

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use blindfold_housekeeping::{Settings, pass, spawn};
-use blindfold_queue::{
-    CancelOutcome, JobId, JobState, NewJob, Queue, QueueConfig, RetentionPolicy, TenantId, WorkerId, tenants,
-};
+use blindfold_queue::{CancelOutcome, JobId, JobState, NewJob, Queue, QueueConfig, TenantId, WorkerId, tenants};
 use blindfold_store::{EmbeddedS3, ObjectKey, ObjectName, Prefix, Store, StoreConfig};
 use blindfold_testkit::TestDatabase;
 use bytes::Bytes;
@@ -113,11 +111,11 @@ async fn retention_deletes_finished_jobs_with_every_object_and_keeps_the_rest() 
     }
     f.queue.complete(&claimed.lease, result.as_str()).await.unwrap();
 
-    let keep = RetentionPolicy { finished_jobs: Duration::from_secs(3600), batch: 10 };
+    let keep = Settings { retention_secs: 3600, ..Settings::default() };
     assert_eq!(pass(&f.queue, &f.store, &keep).await.unwrap().purged, 0);
     assert_eq!(f.store.list(&prefix(f.tenant, done)).await.unwrap().len(), 3);
 
-    let report = pass(&f.queue, &f.store, &RetentionPolicy { finished_jobs: Duration::ZERO, batch: 1 }).await.unwrap();
+    let report = pass(&f.queue, &f.store, &Settings { retention_secs: 0, ..Settings::default() }).await.unwrap();
     assert_eq!((report.purged, report.objects_deleted), (1, 3), "{report:?}");
     assert!(f.queue.job(done).await.unwrap().is_none());
     assert!(f.store.list(&prefix(f.tenant, done)).await.unwrap().is_empty());
@@ -135,9 +133,72 @@ fn settings_read_flags_and_refuse_a_zero_interval() {
         settings: Settings,
     }
     let cli = Cli::try_parse_from(["x", "--housekeeping-secs", "5", "--retention-secs", "60"]).unwrap();
-    assert_eq!(cli.settings, Settings { interval_secs: 5, retention_secs: 60 });
+    assert_eq!(cli.settings, Settings { interval_secs: 5, retention_secs: 60, ..Settings::default() });
     assert_eq!(cli.settings.retention().finished_jobs, Duration::from_secs(60));
     assert!(Cli::try_parse_from(["x", "--housekeeping-secs", "0"]).is_err());
+    assert!(Cli::try_parse_from(["x", "--upload-expiry-secs", "5"]).is_err(), "under a minute");
     let defaults = Cli::try_parse_from(["x"]).unwrap().settings;
     assert_eq!(defaults, Settings::default());
+}
+
+/// Announces an upload as the API does: a `pending_uploads` row, `age_secs` old.
+async fn announce(f: &Fixture, key: &ObjectKey, upload_id: Option<&str>, age_secs: f64) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, object_key, size_bytes, \
+         upload_id, created_at) VALUES ($1, $2, 'key_set', 'mnist-cryptonets', 'throughput', 'ab', $3, 6, $4, \
+         now() - make_interval(secs => $5))",
+    )
+    .bind(id)
+    .bind(f.tenant)
+    .bind(key.as_str())
+    .bind(upload_id)
+    .bind(age_secs)
+    .execute(f.queue.pool())
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn uploads_never_confirmed_expire_with_their_objects_and_multipart_uploads() {
+    let f = fixture(Duration::from_secs(30)).await;
+    let tenant = blindfold_store::TenantId::new(f.tenant.to_string()).unwrap();
+    let keyset = |name: &str| {
+        ObjectKey::keyset(
+            &tenant,
+            &blindfold_store::KeysetId::new(uuid::Uuid::new_v4().to_string()).unwrap(),
+            &ObjectName::new(name).unwrap(),
+        )
+    };
+    // A single PUT that was never confirmed, a multipart upload left unfinished, and a fresh one.
+    let put = keyset("evaluation.keys");
+    f.store.put_bytes(&put, Bytes::from_static(b"bundle")).await.unwrap();
+    announce(&f, &put, None, 2.0 * 86_400.0).await;
+    let parts = keyset("evaluation.keys");
+    let sdk = f.store.sdk();
+    let started = sdk.create_multipart_upload().bucket(f.store.bucket()).key(parts.as_str()).send().await.unwrap();
+    let upload_id = started.upload_id().unwrap().to_owned();
+    announce(&f, &parts, Some(&upload_id), 2.0 * 86_400.0).await;
+    let fresh = keyset("evaluation.keys");
+    f.store.put_bytes(&fresh, Bytes::from_static(b"bundle")).await.unwrap();
+    let kept = announce(&f, &fresh, None, 60.0).await;
+
+    let report = pass(&f.queue, &f.store, &Settings::default()).await.unwrap();
+    assert_eq!(report.uploads_expired, 2, "{report:?}");
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM pending_uploads").fetch_all(f.queue.pool()).await.unwrap();
+    assert_eq!(left, vec![kept]);
+    assert!(f.store.head(&put).await.unwrap().is_none(), "the unconfirmed object is deleted");
+    assert!(f.store.head(&fresh).await.unwrap().is_some(), "a recent upload is kept");
+    let part = sdk
+        .upload_part()
+        .bucket(f.store.bucket())
+        .key(parts.as_str())
+        .upload_id(&upload_id)
+        .part_number(1)
+        .body(Bytes::from_static(b"late").into())
+        .send()
+        .await;
+    assert!(part.is_err(), "the multipart upload was aborted");
 }

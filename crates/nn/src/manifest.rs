@@ -185,12 +185,30 @@ impl Manifest {
 
     /// Decodes a PNG or JPEG image of any size, converts it to the model's channels, stretches
     /// it to the input size with a bicubic (Catmull-Rom) filter and normalises it.
+    /// Takes any image; [`Manifest::load_checked_image`] refuses one far from the model's input.
     pub fn load_image(&self, path: &Path) -> Result<Vec<f64>> {
+        self.load_checked_image(path, true)
+    }
+
+    /// [`Manifest::load_image`], refusing an image far from what the model takes
+    /// ([`Manifest::mismatch`]) unless `allow_mismatch`: a colour photograph given to a
+    /// grayscale digit model, a grayscale scan to a colour lesion model, or a strip stretched
+    /// more than twice to the model's aspect ratio would get a confident, meaningless answer.
+    pub fn load_checked_image(&self, path: &Path, allow_mismatch: bool) -> Result<Vec<f64>> {
         let data_err = |reason: String| Error::Data { path: path.to_path_buf(), reason };
         let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         if meta.len() > MAX_IMAGE_FILE_BYTES {
             return Err(data_err(format!("image file is {} bytes (limit {MAX_IMAGE_FILE_BYTES})", meta.len())));
         }
+        let img = self.decode(path)?;
+        if !allow_mismatch && let Some(reason) = self.mismatch(&img) {
+            return Err(data_err(format!("{reason}; pass --force to use it anyway")));
+        }
+        Ok(self.preprocess(&img))
+    }
+
+    fn decode(&self, path: &Path) -> Result<image::DynamicImage> {
+        let data_err = |reason: String| Error::Data { path: path.to_path_buf(), reason };
         let mut reader = image::ImageReader::open(path)
             .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
             .with_guessed_format()
@@ -199,8 +217,40 @@ impl Manifest {
         limits.max_image_width = Some(MAX_IMAGE_SIDE);
         limits.max_image_height = Some(MAX_IMAGE_SIDE);
         reader.limits(limits);
-        let img = reader.decode().map_err(|e| data_err(format!("not a readable PNG or JPEG image: {e}")))?;
-        Ok(self.preprocess(&img))
+        reader.decode().map_err(|e| data_err(format!("not a readable PNG or JPEG image: {e}")))
+    }
+
+    /// Why `img` is far from the model's input, if it is: colour against a grayscale model (more
+    /// than 1 % of pixels with channels over 24 levels apart), grayscale against a colour model,
+    /// or an aspect ratio more than twice the model's either way.
+    pub fn mismatch(&self, img: &image::DynamicImage) -> Option<String> {
+        let [c, h, w] = self.input.shape;
+        let (width, height) = (img.width().max(1), img.height().max(1));
+        let stretch = (f64::from(width) / f64::from(height)) / (w as f64 / h as f64);
+        if !(0.5..=2.0).contains(&stretch) {
+            return Some(format!(
+                "its aspect ratio ({width}×{height}) is more than twice as {} as the model's input ({w}×{h})",
+                if stretch > 1.0 { "wide" } else { "tall" }
+            ));
+        }
+        let rgb = img.to_rgb8();
+        let pixels = rgb.pixels().len().max(1);
+        let coloured = rgb
+            .pixels()
+            .filter(|p| {
+                let [r, g, b] = p.0;
+                r.abs_diff(g).max(g.abs_diff(b)).max(r.abs_diff(b)) > 24
+            })
+            .count();
+        let colour = coloured * 100 > pixels;
+        match (c, colour) {
+            (1, true) => Some(format!(
+                "a colour image for a grayscale model ({}% of its pixels are coloured)",
+                coloured * 100 / pixels
+            )),
+            (3, false) => Some("a grayscale image for a colour model".to_owned()),
+            _ => None,
+        }
     }
 
     /// Preprocesses a decoded image (see [`Manifest::load_image`]).

@@ -151,3 +151,40 @@ fn image_files_go_through_the_manifest_preprocessing() {
     let err = mnist.manifest.load_image(&bad).unwrap_err().to_string();
     assert!(err.contains("bad.png") && err.contains("not a readable PNG or JPEG"), "{err}");
 }
+
+#[test]
+fn images_far_from_the_model_input_are_refused_unless_forced() {
+    let mnist = registry::load("mnist-lenet5").unwrap();
+    let lesions = registry::load("derma-lenet5").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let save = |name: &str, image: image::DynamicImage| {
+        let path = dir.path().join(name);
+        image.save(&path).unwrap();
+        path
+    };
+    let colour =
+        save("colour.png", image::RgbImage::from_fn(28, 28, |x, y| image::Rgb([x as u8 * 9, 40, y as u8 * 9])).into());
+    let grey = save("grey.png", image::GrayImage::from_fn(28, 28, |x, _| image::Luma([x as u8 * 9])).into());
+    let strip = save("strip.png", image::GrayImage::from_fn(200, 20, |x, _| image::Luma([x as u8])).into());
+    // Grey stored as RGB (a JPEG of a scan) is still grey.
+    let grey_rgb =
+        save("grey-rgb.png", image::DynamicImage::ImageLuma8(image::open(&grey).unwrap().to_luma8()).to_rgb8().into());
+
+    let refused = |model: &registry::Model, path: &std::path::Path| {
+        model.manifest.load_checked_image(path, false).unwrap_err().to_string()
+    };
+    let err = refused(&mnist, &colour);
+    assert!(err.contains("a colour image for a grayscale model") && err.contains("--force"), "{err}");
+    let err = refused(&lesions, &grey);
+    assert!(err.contains("a grayscale image for a colour model"), "{err}");
+    let err = refused(&mnist, &strip);
+    assert!(err.contains("more than twice as wide"), "{err}");
+    for path in [&grey, &grey_rgb] {
+        assert!(mnist.manifest.load_checked_image(path, false).is_ok(), "{}", path.display());
+    }
+    assert!(lesions.manifest.load_checked_image(&colour, false).is_ok());
+    // Forced, each is taken as before.
+    for path in [&colour, &strip] {
+        assert_eq!(mnist.manifest.load_checked_image(path, true).unwrap(), mnist.manifest.load_image(path).unwrap());
+    }
+}

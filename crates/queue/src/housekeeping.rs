@@ -42,7 +42,47 @@ pub struct ExpiredJob {
     pub result_key: Option<String>,
 }
 
+/// An announced upload (key set or job) never confirmed within the expiry: its row is gone,
+/// and what was uploaded under `object_key` (an object, or an unfinished multipart upload)
+/// must go too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredUpload {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub object_key: String,
+    /// The store's multipart upload id, when the upload was presigned in parts.
+    pub upload_id: Option<String>,
+}
+
 impl Queue {
+    /// Deletes up to `limit` announced uploads older than `older_than` and returns them, so
+    /// the caller can delete their objects and abort their multipart uploads. Deleting the row
+    /// first means a `complete` or `submit` racing with expiry either wins (and the upload is
+    /// not returned) or finds the upload gone; never half of each.
+    pub async fn expire_uploads(&self, older_than: Duration, limit: i64) -> Result<Vec<ExpiredUpload>> {
+        let rows: Vec<(uuid::Uuid, TenantId, String, Option<String>)> = sqlx::query_as(
+            r#"
+            DELETE FROM pending_uploads
+            WHERE id IN (
+                SELECT id FROM pending_uploads
+                WHERE created_at < now() - make_interval(secs => $1)
+                ORDER BY created_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id, tenant_id, object_key, upload_id
+            "#,
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit.max(1))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant_id, object_key, upload_id)| ExpiredUpload { id, tenant_id, object_key, upload_id })
+            .collect())
+    }
+
     /// Settles running jobs whose lease expired and that no claim will take: those on their
     /// last attempt fail (`lease_expired`), those with a cancel request are cancelled.
     pub async fn settle_expired(&self) -> Result<Settled> {

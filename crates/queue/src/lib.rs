@@ -44,7 +44,7 @@ pub mod tenants;
 mod wake;
 
 pub use error::{Error, Result};
-pub use housekeeping::{ExpiredJob, RetentionPolicy, Settled};
+pub use housekeeping::{ExpiredJob, ExpiredUpload, RetentionPolicy, Settled};
 pub use ids::{JobId, KeySetId, TenantId, TokenId, WorkerId};
 pub use job::{
     CancelOutcome, Claimed, Enqueued, FailOutcome, Failure, FailureKind, Heartbeat, Job, JobEvent, JobState, Lease,

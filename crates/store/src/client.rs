@@ -343,6 +343,36 @@ impl Store {
         Ok(DownloadReceipt { size, crc32c: crc })
     }
 
+    /// Reads a whole object of at most `limit` bytes into memory, refusing a larger one before
+    /// holding more than the limit ([`StoreError::TooLarge`]). For objects whose size was
+    /// verified (key bundles, model files): an overwrite through a presigned URL that is still
+    /// valid must not make a reader load whatever was put there.
+    pub async fn get_bytes_at_most(&self, key: &ObjectKey, limit: u64) -> Result<Bytes> {
+        let too_large = |size: u64| StoreError::TooLarge { key: key.to_string(), size, limit };
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| self.get_error(key, e))?;
+        let announced = out.content_length().and_then(|len| u64::try_from(len).ok());
+        if let Some(len) = announced.filter(|len| *len > limit) {
+            return Err(too_large(len));
+        }
+        let mut buf = Vec::with_capacity(announced.unwrap_or(0).min(limit) as usize);
+        let mut body = out.body;
+        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::s3("GetObject", key.as_str(), e))? {
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(too_large((buf.len() + chunk.len()) as u64));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    }
+
     /// Reads a whole (small) object into memory.
     pub async fn get_bytes(&self, key: &ObjectKey) -> Result<Bytes> {
         let mut buf = Vec::new();

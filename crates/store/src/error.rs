@@ -41,6 +41,17 @@ pub enum StoreError {
         /// The SDK's error with its full cause chain.
         message: String,
     },
+    /// An object larger than the size it was verified at: it was replaced since, and is not
+    /// read past the limit.
+    #[error("object {key} is larger than the {limit} bytes it was verified at ({size} bytes or more)")]
+    TooLarge {
+        /// The object.
+        key: String,
+        /// Its size, or as far as it was read.
+        size: u64,
+        /// The most that was allowed.
+        limit: u64,
+    },
     /// The bytes read back do not match the checksum recorded when they were written.
     #[error("checksum mismatch for {key:?}: expected CRC32C {expected:08x}, got {actual:08x} over {size} bytes")]
     ChecksumMismatch {

@@ -44,6 +44,22 @@ async fn small_and_multipart_objects_round_trip_with_checksums() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_read_refuses_an_object_larger_than_verified() {
+    let h = harness().await;
+    let key = input_key("job-c", "bundle.bin");
+    let body = data(4, 1000);
+    h.store.upload(&key, &body[..]).await.unwrap();
+    assert_eq!(h.store.get_bytes_at_most(&key, 1000).await.unwrap(), body);
+    assert_eq!(h.store.get_bytes_at_most(&key, 4096).await.unwrap(), body, "smaller is the caller's to judge");
+    // Replaced by something larger (a presigned PUT used again after verification).
+    h.store.upload(&key, &data(5, 10 * MIB)[..]).await.unwrap();
+    let err = h.store.get_bytes_at_most(&key, 1000).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { size, limit: 1000, .. } if size > 1000), "{err:?}");
+    assert!(err.to_string().contains("larger than the 1000 bytes it was verified at"), "{err}");
+    h.s3.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_reads_return_exactly_the_range() {
     let h = harness().await;
     let key = input_key("job-r", "ranged.bin");

@@ -75,13 +75,13 @@ pub fn batches(count: usize, images_each: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// What the reference evaluator makes of a batch.
-pub fn expected_result(batch: &Bytes) -> Vec<u8> {
+/// What the reference evaluator makes of a batch for job `job` (the result records it).
+pub fn expected_result(batch: &Bytes, job: JobId) -> Vec<u8> {
     let evaluator = reference();
     let (_, keys) = key_set();
     let expect = evaluator.model().expect_input(keys.id());
     let input = InputBatchReader::open(&batch[..], evaluator.keys().context(), &expect).unwrap();
-    evaluator.evaluate(input, Vec::new(), &Control::none()).unwrap().finished.writer
+    evaluator.evaluate_job(job.0, input, Vec::new(), &Control::none()).unwrap().finished.writer
 }
 
 pub fn shared_data() -> PathBuf {
@@ -141,6 +141,16 @@ impl Stack {
     /// restarts.
     pub async fn start_on_own_cluster() -> Self {
         Self::start_on(Database::own_cluster().await).await
+    }
+
+    /// The object of the test key set's evaluation-key bundle, registered at its verified size.
+    pub fn key_set_object(&self) -> ObjectKey {
+        let (_, keys) = key_set();
+        ObjectKey::keyset(
+            &blindfold_store::TenantId::new(self.tenant.to_string()).unwrap(),
+            &blindfold_store::KeysetId::new(keys.id().to_string()).unwrap(),
+            &ObjectName::new("evaluation.keys").unwrap(),
+        )
     }
 
     /// Restarts the stack's own PostgreSQL cluster: every session is cut.

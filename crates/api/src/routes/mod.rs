@@ -66,7 +66,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_token_by_id))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
+}
+
+/// The router of the metrics listener: `/metrics` only (never on the public port).
+pub(crate) fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(ops::metrics)).with_state(state)
 }
 
 /// The OpenAPI document of every route (`GET /openapi.json` serves it).

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::wire::{Health, HealthCheck};
 
@@ -50,10 +50,8 @@ fn aws_error(error: &dyn std::error::Error) -> String {
 }
 
 /// Prometheus metrics (text format): HTTP requests and latency by route, jobs by state, mean
-/// queue wait and run time.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
-    (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
-    (status = 500, body = Problem)))]
+/// queue wait and run time. Served on the metrics listener only (`--metrics-bind`), not part of
+/// the public API or its OpenAPI document.
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let text = state.metrics.render(&state.pool).await.map_err(|e| ApiError::internal("reading job metrics", e))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))

@@ -20,6 +20,8 @@ pub const MODEL: &str = "mnist-cryptonets";
 
 pub struct Api {
     pub base: String,
+    /// The metrics listener's `/metrics`.
+    pub metrics: String,
     pub http: reqwest::Client,
     pub db: TestDatabase,
     pub s3: EmbeddedS3,
@@ -48,15 +50,24 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
         max_upload_bytes: 1 << 30,
         presign_secs: 600,
         max_page: 100,
+        metrics_bind: "127.0.0.1:0".parse().unwrap(),
         fleet_memory_mib: None,
         housekeeping: blindfold_housekeeping::Settings::default(),
         store: store_config.clone(),
     };
     adjust(&mut config);
-    let (addr, server) = Application::build(config).await.unwrap();
-    tokio::spawn(server);
+    let serving = Application::build(config).await.unwrap();
+    tokio::spawn(serving.server);
     let store = blindfold_store::Store::connect(&store_config).await.unwrap();
-    Api { base: format!("http://{addr}"), http: reqwest::Client::new(), db, s3, store, _dir: dir }
+    Api {
+        base: format!("http://{}", serving.addr),
+        metrics: format!("http://{}/metrics", serving.metrics_addr),
+        http: reqwest::Client::new(),
+        db,
+        s3,
+        store,
+        _dir: dir,
+    }
 }
 
 pub struct Reply {
@@ -259,6 +270,7 @@ impl Crypto {
             level: self.level,
             scale: self.scale,
             key_set,
+            origin: None,
         };
         let mut writer = InputBatchWriter::new(Vec::new(), &self.context, header).unwrap();
         for index in 0..ciphertexts {
@@ -276,7 +288,7 @@ pub fn bundle_with_secret_key(key_set: Uuid) -> Vec<u8> {
     let crypto = crypto();
     let sections = [
         crypto.context.params().to_bytes(),
-        crypto.keys.secret_key().to_bytes(),
+        crypto.keys.secret_key().to_bytes().to_vec(),
         GaloisKeys::default().to_bytes(&crypto.context),
     ];
     let chunk_size: u32 = 1 << 20;

@@ -33,6 +33,7 @@ pub fn header() -> BatchHeader {
         level: 1,
         scale: 2f64.powi(20),
         key_set: Uuid::from_u128(42),
+        origin: None,
     }
 }
 

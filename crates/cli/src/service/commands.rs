@@ -123,6 +123,11 @@ pub struct Inputs {
     /// Encrypt at most N images (in input order).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Use image files far from the model's input (a colour image for a grayscale model, a
+    /// grayscale one for a colour model, an aspect ratio more than twice off), which are
+    /// otherwise refused: the model would answer them confidently and wrongly.
+    #[arg(long)]
+    pub force: bool,
     /// Priority among this hospital's own jobs, 0 (default) to 100.
     #[arg(long)]
     pub priority: Option<i64>,
@@ -501,7 +506,7 @@ fn submit(
         blindfold_client::read_inputs(
             m.manifest(),
             &inputs.inputs,
-            IntakeOptions { split: inputs.split, limit: inputs.limit },
+            IntakeOptions { split: inputs.split, limit: inputs.limit, force: inputs.force },
         )
     });
     spinner.finish_and_clear();

@@ -378,5 +378,5 @@ pub async fn download_result(client: &ApiClient, id: Uuid, out: &Path, progress:
 pub fn decrypt_result(keys: &KeySet, job: Uuid, raw: &Path) -> anyhow::Result<Predictions> {
     let names = job_names(keys, job);
     let names = names.exists().then_some(names.as_path());
-    blindfold_client::decrypt(keys, raw, names).with_context(|| format!("decrypting the result of job {job}"))
+    blindfold_client::decrypt_job(keys, raw, names, job).with_context(|| format!("decrypting the result of job {job}"))
 }

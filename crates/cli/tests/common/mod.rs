@@ -46,13 +46,14 @@ impl Stack {
                 max_upload_bytes: 1 << 30,
                 presign_secs: 600,
                 max_page: 100,
+                metrics_bind: "127.0.0.1:0".parse().unwrap(),
                 fleet_memory_mib: None,
                 housekeeping: blindfold_housekeeping::Settings::default(),
                 store: store.clone(),
             };
-            let (addr, server) = Application::build(config).await.unwrap();
-            tokio::spawn(server);
-            (format!("http://{addr}"), s3, db, store)
+            let serving = Application::build(config).await.unwrap();
+            tokio::spawn(serving.server);
+            (format!("http://{}", serving.addr), s3, db, store)
         });
         Stack { api, home, store, db, _s3: s3, runtime }
     }
@@ -83,6 +84,22 @@ impl Stack {
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x40;
             store.put_bytes(&key, bytes.into()).await.unwrap();
+        });
+    }
+
+    /// Replaces a succeeded job's result in storage with another job's (a stale or swapped
+    /// result, as a storage mix-up or a compromised service would serve it).
+    pub fn swap_result(&self, tenant: &str, job: &str, with: &[u8]) {
+        use blindfold_store::{JobId, ObjectKey, ObjectName, Store, TenantId};
+        self.runtime.block_on(async {
+            let store = Store::connect(&self.store).await.unwrap();
+            let key = ObjectKey::job_result(
+                &TenantId::new(tenant.to_owned()).unwrap(),
+                &JobId::new(job.to_owned()).unwrap(),
+                &ObjectName::new("result-1.bfrb").unwrap(),
+            );
+            assert!(store.head(&key).await.unwrap().is_some(), "job {job} has no result-1.bfrb");
+            store.put_bytes(&key, with.to_vec().into()).await.unwrap();
         });
     }
 
