@@ -76,8 +76,51 @@ pub(crate) fn metrics_router(state: AppState) -> Router {
 /// The OpenAPI document of every route (`GET /openapi.json` serves it).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = api_router().split_for_parts();
+    document_common_answers(&mut doc);
     add_openapi_path(&mut doc);
     doc
+}
+
+/// Adds the answers every route of a kind gives, which the extractors (not the handlers)
+/// produce, so no handler's annotation can forget them: 401 on every route that needs a token,
+/// 400 `invalid_id` on every route with a path parameter, and on every route with a JSON body
+/// 400 `malformed_json`/`invalid_body`, 413 `body_too_large` and 415 (not JSON).
+fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::content::ContentBuilder;
+    use utoipa::openapi::response::ResponseBuilder;
+    use utoipa::openapi::{Ref, RefOr};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in &mut doc.paths.paths {
+        let operations = [&mut item.get, &mut item.post, &mut item.delete, &mut item.put, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let answers = &mut operation.responses.responses;
+            if operation.security.as_ref().is_some_and(|security| !security.is_empty()) {
+                answers.entry("401".to_owned()).or_insert_with(|| problem("No valid token (`unauthorized`)"));
+            }
+            if path.contains('{') {
+                answers.entry("400".to_owned()).or_insert_with(|| problem("A malformed path parameter (`invalid_id`)"));
+            }
+            if operation.request_body.is_some() {
+                answers.entry("400".to_owned()).or_insert_with(|| {
+                    problem("A body that is not the schema's JSON (`malformed_json`, `invalid_body`)")
+                });
+                answers
+                    .entry("413".to_owned())
+                    .or_insert_with(|| problem("A body over the size limit (`body_too_large`)"));
+                answers.entry("415".to_owned()).or_insert_with(|| problem("A body that is not `application/json`"));
+            }
+        }
+    }
 }
 
 fn add_openapi_path(doc: &mut utoipa::openapi::OpenApi) {
@@ -95,6 +138,7 @@ fn add_openapi_path(doc: &mut utoipa::openapi::OpenApi) {
 /// The application with its middleware.
 pub fn router(state: AppState) -> Router {
     let (router, mut doc) = api_router().split_for_parts();
+    document_common_answers(&mut doc);
     add_openapi_path(&mut doc);
     let doc = std::sync::Arc::new(doc);
     let max_body = state.config.max_body_bytes;
