@@ -89,6 +89,14 @@ pub struct Config {
     #[arg(long, env = "BLINDFOLD_API_MAX_UPLOAD_BYTES", default_value_t = 64 << 30)]
     pub max_upload_bytes: u64,
 
+    /// Uploads verified at once by this process (key bundles read whole from storage, model
+    /// files imported and compiled): each takes up to a bundle's size of temporary disk and
+    /// seconds of CPU, so a tenant completing many uploads at once cannot exhaust the pod.
+    /// Past the bound, `complete` answers 503 `busy` with `Retry-After`.
+    #[arg(long, env = "BLINDFOLD_API_MAX_VERIFICATIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_verifications: u32,
+
     /// How long presigned URLs stay valid, in seconds.
     #[arg(long, env = "BLINDFOLD_API_PRESIGN_SECS", default_value_t = 3600)]
     pub presign_secs: u64,

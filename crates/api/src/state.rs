@@ -23,6 +23,21 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// SHA-256 of the admin token, compared in constant time.
     pub(crate) admin_token_sha256: Option<[u8; 32]>,
+    /// Permits for upload verifications ([`Config::max_verifications`]).
+    pub(crate) verifications: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// A permit to verify one upload, or 503 `busy` when this process verifies as many as it
+    /// may already.
+    pub(crate) fn verification_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::ApiError> {
+        Arc::clone(&self.verifications).try_acquire_owned().map_err(|_| {
+            crate::error::ApiError::busy(format!(
+                "this server is verifying {} uploads already; try again in a few seconds",
+                self.config.max_verifications
+            ))
+        })
+    }
 }
 
 impl AppState {
@@ -50,6 +65,7 @@ impl AppState {
         }
         let admin_token_sha256 =
             config.admin_token.as_ref().map(|token| Sha256::digest(token.expose_secret().as_bytes()).into());
+        let verifications = Arc::new(tokio::sync::Semaphore::new(config.max_verifications as usize));
         Ok(Self {
             queue: Queue::new(pool.clone(), QueueConfig::default()),
             pool,
@@ -57,6 +73,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()?),
             admin_token_sha256,
+            verifications,
         })
     }
 }

@@ -678,3 +678,32 @@ async fn every_status_a_route_answers_is_in_the_openapi_document() {
     }
     assert!(undocumented.is_empty(), "answers missing from the document:\n{}", undocumented.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verifications_past_the_bound_answer_busy_and_leave_the_upload_pending() {
+    // No permit at all: every verification is past the bound.
+    let api = start_with(|config| config.max_verifications = 0).await;
+    let (_, token, _) = api.tenant("st-busy").await;
+    let probe = crypto().bundle(Uuid::nil());
+    let created = api
+        .call(Method::POST, "/v1/key-sets", Some(&token), Some(json!({"model": MODEL, "size_bytes": probe.len()})))
+        .await;
+    let id: Uuid = created.body["key_set"]["id"].as_str().unwrap().parse().unwrap();
+    let parts = api.upload(&created.body["upload"], &crypto().bundle(id)).await;
+    let response = api
+        .http
+        .post(format!("{}/v1/key-sets/{id}/complete", api.base))
+        .bearer_auth(&token)
+        .json(&json!({"parts": parts}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "busy", "{problem}");
+    let shown = api.call(Method::GET, &format!("/v1/key-sets/{id}"), Some(&token), None).await;
+    assert_eq!(shown.body["status"], "awaiting_upload", "nothing was verified or lost: it can be completed later");
+    let refused = api.call(Method::POST, "/v1/admin/models/mnist-cryptonets@1/complete", Some(ADMIN), None).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+}

@@ -220,6 +220,7 @@ impl LocalStack {
             max_upload_bytes: 64 << 30,
             presign_secs: 3600,
             max_page: 200,
+            max_verifications: 2,
             metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             fleet_memory_mib: None,
             housekeeping: blindfold_housekeeping::Settings::default(),

@@ -162,7 +162,8 @@ pub async fn create(
     params(("key_set_id" = Uuid, Path, description = "The key set")),
     request_body(content = UploadDone, description = "The parts, for a multipart upload; may be empty"),
     responses((status = 200, body = KeySetView), (status = 404, body = Problem), (status = 409, body = Problem),
-               (status = 422, description = "The bundle was refused", body = Problem)))]
+               (status = 422, description = "The bundle was refused", body = Problem),
+               (status = 503, description = "Busy verifying other uploads (`busy`; see Retry-After)", body = Problem)))]
 pub async fn complete(
     Caller(tenant): Caller,
     State(state): State<AppState>,
@@ -176,6 +177,7 @@ pub async fn complete(
             None => Err(ApiError::not_found("key set", id)),
         };
     };
+    let _permit = state.verification_permit()?;
     let key = uploads::confirm(&state, &pending, &done).await?;
     let expected = uploads::fingerprint(&pending.params_fingerprint)?;
     let file = tempfile::tempfile().map_err(|e| ApiError::internal("creating a temporary file", e))?;

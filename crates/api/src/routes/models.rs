@@ -110,13 +110,15 @@ pub async fn announce(
     params(("model" = String, Path, description = "NAME@VERSION")),
     responses((status = 200, body = ModelRegistered), (status = 401, body = Problem), (status = 404, body = Problem),
               (status = 409, description = "A file is not uploaded yet", body = Problem),
-              (status = 422, description = "Refused; nothing was registered", body = Problem)))]
+              (status = 422, description = "Refused; nothing was registered", body = Problem),
+              (status = 503, description = "Busy verifying other uploads (`busy`; see Retry-After)", body = Problem)))]
 pub async fn complete(
     _: Operator,
     State(state): State<AppState>,
     ApiPath(model): ApiPath<String>,
 ) -> ApiResult<Json<ModelRegistered>> {
     let reference = registry::parse_ref(&model)?;
+    let _permit = state.verification_permit()?;
     let completed = registry::complete(&state.pool, &state.store, &reference).await?;
     Ok(Json(ModelRegistered { model: completed.info, refused_packings: completed.refused_packings }))
 }

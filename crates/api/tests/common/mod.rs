@@ -50,6 +50,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
         max_upload_bytes: 1 << 30,
         presign_secs: 600,
         max_page: 100,
+        max_verifications: 2,
         metrics_bind: "127.0.0.1:0".parse().unwrap(),
         fleet_memory_mib: None,
         housekeeping: blindfold_housekeeping::Settings::default(),

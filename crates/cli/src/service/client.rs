@@ -123,6 +123,7 @@ fn hint(code: &str, status: u16) -> String {
         "already_final" => "the job has finished; see `blindfold status JOB`",
         "not_found" => "list what exists with `blindfold jobs list` or `blindfold keys list`",
         "name_taken" => "pick another name, or issue a token for the existing tenant",
+        "busy" => "the service is verifying other uploads; run the command again in a few seconds",
         _ if status >= 500 => "the service failed; its logs say why",
         _ => return String::new(),
     };
