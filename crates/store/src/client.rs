@@ -318,15 +318,7 @@ impl Store {
     where
         W: AsyncWrite + Unpin,
     {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|e| self.get_error(key, e))?;
+        let out = self.get_object(key).await?;
         let mut body = out.body;
         let (mut size, mut crc) = (0u64, 0u32);
         while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::s3("GetObject", key.as_str(), e))? {
@@ -343,21 +335,25 @@ impl Store {
         Ok(DownloadReceipt { size, crc32c: crc })
     }
 
-    /// Reads a whole object of at most `limit` bytes into memory, refusing a larger one before
-    /// holding more than the limit ([`StoreError::TooLarge`]). For objects whose size was
-    /// verified (key bundles, model files): an overwrite through a presigned URL that is still
-    /// valid must not make a reader load whatever was put there.
-    pub async fn get_bytes_at_most(&self, key: &ObjectKey, limit: u64) -> Result<Bytes> {
-        let too_large = |size: u64| StoreError::TooLarge { key: key.to_string(), size, limit };
-        let out = self
-            .client
+    /// A whole-object `GET` (checksum validation on), before its body is read.
+    async fn get_object(&self, key: &ObjectKey) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        self.client
             .get_object()
             .bucket(&self.bucket)
             .key(key.as_str())
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
-            .map_err(|e| self.get_error(key, e))?;
+            .map_err(|e| self.get_error(key, e))
+    }
+
+    /// Reads a whole object of at most `limit` bytes into memory, refusing a larger one before
+    /// holding more than the limit ([`StoreError::TooLarge`]). For objects whose size was
+    /// verified (key bundles, model files): an overwrite through a presigned URL that is still
+    /// valid must not make a reader load whatever was put there.
+    pub async fn get_bytes_at_most(&self, key: &ObjectKey, limit: u64) -> Result<Bytes> {
+        let too_large = |size: u64| StoreError::TooLarge { key: key.to_string(), size, limit };
+        let out = self.get_object(key).await?;
         let announced = out.content_length().and_then(|len| u64::try_from(len).ok());
         if let Some(len) = announced.filter(|len| *len > limit) {
             return Err(too_large(len));
