@@ -69,6 +69,26 @@ pub struct ObjectInfo {
     pub e_tag: Option<String>,
 }
 
+impl ObjectInfo {
+    /// The object as it is now, to verify and then read back unchanged.
+    pub fn pinned(&self) -> Pinned {
+        Pinned { size: self.size, e_tag: self.e_tag.clone() }
+    }
+}
+
+/// An object as it was when it was verified: its exact size and, when the store gave one, its
+/// ETag. Reads through [`Store::get_pinned`], [`Store::get_range_pinned`] and
+/// [`Store::download_pinned`] send `If-Match` and refuse anything else
+/// ([`StoreError::ObjectChanged`]), so a presigned `PUT` that is still valid cannot swap what was
+/// verified for something else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// Size in bytes at verification.
+    pub size: u64,
+    /// ETag at verification (`None`: the store gave none, and only the size is checked).
+    pub e_tag: Option<String>,
+}
+
 /// The S3 wire form of a CRC32C (base64 of the big-endian value).
 pub(crate) fn crc32c_header(crc: u32) -> String {
     aws_smithy_types::base64::encode(crc.to_be_bytes())
@@ -309,64 +329,123 @@ impl Store {
     /// Streams the object into `writer`, chunk by chunk, never holding it whole. With
     /// `expected_crc32c` (from the [`UploadReceipt`]) the bytes are verified end to end; the SDK
     /// also validates any full-object checksum the store returns.
-    pub async fn download<W>(
+    pub async fn download<W>(&self, key: &ObjectKey, writer: W, expected_crc32c: Option<u32>) -> Result<DownloadReceipt>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let out = self.get_object(key, None).await?;
+        let receipt = self.stream_body(key, out, writer, None).await?;
+        if let Some(expected) = expected_crc32c
+            && expected != receipt.crc32c
+        {
+            return Err(StoreError::ChecksumMismatch {
+                key: key.to_string(),
+                expected,
+                actual: receipt.crc32c,
+                size: receipt.size,
+            });
+        }
+        Ok(receipt)
+    }
+
+    /// Streams a `GET`'s body into `writer`, stopping with [`StoreError::ObjectChanged`] past
+    /// `at_most` bytes.
+    async fn stream_body<W>(
         &self,
         key: &ObjectKey,
+        out: aws_sdk_s3::operation::get_object::GetObjectOutput,
         mut writer: W,
-        expected_crc32c: Option<u32>,
+        at_most: Option<u64>,
     ) -> Result<DownloadReceipt>
     where
         W: AsyncWrite + Unpin,
     {
-        let out = self.get_object(key).await?;
         let mut body = out.body;
         let (mut size, mut crc) = (0u64, 0u32);
         while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::s3("GetObject", key.as_str(), e))? {
-            crc = crc32c::crc32c_append(crc, &chunk);
             size += chunk.len() as u64;
+            if let Some(limit) = at_most.filter(|limit| size > *limit) {
+                return Err(StoreError::ObjectChanged {
+                    key: key.to_string(),
+                    reason: format!("it sent more than the {limit} bytes it had when it was verified"),
+                });
+            }
+            crc = crc32c::crc32c_append(crc, &chunk);
             writer.write_all(&chunk).await.map_err(|e| StoreError::io(format!("writing {key}"), e))?;
         }
         writer.flush().await.map_err(|e| StoreError::io(format!("writing {key}"), e))?;
-        if let Some(expected) = expected_crc32c
-            && expected != crc
-        {
-            return Err(StoreError::ChecksumMismatch { key: key.to_string(), expected, actual: crc, size });
-        }
         Ok(DownloadReceipt { size, crc32c: crc })
     }
 
-    /// A whole-object `GET` (checksum validation on), before its body is read.
-    async fn get_object(&self, key: &ObjectKey) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
-        self.client
+    /// A whole-object `GET` (checksum validation on), before its body is read; with `pin`, the
+    /// store must still hold the pinned version (`If-Match`) at the pinned size.
+    async fn get_object(
+        &self,
+        key: &ObjectKey,
+        pin: Option<&Pinned>,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        let out = self
+            .client
             .get_object()
             .bucket(&self.bucket)
             .key(key.as_str())
             .checksum_mode(ChecksumMode::Enabled)
+            .set_if_match(pin.and_then(|p| p.e_tag.clone()))
             .send()
             .await
-            .map_err(|e| self.get_error(key, e))
+            .map_err(|e| self.get_error(key, e))?;
+        if let Some(pin) = pin {
+            let size = out.content_length().and_then(|len| u64::try_from(len).ok());
+            if size != Some(pin.size) {
+                return Err(StoreError::ObjectChanged {
+                    key: key.to_string(),
+                    reason: format!("it has {} bytes, {} when it was verified", describe_size(size), pin.size),
+                });
+            }
+        }
+        Ok(out)
     }
 
-    /// Reads a whole object of at most `limit` bytes into memory, refusing a larger one before
-    /// holding more than the limit ([`StoreError::TooLarge`]). For objects whose size was
-    /// verified (key bundles, model files): an overwrite through a presigned URL that is still
-    /// valid must not make a reader load whatever was put there.
-    pub async fn get_bytes_at_most(&self, key: &ObjectKey, limit: u64) -> Result<Bytes> {
-        let too_large = |size: u64| StoreError::TooLarge { key: key.to_string(), size, limit };
-        let out = self.get_object(key).await?;
-        let announced = out.content_length().and_then(|len| u64::try_from(len).ok());
-        if let Some(len) = announced.filter(|len| *len > limit) {
-            return Err(too_large(len));
-        }
-        let mut buf = Vec::with_capacity(announced.unwrap_or(0).min(limit) as usize);
+    /// Reads an object into memory, exactly as it was verified: same ETag and size, never more
+    /// than [`Pinned::size`] bytes held ([`StoreError::ObjectChanged`] otherwise). For key
+    /// bundles and model files, which readers load whole.
+    pub async fn get_pinned(&self, key: &ObjectKey, pin: &Pinned) -> Result<Bytes> {
+        let out = self.get_object(key, Some(pin)).await?;
+        let mut buf = Vec::with_capacity(usize::try_from(pin.size).unwrap_or(0));
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::s3("GetObject", key.as_str(), e))? {
-            if (buf.len() + chunk.len()) as u64 > limit {
-                return Err(too_large((buf.len() + chunk.len()) as u64));
+            if (buf.len() + chunk.len()) as u64 > pin.size {
+                return Err(StoreError::ObjectChanged {
+                    key: key.to_string(),
+                    reason: format!("it sent more than the {} bytes it had when it was verified", pin.size),
+                });
             }
             buf.extend_from_slice(&chunk);
         }
+        if buf.len() as u64 != pin.size {
+            return Err(StoreError::ObjectChanged {
+                key: key.to_string(),
+                reason: format!("it sent {} bytes, {} when it was verified", buf.len(), pin.size),
+            });
+        }
         Ok(Bytes::from(buf))
+    }
+
+    /// As [`Store::download`] for an object read as it was verified (see [`Pinned`]): the
+    /// stream stops at the pinned size.
+    pub async fn download_pinned<W>(&self, key: &ObjectKey, pin: &Pinned, writer: W) -> Result<DownloadReceipt>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let out = self.get_object(key, Some(pin)).await?;
+        let receipt = self.stream_body(key, out, writer, Some(pin.size)).await?;
+        if receipt.size != pin.size {
+            return Err(StoreError::ObjectChanged {
+                key: key.to_string(),
+                reason: format!("it sent {} bytes, {} when it was verified", receipt.size, pin.size),
+            });
+        }
+        Ok(receipt)
     }
 
     /// Reads a whole (small) object into memory.
@@ -379,6 +458,21 @@ impl Store {
     /// Reads bytes `range.start..range.end` of the object (HTTP `Range`); the range is clipped
     /// to the object's end as S3 does.
     pub async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        self.range(key, range, None).await
+    }
+
+    /// As [`Store::get_range`], of the version that was verified (`If-Match`; see [`Pinned`]).
+    pub async fn get_range_pinned(&self, key: &ObjectKey, range: Range<u64>, pin: &Pinned) -> Result<Bytes> {
+        if range.end > pin.size {
+            return Err(StoreError::ObjectChanged {
+                key: key.to_string(),
+                reason: format!("bytes up to {} asked of an object verified at {} bytes", range.end, pin.size),
+            });
+        }
+        self.range(key, range, Some(pin)).await
+    }
+
+    async fn range(&self, key: &ObjectKey, range: Range<u64>, pin: Option<&Pinned>) -> Result<Bytes> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
@@ -388,6 +482,7 @@ impl Store {
             .bucket(&self.bucket)
             .key(key.as_str())
             .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(pin.and_then(|p| p.e_tag.clone()))
             .send()
             .await
             .map_err(|e| self.get_error(key, e))?;
@@ -471,10 +566,19 @@ impl Store {
     ) -> StoreError {
         if err.as_service_error().is_some_and(|e| e.is_no_such_key()) {
             StoreError::NotFound { bucket: self.bucket.clone(), key: key.to_string() }
+        } else if err.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+            StoreError::ObjectChanged {
+                key: key.to_string(),
+                reason: "its ETag is not the one it had when it was verified (HTTP 412)".to_owned(),
+            }
         } else {
             StoreError::s3("GetObject", key.as_str(), err)
         }
     }
+}
+
+fn describe_size(size: Option<u64>) -> String {
+    size.map_or_else(|| "an unknown number of".to_owned(), |s| s.to_string())
 }
 
 /// Reads up to `part_size` bytes (fewer only at the end of the stream).

@@ -41,16 +41,14 @@ pub enum StoreError {
         /// The SDK's error with its full cause chain.
         message: String,
     },
-    /// An object larger than the size it was verified at: it was replaced since, and is not
-    /// read past the limit.
-    #[error("object {key} is larger than the {limit} bytes it was verified at ({size} bytes or more)")]
-    TooLarge {
+    /// An object read as it was verified ([`crate::Pinned`]) is no longer that object: another
+    /// ETag or size. It was replaced since (a presigned `PUT` still valid), and is not read.
+    #[error("object {key} changed since it was verified: {reason}")]
+    ObjectChanged {
         /// The object.
         key: String,
-        /// Its size, or as far as it was read.
-        size: u64,
-        /// The most that was allowed.
-        limit: u64,
+        /// What differs.
+        reason: String,
     },
     /// The bytes read back do not match the checksum recorded when they were written.
     #[error("checksum mismatch for {key:?}: expected CRC32C {expected:08x}, got {actual:08x} over {size} bytes")]

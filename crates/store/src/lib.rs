@@ -37,7 +37,7 @@ mod error;
 pub mod layout;
 pub mod presign;
 
-pub use client::{DownloadReceipt, MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Store, UploadReceipt};
+pub use client::{DownloadReceipt, MAX_PARTS, MIN_PART_SIZE, ObjectInfo, Pinned, Store, UploadReceipt};
 pub use config::StoreConfig;
 pub use embedded::EmbeddedS3;
 pub use error::{Result, StoreError};

@@ -80,14 +80,18 @@ fn convert(req: &aws_sdk_s3::presigning::PresignedRequest, expires_in: Duration)
 }
 
 impl Store {
-    /// A presigned `PUT` of the whole object (up to 5 GiB; use [`Store::presign_multipart`]
-    /// beyond a few hundred MB).
-    pub async fn presign_put(&self, key: &ObjectKey, expires_in: Duration) -> Result<PresignedRequest> {
+    /// A presigned `PUT` of the whole object, of exactly `size` bytes (up to 5 GiB; use
+    /// [`Store::presign_multipart`] beyond a few hundred MB). The length is signed
+    /// (`Content-Length` is among the signed headers), so the URL cannot store anything of
+    /// another size.
+    pub async fn presign_put(&self, key: &ObjectKey, size: u64, expires_in: Duration) -> Result<PresignedRequest> {
+        let length = i64::try_from(size).map_err(|_| StoreError::Config(format!("{size} bytes is too large")))?;
         let req = self
             .sdk()
             .put_object()
             .bucket(self.bucket())
             .key(key.as_str())
+            .content_length(length)
             .presigned(presigning(expires_in)?)
             .await
             .map_err(|e| StoreError::s3("PutObject (presign)", key.as_str(), e))?;
@@ -108,8 +112,8 @@ impl Store {
     }
 
     /// Creates a multipart upload for an object of `size` bytes and signs one `PUT` per part of
-    /// this store's part size. The client needs no credentials; the URLs expire after
-    /// `expires_in`.
+    /// this store's part size, each with its length signed. The client needs no credentials;
+    /// the URLs expire after `expires_in`.
     pub async fn presign_multipart(&self, key: &ObjectKey, size: u64, expires_in: Duration) -> Result<PresignedUpload> {
         let part_size = self.part_size() as u64;
         let count = size.div_ceil(part_size).max(1);
@@ -137,6 +141,8 @@ impl Store {
         }
         let mut parts = Vec::new();
         for part_number in 1..=i32::try_from(count).unwrap_or(i32::MAX) {
+            let start = (part_number as u64 - 1) * part_size;
+            let length = (size - start).min(part_size) as i64;
             let req = self
                 .sdk()
                 .upload_part()
@@ -144,6 +150,7 @@ impl Store {
                 .key(key.as_str())
                 .upload_id(&upload_id)
                 .part_number(part_number)
+                .content_length(length)
                 .presigned(config.clone())
                 .await
                 .map_err(|e| StoreError::s3("UploadPart (presign)", key.as_str(), e))?;
@@ -185,7 +192,10 @@ fn request(http: &reqwest::Client, req: &PresignedRequest) -> Result<reqwest::Re
     let method = reqwest::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| StoreError::Config(format!("presigned request has method {:?}", req.method)))?;
     let mut builder = http.request(method, &req.url);
-    for (name, value) in &req.headers {
+    // Content-Length is signed, but reqwest sets it from the body: sent from here as well, a
+    // body of another length would leave the request waiting for bytes that never come,
+    // where the store should refuse the signature at once.
+    for (name, value) in req.headers.iter().filter(|(name, _)| !name.eq_ignore_ascii_case("content-length")) {
         builder = builder.header(name, value);
     }
     Ok(builder)

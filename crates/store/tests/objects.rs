@@ -7,7 +7,7 @@ mod common;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use blindfold_store::{EmbeddedS3, JobId, KeysetId, ObjectKey, ObjectName, Prefix, Store, StoreError};
+use blindfold_store::{EmbeddedS3, JobId, KeysetId, ObjectKey, ObjectName, Pinned, Prefix, Store, StoreError};
 use bytes::Bytes;
 use common::*;
 use sha2::Digest;
@@ -44,18 +44,36 @@ async fn small_and_multipart_objects_round_trip_with_checksums() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_capped_read_refuses_an_object_larger_than_verified() {
+async fn pinned_reads_refuse_an_object_replaced_after_verification() {
     let h = harness().await;
     let key = input_key("job-c", "bundle.bin");
     let body = data(4, 1000);
     h.store.upload(&key, &body[..]).await.unwrap();
-    assert_eq!(h.store.get_bytes_at_most(&key, 1000).await.unwrap(), body);
-    assert_eq!(h.store.get_bytes_at_most(&key, 4096).await.unwrap(), body, "smaller is the caller's to judge");
-    // Replaced by something larger (a presigned PUT used again after verification).
+    let pin = h.store.head(&key).await.unwrap().unwrap().pinned();
+    assert_eq!(pin.size, 1000);
+    assert!(pin.e_tag.is_some(), "the embedded endpoint gives ETags");
+    assert_eq!(h.store.get_pinned(&key, &pin).await.unwrap(), body);
+    assert_eq!(h.store.get_range_pinned(&key, 10..20, &pin).await.unwrap(), body[10..20]);
+    let mut copy = Vec::new();
+    h.store.download_pinned(&key, &pin, &mut copy).await.unwrap();
+    assert_eq!(copy, body);
+
+    // Replaced by something of the same size (a presigned PUT used again after verification):
+    // only the ETag tells, and every pinned read refuses it (If-Match).
+    let mut same_size = body.clone();
+    same_size[0] ^= 1;
+    h.store.upload(&key, &same_size[..]).await.unwrap();
+    let changed = |err: StoreError| matches!(err, StoreError::ObjectChanged { .. });
+    assert!(changed(h.store.get_pinned(&key, &pin).await.unwrap_err()));
+    assert!(changed(h.store.get_range_pinned(&key, 0..10, &pin).await.unwrap_err()));
+    assert!(changed(h.store.download_pinned(&key, &pin, Vec::new()).await.unwrap_err()));
+    // Without an ETag to compare, the size still binds: a larger object is refused unread.
     h.store.upload(&key, &data(5, 10 * MIB)[..]).await.unwrap();
-    let err = h.store.get_bytes_at_most(&key, 1000).await.unwrap_err();
-    assert!(matches!(err, StoreError::TooLarge { size, limit: 1000, .. } if size > 1000), "{err:?}");
-    assert!(err.to_string().contains("larger than the 1000 bytes it was verified at"), "{err}");
+    let by_size = Pinned { size: 1000, e_tag: None };
+    let err = h.store.get_pinned(&key, &by_size).await.unwrap_err();
+    assert!(changed(err), "size checked");
+    let err = h.store.get_range_pinned(&key, 0..2000, &by_size).await.unwrap_err();
+    assert!(err.to_string().contains("verified at 1000 bytes"), "{err}");
     h.s3.shutdown().await;
 }
 

@@ -15,13 +15,13 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn status(req: &PresignedRequest, body: Option<&'static [u8]>) -> (u16, String) {
+async fn status(req: &PresignedRequest, body: Option<&[u8]>) -> (u16, String) {
     let mut b = http().request(req.method.parse().unwrap(), &req.url);
     for (k, v) in &req.headers {
         b = b.header(k, v);
     }
     if let Some(body) = body {
-        b = b.body(body);
+        b = b.body(body.to_vec());
     }
     let resp = b.send().await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
@@ -31,11 +31,11 @@ async fn status(req: &PresignedRequest, body: Option<&'static [u8]>) -> (u16, St
 async fn presigned_put_and_get_work_with_plain_http() {
     let h = harness().await;
     let key = input_key("job-p", "upload.bin");
-    let put = h.store.presign_put(&key, Duration::from_secs(600)).await.unwrap();
+    let body = Bytes::from(data(5, 300_000));
+    let put = h.store.presign_put(&key, body.len() as u64, Duration::from_secs(600)).await.unwrap();
     assert_eq!(put.method, "PUT");
     assert!(put.url.contains("X-Amz-Signature="), "{}", put.url);
     assert!(!put.url.contains(SECRET_KEY));
-    let body = Bytes::from(data(5, 300_000));
     presign::put_presigned(&http(), &put, body.clone()).await.unwrap();
     assert_eq!(h.store.get_bytes(&key).await.unwrap(), body);
 
@@ -112,10 +112,45 @@ async fn tampered_expired_and_wrongly_signed_urls_are_refused() {
     let mut config = h.config.clone();
     config.secret_key = Some(secrecy::SecretString::from("not-the-secret-key"));
     let forger = Store::connect(&config).await.unwrap();
-    let forged = forger.presign_put(&key, Duration::from_secs(600)).await.unwrap();
+    let forged = forger.presign_put(&key, 6, Duration::from_secs(600)).await.unwrap();
     let (code, body) = status(&forged, Some(b"forged")).await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("SignatureDoesNotMatch"), "{body}");
     assert_eq!(&h.store.get_bytes(&key).await.unwrap()[..], b"ciphertext");
+    h.s3.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presigned_put_stores_only_the_signed_length() {
+    let h = harness().await;
+    let key = input_key("job-len", "keys.bfkb");
+    let put = h.store.presign_put(&key, 1000, Duration::from_secs(600)).await.unwrap();
+    assert!(
+        put.headers.iter().any(|(name, value)| name.eq_ignore_ascii_case("content-length") && value == "1000"),
+        "the length is among the signed headers: {:?}",
+        put.headers
+    );
+    // Another length, with the header telling the truth about the body: the signature fails.
+    let mut lying = put.clone();
+    lying.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-length"));
+    for len in [999usize, 1001, 64 << 10] {
+        let (code, body) = status(&lying, Some(&vec![7u8; len])).await;
+        assert_eq!(code, 403, "{len} bytes: {body}");
+        assert!(h.store.head(&key).await.unwrap().is_none(), "{len} bytes stored nothing");
+    }
+    presign::put_presigned(&http(), &put, Bytes::from(vec![7u8; 1000])).await.unwrap();
+    assert_eq!(h.store.head(&key).await.unwrap().unwrap().size, 1000);
+
+    // Each part of a multipart upload is signed with its own length.
+    let big = input_key("job-len", "batch.bin");
+    let size = 11 * MIB as u64 + 5;
+    let upload = h.store.presign_multipart(&big, size, Duration::from_secs(600)).await.unwrap();
+    let last = upload.parts.last().unwrap();
+    let expected = (size - upload.part_size * (upload.parts.len() as u64 - 1)).to_string();
+    assert!(last.request.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("content-length") && *v == expected));
+    let mut lying = last.request.clone();
+    lying.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-length"));
+    let (code, body) = status(&lying, Some(&[1u8; 6])).await;
+    assert_eq!(code, 403, "{body}");
     h.s3.shutdown().await;
 }

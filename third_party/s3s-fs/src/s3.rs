@@ -365,6 +365,13 @@ impl S3 for FileSystem {
             None => self.get_md5_sum(&input.bucket, &input.key).await?,
         };
 
+        // Blindfold patch: honour If-Match as S3 does (412 when the object changed).
+        if let Some(ETagCondition::ETag(expected)) = &input.if_match
+            && !ETag::Strong(md5_sum.clone()).strong_cmp(expected)
+        {
+            return Err(s3_error!(PreconditionFailed, "ETag does not match"));
+        }
+
         let checksum = match &info {
             // S3 skips returning the checksum if a range is specified that is
             // less than the whole file

@@ -491,14 +491,12 @@ impl ApiClient {
             Ok::<Bytes, std::io::Error>(chunk)
         });
         let mut builder = self.transfers.request(method(&request.method), &request.url);
-        let mut has_length = false;
-        for header in &request.headers {
-            has_length |= header.name.eq_ignore_ascii_case("content-length");
+        // The length the URL signs is sent as the body's own: a body of another length is then
+        // refused by the store at once, instead of leaving the request waiting for bytes.
+        for header in request.headers.iter().filter(|h| !h.name.eq_ignore_ascii_case("content-length")) {
             builder = builder.header(&header.name, &header.value);
         }
-        if !has_length {
-            builder = builder.header(reqwest::header::CONTENT_LENGTH, len);
-        }
+        builder = builder.header(reqwest::header::CONTENT_LENGTH, len);
         let response =
             builder.body(reqwest::Body::wrap_stream(stream)).send().await.map_err(|e| (transfer_error(e), true))?;
         let status = response.status();
