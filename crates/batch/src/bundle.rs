@@ -9,13 +9,13 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use blindfold_ckks::{Context, Fingerprint, GaloisKeys, Parameters, RelinKey};
+use blindfold_ckks::{Context, Fingerprint, GaloisKeys, GaloisKeysLoader, Parameters, RelinKey};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::framing::{
-    CHUNK_OVERHEAD, ContentDigest, FORMAT_VERSION, Finished, SECRET_KEY_MAGIC, Sink, Source, describe_magic, le_u16,
-    le_u32, le_u64,
+    CHUNK_OVERHEAD, ContentDigest, FORMAT_VERSION, Finished, SECRET_KEY_MAGIC, Sink, Source, TRAILER_LEN,
+    describe_magic, le_u16, le_u32, le_u64,
 };
 
 /// The bundle's magic.
@@ -29,6 +29,8 @@ pub const DEFAULT_KEY_BUNDLE_CHUNK: u32 = 1 << 20;
 
 /// Each section: its name, and the largest size a reader accepts.
 const SECTIONS: [(&str, u64); 3] = [("parameters", 4096), ("relinearization key", 1 << 30), ("Galois keys", 1 << 34)];
+/// The index of the Galois keys in [`SECTIONS`].
+const GALOIS_SECTION: usize = 2;
 /// Every section is one `blindfold-ckks` object, which starts with a 40-byte header.
 const MIN_SECTION: u64 = 40;
 const OBJECT_MAGIC: [u8; 4] = *b"BFCK";
@@ -106,6 +108,28 @@ impl KeyBundle {
         galois: &GaloisKeys,
     ) -> Result<Finished<W>> {
         KeyBundleWriter::new().write(writer, context, key_set, relin, galois)
+    }
+
+    /// Bytes of the bundle [`KeyBundle::write`] writes for a plan's keys under `context`: the
+    /// relinearization key, and the Galois keys of `rotation_keys` (steps with the level each
+    /// serves, as [`blindfold_ckks::KeyGenerator::galois_keys_at`] takes them). The service
+    /// accepts a bundle of exactly this size and no other, so nobody can make it store or
+    /// verify more than a plan's keys.
+    pub fn file_len(context: &Context, rotation_keys: &[(i64, usize)]) -> u64 {
+        let header = BundleHeader {
+            fingerprint: context.params().fingerprint(),
+            key_set: Uuid::nil(),
+            chunk_size: DEFAULT_KEY_BUNDLE_CHUNK,
+            lengths: [
+                context.params().to_bytes().len() as u64,
+                RelinKey::serialized_len(context) as u64,
+                GaloisKeys::serialized_len_at(context, rotation_keys) as u64,
+            ],
+        };
+        u64::from(KEY_BUNDLE_HEADER_LEN)
+            + header.payload_total()
+            + u64::from(header.chunk_count()) * CHUNK_OVERHEAD
+            + TRAILER_LEN
     }
 
     /// Reads and checks a bundle: header, expectations, every chunk, each section's magic
@@ -349,19 +373,36 @@ fn decode_header<R: Read>(source: &mut Source<R>) -> Result<BundleHeader> {
 // ---- body ---------------------------------------------------------------------------------
 
 /// Collects verified chunk payloads into the three sections and loads each as it completes.
+/// The Galois keys, which are nearly all of a bundle, load one key at a time as their bytes
+/// arrive ([`GaloisKeysLoader`]): the reader never holds their serialized form whole.
 struct Body<'h> {
     header: &'h BundleHeader,
     section: usize,
+    /// The current section's bytes, for the two small sections (and the first four bytes of
+    /// the Galois section, for its magic).
     bytes: Vec<u8>,
+    /// Bytes of the current section taken so far.
+    taken: u64,
     position: u64,
     context: Option<Arc<Context>>,
     relin: Option<RelinKey>,
     galois: Option<GaloisKeys>,
+    galois_loader: GaloisKeysLoader,
 }
 
 impl<'h> Body<'h> {
     fn new(header: &'h BundleHeader) -> Self {
-        Self { header, section: 0, bytes: Vec::new(), position: 0, context: None, relin: None, galois: None }
+        Self {
+            header,
+            section: 0,
+            bytes: Vec::new(),
+            taken: 0,
+            position: 0,
+            context: None,
+            relin: None,
+            galois: None,
+            galois_loader: GaloisKeysLoader::new(),
+        }
     }
 
     fn section_start(&self) -> u64 {
@@ -371,17 +412,30 @@ impl<'h> Body<'h> {
     fn take(&mut self, mut payload: &[u8]) -> Result<()> {
         while !payload.is_empty() && self.section < SECTIONS.len() {
             let len = self.header.lengths[self.section];
-            let want = (len - self.bytes.len() as u64).min(payload.len() as u64) as usize;
-            let before = self.bytes.len();
-            self.bytes.extend_from_slice(&payload[..want]);
-            payload = &payload[want..];
+            let want = (len - self.taken).min(payload.len() as u64) as usize;
+            let (piece, rest) = payload.split_at(want);
+            payload = rest;
+            let before = self.taken;
+            self.taken += want as u64;
             self.position += want as u64;
-            if before < 4 && self.bytes.len() >= 4 {
+            let streamed = self.section == GALOIS_SECTION;
+            if streamed {
+                // Only the magic is kept; the keys go to the loader.
+                let magic_part = piece.len().min(4usize.saturating_sub(self.bytes.len()));
+                self.bytes.extend_from_slice(&piece[..magic_part]);
+            } else {
+                self.bytes.extend_from_slice(piece);
+            }
+            if before < 4 && self.taken >= 4 {
                 self.check_magic()?;
             }
-            if self.bytes.len() as u64 == len {
+            if streamed {
+                self.load_galois(piece)?;
+            }
+            if self.taken == len {
                 self.load()?;
                 self.bytes = Vec::new();
+                self.taken = 0;
                 self.section += 1;
             }
         }
@@ -404,13 +458,20 @@ impl<'h> Body<'h> {
         Ok(())
     }
 
+    fn key_error(&self, source: blindfold_ckks::Error) -> Error {
+        Error::Key { section: SECTIONS[self.section].0, offset: self.section_start(), source }
+    }
+
+    fn load_galois(&mut self, piece: &[u8]) -> Result<()> {
+        let Some(context) = &self.context else { return Ok(()) };
+        let pushed = self.galois_loader.push(context, piece);
+        pushed.map_err(|source| self.key_error(source))
+    }
+
     fn load(&mut self) -> Result<()> {
-        let (section, _) = SECTIONS[self.section];
-        let offset = self.section_start();
-        let key = |source| Error::Key { section, offset, source };
         match (self.section, &self.context) {
             (0, _) => {
-                let params = Parameters::from_bytes(&self.bytes).map_err(key)?;
+                let params = Parameters::from_bytes(&self.bytes).map_err(|e| self.key_error(e))?;
                 if params.fingerprint() != self.header.fingerprint {
                     return Err(Error::FingerprintMismatch {
                         object: "the parameters section",
@@ -419,10 +480,16 @@ impl<'h> Body<'h> {
                         found: params.fingerprint().short(),
                     });
                 }
-                self.context = Some(Context::new(params).map_err(key)?);
+                self.context = Some(Context::new(params).map_err(|e| self.key_error(e))?);
             }
-            (1, Some(context)) => self.relin = Some(RelinKey::from_bytes(context, &self.bytes).map_err(key)?),
-            (2, Some(context)) => self.galois = Some(GaloisKeys::from_bytes(context, &self.bytes).map_err(key)?),
+            (1, Some(context)) => {
+                let relin = RelinKey::from_bytes(context, &self.bytes);
+                self.relin = Some(relin.map_err(|e| self.key_error(e))?);
+            }
+            (GALOIS_SECTION, Some(_)) => {
+                let galois = std::mem::take(&mut self.galois_loader).finish();
+                self.galois = Some(galois.map_err(|e| self.key_error(e))?);
+            }
             _ => {}
         }
         Ok(())

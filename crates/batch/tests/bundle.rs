@@ -112,6 +112,19 @@ fn bundles_round_trip_at_any_chunk_size() {
 }
 
 #[test]
+fn a_plans_bundle_size_is_known_to_the_byte_before_the_keys_exist() {
+    let Setup { context, keys, .. } = setup();
+    let top = context.max_level();
+    assert_eq!(KeyBundle::file_len(context, &[(1, top), (2, top), (-1, top)]), bundle(1 << 20).len() as u64);
+    // Keys at lower levels, a repeated step, and none at all.
+    for steps in [vec![(1, 0), (3, 1), (1, 1)], vec![]] {
+        let galois = keys.galois_keys_at(&steps);
+        let file = KeyBundle::write(Vec::new(), context, key_set(), &setup().relin, &galois).unwrap().writer;
+        assert_eq!(KeyBundle::file_len(context, &steps), file.len() as u64, "{steps:?}");
+    }
+}
+
+#[test]
 fn the_format_document_is_enough_to_write_a_bundle() {
     // The independent encoder produces the very same bytes as the library.
     let [p, r, g] = sections();

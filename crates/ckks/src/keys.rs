@@ -199,12 +199,7 @@ impl KeyGenerator {
 
     fn galois_keys_for(&self, elements: Vec<(u64, usize)>) -> GaloisKeys {
         let ctx = &self.context;
-        let mut levels: BTreeMap<u64, usize> = BTreeMap::new();
-        for (g, level) in elements.into_iter().filter(|&(g, _)| g != 1) {
-            let entry = levels.entry(g).or_insert(level);
-            *entry = (*entry).max(level);
-        }
-        let keys = levels
+        let keys = galois_levels(elements)
             .into_iter()
             .map(|(g, level)| {
                 // The key switches s to σ⁻¹(s) rather than σ(s) to s: the evaluator then
@@ -272,4 +267,15 @@ pub(crate) fn expand_switch_key_a(context: &Context, seed: &[u8; 32], level: usi
             uniform_from_seed(context, digit_seed.as_bytes(), &basis)
         })
         .collect()
+}
+
+/// The Galois keys [`KeyGenerator::galois_keys_at`] makes of `elements`: one per element other
+/// than the identity, at the highest level it was asked for.
+pub(crate) fn galois_levels(elements: impl IntoIterator<Item = (u64, usize)>) -> BTreeMap<u64, usize> {
+    let mut levels: BTreeMap<u64, usize> = BTreeMap::new();
+    for (g, level) in elements.into_iter().filter(|&(g, _)| g != 1) {
+        let entry = levels.entry(g).or_insert(level);
+        *entry = (*entry).max(level);
+    }
+    levels
 }

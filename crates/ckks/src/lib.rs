@@ -46,3 +46,4 @@ pub use eval::{Decomposed, Evaluator};
 pub use keys::{GaloisKeys, KeyGenerator, KeySwitchKey, PublicKey, RelinKey, SecretKey};
 pub use linear::LinearMap;
 pub use params::{Fingerprint, Parameters, ParametersBuilder, Preset, SECURITY_BOUNDS_128, security_bound};
+pub use serialize::GaloisKeysLoader;

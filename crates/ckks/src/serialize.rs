@@ -196,6 +196,12 @@ impl RelinKey {
         w.finish()
     }
 
+    /// Bytes of [`RelinKey::to_bytes`] for the key [`crate::KeyGenerator::relin_key`] makes under
+    /// `context` (it serves every level).
+    pub fn serialized_len(context: &Context) -> usize {
+        HEADER_LEN + switch_key_len(context, context.max_level())
+    }
+
     /// Loads a relinearization key made under `context`'s parameters.
     pub fn from_bytes(context: &Context, bytes: &[u8]) -> Result<Self> {
         let (mut r, fingerprint) = Reader::open(bytes, Kind::RelinKey, MAGIC)?;
@@ -218,30 +224,150 @@ impl GaloisKeys {
         w.finish()
     }
 
+    /// Bytes of [`GaloisKeys::to_bytes`] for the keys [`crate::KeyGenerator::galois_keys_at`]
+    /// makes of `steps` under `context`: what a key bundle for a plan must hold, to the byte.
+    pub fn serialized_len_at(context: &Context, steps: &[(i64, usize)]) -> usize {
+        let top = context.max_level();
+        let levels =
+            crate::keys::galois_levels(steps.iter().map(|&(s, level)| (context.galois_element(s), level.min(top))));
+        HEADER_LEN + 4 + levels.values().map(|&level| 8 + switch_key_len(context, level)).sum::<usize>()
+    }
+
     /// Loads Galois keys made under `context`'s parameters.
     pub fn from_bytes(context: &Context, bytes: &[u8]) -> Result<Self> {
-        let (mut r, fingerprint) = Reader::open(bytes, Kind::GaloisKeys, MAGIC)?;
-        check_fingerprint(context, fingerprint)?;
-        let count = r.u32()? as usize;
-        // The smallest key (for level-0 ciphertexts) bounds how many can fit.
-        let one_key = 32 + packed_poly_len(context, &context.basis(1, true));
-        if count > context.n || count.saturating_mul(one_key + 8) > r.remaining() {
-            return Err(r.error(format!("{count} keys do not fit in the {} bytes left", r.remaining())));
+        let mut loader = GaloisKeysLoader::new();
+        loader.push(context, bytes)?;
+        loader.finish()
+    }
+}
+
+/// Loads serialized Galois keys one key at a time from bytes that arrive in pieces (a key
+/// bundle streamed from storage): it holds the keys loaded so far and at most one key's bytes,
+/// never the whole serialized object beside them. [`GaloisKeys::from_bytes`] is this loader
+/// fed at once.
+#[derive(Debug, Default)]
+pub struct GaloisKeysLoader {
+    /// Bytes received and not parsed yet (less than one key, or one header).
+    pending: Vec<u8>,
+    /// The object offset of `pending[0]`, for errors.
+    consumed: usize,
+    header: Option<GaloisHeader>,
+    keys: BTreeMap<u64, KeySwitchKey>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GaloisHeader {
+    version: u16,
+    fingerprint: Fingerprint,
+    count: usize,
+}
+
+impl GaloisKeysLoader {
+    /// A loader expecting the object's first byte.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the next bytes of the object and loads every key they complete. `context` must be
+    /// the same on every call.
+    pub fn push(&mut self, context: &Context, bytes: &[u8]) -> Result<()> {
+        self.pending.extend_from_slice(bytes);
+        let mut at = 0;
+        let parsed = loop {
+            let rest = &self.pending[at..];
+            let need = match self.next_len(context, rest) {
+                Ok(Some(need)) if need <= rest.len() => need,
+                Ok(_) => break Ok(()),
+                Err(error) => break Err(error),
+            };
+            if let Err(error) = self.parse(context, at, need) {
+                break Err(error);
+            }
+            at += need;
+        };
+        self.pending.drain(..at);
+        self.consumed += at;
+        parsed
+    }
+
+    /// The keys, once every byte of the object has been pushed.
+    pub fn finish(self) -> Result<GaloisKeys> {
+        let truncated = |reason: String| Error::Malformed {
+            object: Kind::GaloisKeys.name(),
+            offset: self.consumed + self.pending.len(),
+            reason,
+        };
+        let Some(header) = self.header else {
+            return Err(truncated(format!(
+                "truncated: {} bytes of a {}-byte header",
+                self.pending.len(),
+                HEADER_LEN + 4
+            )));
+        };
+        if self.keys.len() < header.count || !self.pending.is_empty() {
+            return Err(truncated(format!(
+                "truncated: {} of {} keys, and {} bytes of the next",
+                self.keys.len(),
+                header.count,
+                self.pending.len()
+            )));
         }
+        Ok(GaloisKeys { keys: self.keys, fingerprint: Some(header.fingerprint) })
+    }
+
+    /// Bytes the next item (the header, or the next key) takes, if `rest` tells already.
+    fn next_len(&self, context: &Context, rest: &[u8]) -> Result<Option<usize>> {
+        let Some(header) = self.header else { return Ok(Some(HEADER_LEN + 4)) };
+        if self.keys.len() == header.count {
+            if rest.is_empty() {
+                return Ok(None);
+            }
+            let offset = self.consumed + (self.pending.len() - rest.len());
+            return Err(Error::Malformed {
+                object: Kind::GaloisKeys.name(),
+                offset,
+                reason: format!("unexpected bytes after the {} keys", header.count),
+            });
+        }
+        // Galois element and seed, then (version 2) the level, then the digit count.
+        let prefix = 8 + 32 + usize::from(header.version >= 2);
+        let Some(&level) = rest.get(prefix - 1).filter(|_| header.version >= 2) else {
+            return Ok(if header.version >= 2 {
+                None
+            } else {
+                Some(prefix + 1 + switch_key_body_len(context, context.max_level()))
+            });
+        };
+        // An impossible level is reported by the parse, on this key's own bytes.
+        let level = usize::from(level).min(context.max_level());
+        Ok(Some(prefix + 1 + switch_key_body_len(context, level)))
+    }
+
+    fn parse(&mut self, context: &Context, at: usize, len: usize) -> Result<()> {
+        let bytes = &self.pending[at..at + len];
+        let base = self.consumed + at;
+        let Some(header) = self.header else {
+            let (mut r, fingerprint) = Reader::open(bytes, Kind::GaloisKeys, MAGIC)?;
+            check_fingerprint(context, fingerprint)?;
+            let count = r.u32()? as usize;
+            if count > context.n {
+                return Err(r.error(format!("{count} keys, more than the ring's {} Galois elements", context.n)));
+            }
+            self.header = Some(GaloisHeader { version: r.version, fingerprint, count });
+            return Ok(());
+        };
+        let mut r = Reader { bytes, offset: 0, base, object: Kind::GaloisKeys.name(), version: header.version };
         let two_n = 2 * context.n as u64;
-        let mut keys = BTreeMap::new();
-        for _ in 0..count {
-            let g = r.u64()?;
-            if g % 2 == 0 || g >= two_n || g == 1 {
-                return Err(r.error(format!("Galois element {g} is not an odd number in 3..2N")));
-            }
-            let key = r.switch_key(context)?;
-            if keys.insert(g, key).is_some() {
-                return Err(r.error(format!("Galois element {g} appears twice")));
-            }
+        let g = r.u64()?;
+        if g % 2 == 0 || g >= two_n || g == 1 {
+            return Err(r.error(format!("Galois element {g} is not an odd number in 3..2N")));
         }
+        let key = r.switch_key(context)?;
         r.end()?;
-        Ok(GaloisKeys { keys, fingerprint: Some(fingerprint) })
+        if self.keys.insert(g, key).is_some() {
+            return Err(Reader { offset: 0, ..r }.error(format!("Galois element {g} appears twice")));
+        }
+        Ok(())
     }
 }
 
@@ -286,6 +412,17 @@ impl SecretKey {
 }
 
 // ---- writer and reader --------------------------------------------------------------------
+
+/// Bytes of a serialized key-switching key for ciphertexts up to `level`: seed, level, digit
+/// count, and one packed polynomial per digit over the level's primes and the special ones.
+fn switch_key_len(context: &Context, level: usize) -> usize {
+    32 + 1 + 1 + switch_key_body_len(context, level)
+}
+
+/// Bytes of a key-switching key's polynomials (what follows the digit count).
+fn switch_key_body_len(context: &Context, level: usize) -> usize {
+    context.params.digits_at(level).len() * packed_poly_len(context, &context.basis(level + 1, true))
+}
 
 fn packed_poly_len(context: &Context, basis: &[usize]) -> usize {
     basis.iter().map(|&i| (context.n * bits_of(context.moduli[i].value)).div_ceil(8)).sum()
@@ -371,13 +508,15 @@ impl Writer {
 struct Reader<'a> {
     bytes: &'a [u8],
     offset: usize,
+    /// The object offset of `bytes[0]` (a piece of an object loaded piecewise), for errors.
+    base: usize,
     object: &'static str,
     version: u16,
 }
 
 impl<'a> Reader<'a> {
     fn open(bytes: &'a [u8], kind: Kind, magic: [u8; 4]) -> Result<(Self, Fingerprint)> {
-        let mut r = Reader { bytes, offset: 0, object: kind.name(), version: VERSION };
+        let mut r = Reader { bytes, offset: 0, base: 0, object: kind.name(), version: VERSION };
         let found_magic = r.take(4)?;
         if found_magic != magic {
             let reason = if found_magic == SECRET_MAGIC {
@@ -409,7 +548,7 @@ impl<'a> Reader<'a> {
     }
 
     fn error(&self, reason: String) -> Error {
-        Error::Malformed { object: self.object, offset: self.offset, reason }
+        Error::Malformed { object: self.object, offset: self.base + self.offset, reason }
     }
 
     fn remaining(&self) -> usize {

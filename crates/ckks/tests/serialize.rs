@@ -63,13 +63,18 @@ fn hybrid_sets_and_keys_below_the_top_level_round_trip() {
     assert_ne!(one.fingerprint(), params.fingerprint());
     let s = common::setup(params, &[]);
     let ctx = &s.context;
-    let keys = s.keys.galois_keys_at(&[(3, 7), (5, 2), (9, 0)]);
+    // Step 3 twice (the higher level wins), step 0 (the identity: no key), a level above the top.
+    let steps = [(3, 7), (5, 2), (9, 0), (3, 1), (0, 4), (-1, 99)];
+    let keys = s.keys.galois_keys_at(&steps);
     let bytes = keys.to_bytes(ctx);
+    assert_eq!(bytes.len(), GaloisKeys::serialized_len_at(ctx, &steps), "the exact size a bundle must have");
+    assert_eq!(s.relin.to_bytes(ctx).len(), RelinKey::serialized_len(ctx));
+    assert_eq!(s.keys.galois_keys_at(&[]).to_bytes(ctx).len(), GaloisKeys::serialized_len_at(ctx, &[]));
     let back = GaloisKeys::from_bytes(ctx, &bytes).unwrap();
     assert_eq!(back, keys);
-    // Two digits of 8 + 4 rows at level 7, one of 3 + 4 at level 2, one of 1 + 4 at level 0.
+    // Twice two digits of 8 + 4 rows at level 7, one of 3 + 4 at level 2, one of 1 + 4 at level 0.
     let row = (ctx.params().n() * 31).div_ceil(8);
-    assert!(bytes.len() <= (2 * 12 + 7 + 5) * row + 200, "{} bytes", bytes.len());
+    assert!(bytes.len() <= (4 * 12 + 7 + 5) * row + 300, "{} bytes", bytes.len());
     assert_eq!(RelinKey::from_bytes(ctx, &s.relin.to_bytes(ctx)).unwrap(), s.relin);
 }
 
