@@ -10,7 +10,9 @@ use blindfold_batch::{InputBatchReader, KeyBundle, KeyBundleExpect, Packing};
 use blindfold_compiler::{CompileOptions, Control};
 use blindfold_evaluate::{BatchEvaluator, BatchExpect, CompiledModel};
 use blindfold_queue::{Claimed, Completion, FailOutcome, Heartbeat, JobState, Lease, Progress, models, tenants};
-use blindfold_store::{JobId as StoreJob, ModelName, ObjectKey, ObjectName, StoreError, TenantId as StoreTenant};
+use blindfold_store::{
+    JobId as StoreJob, ModelName, ObjectKey, ObjectName, Pinned, StoreError, TenantId as StoreTenant,
+};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -18,7 +20,7 @@ use tokio_util::io::SyncIoBridge;
 use tracing::Instrument;
 
 use crate::error::JobError;
-use crate::worker::Shared;
+use crate::worker::{EvaluatorKey, Shared};
 
 /// Why a job stopped before finishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +235,13 @@ async fn process(shared: &Shared, claimed: &Claimed, watch: &Arc<Watch>) -> Resu
     // before any ciphertext is read and every chunk as it arrives; it is never held whole.
     watch.report(0.02, "downloading");
     let clock = Instant::now();
-    let input = parse_key(&job.input_key, "input")?;
+    let input = Input {
+        key: parse_key(&job.input_key, "input")?,
+        // Jobs queued before the API kept the input's ETag are read unpinned.
+        pin: job
+            .input_bytes
+            .map(|bytes| Pinned { size: u64::try_from(bytes).unwrap_or(0), e_tag: job.input_etag.clone() }),
+    };
     let image_count = u64::try_from(job.image_count).unwrap_or(0);
     let mut tries = 1;
     let mut wait = Duration::from_millis(500);
@@ -368,13 +376,8 @@ async fn evaluator(
     watch: &Watch,
 ) -> Result<Arc<BatchEvaluator>, JobError> {
     let job = &claimed.job;
-    let cache_key = (key_set.0, job.model.clone(), job.model_version, packing);
-    if let Some(evaluator) = shared.evaluators.get(&cache_key) {
-        shared.metrics.cache.with_label_values(&["keys", "hit"]).inc();
-        return Ok(evaluator);
-    }
-    shared.metrics.cache.with_label_values(&["keys", "miss"]).inc();
-    let model = model(shared, &job.model, job.model_version, packing).await?;
+    // The database first, the cache second: a key set deleted since it was cached (or never
+    // this tenant's) is refused, whatever the cache holds.
     let record = retry(
         shared,
         "reading the key set",
@@ -389,23 +392,28 @@ async fn evaluator(
             format!("key set {key_set} is not registered for this tenant; register the keys again and resubmit"),
         )
     })?;
-    let object = parse_key(&record.object_key, "key set")?;
-    // Never more than the size the API verified: a bundle replaced since is refused unread.
-    let verified = u64::try_from(record.size_bytes).unwrap_or(0);
-    let bundle =
-        retry(shared, "downloading the key set", || shared.store.get_bytes_at_most(&object, verified), store_gives_up)
-            .await
-            .map_err(|e| store_failure("key set", &e))?;
-    if bundle.len() as u64 != verified {
-        return Err(JobError::permanent(
-            "object_changed",
-            format!(
-                "key set {key_set}: its bundle in storage is {} bytes, {verified} when it was verified; it was \
-                 replaced after registration: register the keys again and resubmit",
-                bundle.len()
-            ),
-        ));
+    let cache_key = EvaluatorKey {
+        tenant: job.tenant_id.0,
+        key_set: key_set.0,
+        registered_at: record.created_at,
+        bundle_etag: record.object_etag.clone(),
+        model: job.model.clone(),
+        model_version: job.model_version,
+        packing,
+    };
+    if let Some(evaluator) = shared.evaluators.get(&cache_key) {
+        shared.metrics.cache.with_label_values(&["keys", "hit"]).inc();
+        return Ok(evaluator);
     }
+    shared.metrics.cache.with_label_values(&["keys", "miss"]).inc();
+    let model = model(shared, &job.model, job.model_version, packing).await?;
+    let object = parse_key(&record.object_key, "key set")?;
+    // The bundle the API verified and nothing else (its ETag and size): one replaced since is
+    // refused unread.
+    let pin = Pinned { size: u64::try_from(record.size_bytes).unwrap_or(0), e_tag: record.object_etag.clone() };
+    let bundle = retry(shared, "downloading the key set", || shared.store.get_pinned(&object, &pin), store_gives_up)
+        .await
+        .map_err(|e| store_failure("key set", &e))?;
     watch.check()?;
     // What the evaluator holds in memory, not the bundle's size on the wire: keys unpacked to
     // 64-bit coefficients, the engine's encoded weights or diagonals, and the model itself.
@@ -478,19 +486,16 @@ async fn registered_model(
     let file = |file: &str| ObjectName::new(file).map(|f| ObjectKey::model_file(&model_name, version as u32, &f));
     let onnx_key = file("model.onnx").map_err(bad)?;
     let manifest_key = file("manifest.json").map_err(bad)?;
-    let (onnx_bytes, manifest_bytes) = (row.onnx_bytes.max(0) as u64, row.manifest_bytes.max(0) as u64);
-    let onnx = retry(
-        shared,
-        "downloading the model",
-        || shared.store.get_bytes_at_most(&onnx_key, onnx_bytes),
-        store_gives_up,
-    )
-    .await
-    .map_err(|e| store_failure("model", &e))?;
+    // The registered sizes bind the reads; the SHA-256 below binds the content.
+    let onnx_pin = Pinned { size: row.onnx_bytes.max(0) as u64, e_tag: None };
+    let manifest_pin = Pinned { size: row.manifest_bytes.max(0) as u64, e_tag: None };
+    let onnx = retry(shared, "downloading the model", || shared.store.get_pinned(&onnx_key, &onnx_pin), store_gives_up)
+        .await
+        .map_err(|e| store_failure("model", &e))?;
     let manifest = retry(
         shared,
         "downloading the manifest",
-        || shared.store.get_bytes_at_most(&manifest_key, manifest_bytes),
+        || shared.store.get_pinned(&manifest_key, &manifest_pin),
         store_gives_up,
     )
     .await
@@ -522,10 +527,16 @@ enum Streamed {
 /// Streams the input batch from storage into the evaluator on the worker's thread pool. Returns
 /// the result batch and the seconds the download took (it overlaps the reading). A panic in the
 /// engine becomes a transient failure and the worker carries on.
+/// A job's input batch, and what the API verified of it.
+struct Input {
+    key: ObjectKey,
+    pin: Option<Pinned>,
+}
+
 async fn compute(
     shared: &Shared,
     evaluator: &Arc<BatchEvaluator>,
-    input: &ObjectKey,
+    input: &Input,
     job: blindfold_batch::Uuid,
     key_set: blindfold_batch::Uuid,
     image_count: u64,
@@ -533,10 +544,13 @@ async fn compute(
 ) -> Result<(Bytes, f64), Streamed> {
     let (writer, reader) = tokio::io::duplex(4 << 20);
     let store = shared.store.clone();
-    let key = input.clone();
+    let (key, pin) = (input.key.clone(), input.pin.clone());
     let download = tokio::spawn(async move {
         let clock = Instant::now();
-        let received = store.download(&key, writer, None).await;
+        let received = match &pin {
+            Some(pin) => store.download_pinned(&key, pin, writer).await,
+            None => store.download(&key, writer, None).await,
+        };
         (received, clock.elapsed().as_secs_f64())
     });
     let pool = shared.pool.clone();
@@ -635,9 +649,10 @@ fn queue_gives_up(error: &blindfold_queue::Error) -> bool {
     matches!(error, blindfold_queue::Error::LeaseLost { .. })
 }
 
-/// A missing object stays missing, and one larger than verified stays so: no point retrying.
+/// A missing object stays missing, and one changed since it was verified stays so: no point
+/// retrying.
 fn store_gives_up(error: &StoreError) -> bool {
-    matches!(error, StoreError::NotFound { .. } | StoreError::InvalidName { .. } | StoreError::TooLarge { .. })
+    matches!(error, StoreError::NotFound { .. } | StoreError::InvalidName { .. } | StoreError::ObjectChanged { .. })
 }
 
 fn store_failure(what: &str, error: &StoreError) -> JobError {
@@ -646,7 +661,7 @@ fn store_failure(what: &str, error: &StoreError) -> JobError {
             "object_missing",
             format!("the {what} object {key} is not in storage; upload it again and resubmit"),
         ),
-        StoreError::TooLarge { .. } => JobError::permanent(
+        StoreError::ObjectChanged { .. } => JobError::permanent(
             "object_changed",
             format!("the {what} object was replaced after it was verified ({error}); upload it again and resubmit"),
         ),

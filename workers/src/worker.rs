@@ -28,10 +28,25 @@ pub(crate) struct Shared {
     pub(crate) pool: Arc<rayon::ThreadPool>,
     /// Compiled models by (name, registered version, packing), budgeted in bytes.
     pub(crate) models: Lru<(String, Option<i32>, Packing), CompiledModel>,
-    pub(crate) evaluators: Lru<(blindfold_batch::Uuid, String, Option<i32>, Packing), Arc<BatchEvaluator>>,
+    /// Evaluators bound to one tenant's registered key set, budgeted in bytes.
+    pub(crate) evaluators: Lru<EvaluatorKey, Arc<BatchEvaluator>>,
     pub(crate) metrics: Metrics,
     /// Bytes one job's evaluation may use ([`Config::memory_budget`], read at start).
     pub(crate) memory_budget: Option<u64>,
+}
+
+/// What a cached evaluator was built from. The tenant and the registration (its time and the
+/// verified bundle's ETag) are part of it: a key set deleted and registered again, by anyone,
+/// under the same id is another entry, never a hit on the old keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct EvaluatorKey {
+    pub(crate) tenant: blindfold_batch::Uuid,
+    pub(crate) key_set: blindfold_batch::Uuid,
+    pub(crate) registered_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) bundle_etag: Option<String>,
+    pub(crate) model: String,
+    pub(crate) model_version: Option<i32>,
+    pub(crate) packing: Packing,
 }
 
 /// A worker connected to its database and store, its metrics listener up, not yet claiming.

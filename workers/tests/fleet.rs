@@ -333,16 +333,40 @@ async fn a_thirty_second_storage_outage_fails_no_job() {
 async fn a_key_bundle_replaced_after_verification_is_refused_unread() {
     let _serial = common::SERIAL.lock().await;
     let stack = Stack::start().await;
-    // The tenant PUTs again through its still-valid URL: the verified bundle plus 8 MiB.
     let object = stack.key_set_object();
-    let mut bigger = stack.store.get_bytes(&object).await.unwrap().to_vec();
-    bigger.extend(std::iter::repeat_n(0u8, 8 << 20));
-    stack.store.put_bytes(&object, bigger.into()).await.unwrap();
+    let verified = stack.store.get_bytes(&object).await.unwrap().to_vec();
     let _worker = stack.worker("wary", &[]);
-    let id = stack.submit(&batches(1, 1).remove(0), 1).await;
+    // The tenant PUTs again through its still-valid URL: the verified bundle plus 8 MiB, then
+    // one of the very same size (only the ETag tells it apart).
+    let mut bigger = verified.clone();
+    bigger.extend(std::iter::repeat_n(0u8, 8 << 20));
+    let mut same_size = verified.clone();
+    let middle = same_size.len() / 2;
+    same_size[middle] ^= 0x55;
+    for swapped in [bigger, same_size] {
+        stack.store.put_bytes(&object, swapped.into()).await.unwrap();
+        let id = stack.submit(&batches(1, 1).remove(0), 1).await;
+        let job = stack.wait_final(id).await;
+        assert_eq!(job.state, JobState::Failed, "{job:?}\n{}", stack.log_tail());
+        assert_eq!((job.attempt, job.error_code.as_deref()), (1, Some("object_changed")), "{job:?}");
+        let message = job.error_message.unwrap_or_default();
+        assert!(message.contains("replaced after it was verified"), "{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_batch_replaced_after_verification_is_refused() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let mut inputs = batches(2, 1);
+    let (id, key) = stack.upload(&inputs[0]).await;
+    stack.enqueue(id, &key, 1).await;
+    // Another batch of the very same size put over the verified one before a worker reads it.
+    let other = inputs.remove(1);
+    assert_eq!(other.len(), inputs[0].len());
+    stack.store.put_bytes(&key, other).await.unwrap();
+    let _worker = stack.worker("wary", &[]);
     let job = stack.wait_final(id).await;
     assert_eq!(job.state, JobState::Failed, "{job:?}\n{}", stack.log_tail());
     assert_eq!((job.attempt, job.error_code.as_deref()), (1, Some("object_changed")), "{job:?}");
-    let message = job.error_message.unwrap_or_default();
-    assert!(message.contains("replaced after it was verified"), "{message}");
 }

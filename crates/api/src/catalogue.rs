@@ -40,6 +40,11 @@ pub struct PackingInfo {
     /// Serialized size of the evaluation keys, in bytes.
     #[serde(default)]
     pub key_bytes: u64,
+    /// The exact size of a key bundle for this packing (the evaluation keys in their
+    /// container), in bytes: `POST /v1/key-sets` accepts no other. 0 on rows registered
+    /// before this field existed (then only the server's upload limit applies).
+    #[serde(default)]
+    pub bundle_bytes: u64,
     /// The plan's estimate of a worker's peak memory for one batch (or one image), in bytes.
     #[serde(default)]
     pub peak_memory_bytes: u64,
@@ -164,6 +169,7 @@ pub fn verify_model(model: &ModelRef, onnx: Vec<u8>, manifest: &[u8]) -> Result<
                 depth: plan.depth(),
                 images: plan.batch_capacity(),
                 rotation_steps: plan.rotation_steps(),
+                rotation_keys: Vec::new(),
                 key_bytes: plan.key_bytes(),
                 peak_memory_bytes: plan.peak_memory_bytes(),
                 min_memory_bytes: plan.peak_memory_bytes(),
@@ -179,6 +185,7 @@ pub fn verify_model(model: &ModelRef, onnx: Vec<u8>, manifest: &[u8]) -> Result<
                 depth: plan.depth(),
                 images: 1,
                 rotation_steps: plan.rotation_steps(),
+                rotation_keys: plan.rotation_keys(),
                 key_bytes: plan.key_bytes(),
                 peak_memory_bytes: plan.peak_memory_bytes(),
                 min_memory_bytes: plan.smallest_peak_memory_bytes(),
@@ -186,6 +193,7 @@ pub fn verify_model(model: &ModelRef, onnx: Vec<u8>, manifest: &[u8]) -> Result<
         )),
         Err(error) => refused_packings.push(format!("latency packing: {error}")),
     }
+    let packings = packings.into_iter().collect::<Result<Vec<_>, _>>()?;
     if packings.is_empty() {
         return Err(Refused(format!("{model} compiles in no packing: {}", refused_packings.join("; "))));
     }
@@ -198,18 +206,23 @@ struct PlanFigures {
     depth: usize,
     images: usize,
     rotation_steps: Vec<i64>,
+    /// The Galois keys the client generates: steps with the level each serves.
+    rotation_keys: Vec<(i64, usize)>,
     key_bytes: usize,
     peak_memory_bytes: usize,
     min_memory_bytes: usize,
 }
 
-fn packing_info(packing: Packing, params: &Parameters, figures: PlanFigures) -> PackingInfo {
+fn packing_info(packing: Packing, params: &Parameters, figures: PlanFigures) -> Result<PackingInfo, Refused> {
     let fingerprint = params.fingerprint();
+    let context = blindfold_ckks::Context::new(params.clone())
+        .map_err(|e| Refused(format!("{} packing: its parameters: {e}", packing.name())))?;
+    let bundle_bytes = blindfold_batch::KeyBundle::file_len(&context, &figures.rotation_keys);
     let preset = Preset::ALL
         .into_iter()
         .find(|preset| preset.parameters().is_ok_and(|p| p.fingerprint() == fingerprint))
         .map_or("custom", Preset::name);
-    PackingInfo {
+    Ok(PackingInfo {
         packing,
         parameter_preset: preset.to_owned(),
         params_fingerprint: fingerprint.to_string(),
@@ -222,5 +235,6 @@ fn packing_info(packing: Packing, params: &Parameters, figures: PlanFigures) -> 
         key_bytes: figures.key_bytes as u64,
         peak_memory_bytes: figures.peak_memory_bytes as u64,
         min_memory_bytes: figures.min_memory_bytes as u64,
-    }
+        bundle_bytes,
+    })
 }

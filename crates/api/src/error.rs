@@ -32,6 +32,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable detail.
     pub detail: String,
+    /// Seconds to wait before trying again (`Retry-After`), for throttling and busy answers.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// The API's result type.
@@ -40,7 +42,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl ApiError {
     /// An error with this status, code and detail.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into() }
+        Self { status, code, detail: detail.into(), retry_after_secs: None }
     }
     /// 404 `not_found`: unknown, or another tenant's (indistinguishable on purpose).
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
@@ -63,11 +65,20 @@ impl ApiError {
         tracing::error!(%error, "{context}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error while {context}"))
     }
-    /// 503 `unavailable`.
-    /// 503 `busy`: a bounded resource is in use; answered with `Retry-After`.
+    /// 503 `busy`: a bounded resource is in use; answered with `Retry-After: 5`.
     pub fn busy(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", detail)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", detail).retry_after(5)
     }
+    /// 429 with a code and `Retry-After` (whole seconds, at least 1).
+    pub fn too_many(code: &'static str, detail: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code, detail).retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+    /// The same error, answered with `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+    /// 503 `unavailable`.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
@@ -89,8 +100,8 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if self.code == "busy" {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read, so the server cannot reuse the connection.
@@ -148,7 +159,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<blindfold_store::StoreError> for ApiError {
     fn from(error: blindfold_store::StoreError) -> Self {
         match error {
-            blindfold_store::StoreError::TooLarge { .. } => Self::conflict(
+            blindfold_store::StoreError::ObjectChanged { .. } => Self::conflict(
                 "object_changed",
                 format!("an uploaded file changed while it was being verified ({error}); upload it again"),
             ),

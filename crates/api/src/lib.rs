@@ -17,6 +17,7 @@ mod auth;
 mod catalogue;
 mod error;
 mod extract;
+mod limits;
 mod registry;
 mod routes;
 mod state;
@@ -32,6 +33,7 @@ use secrecy::SecretString;
 
 pub use catalogue::{Catalogue, ModelInfo, PackingInfo, Refused, VerifiedModel, verify_model};
 pub use error::{ApiError, Problem};
+pub use limits::Limits;
 pub use registry::seed_builtin_models;
 pub use routes::openapi;
 pub use state::AppState;
@@ -97,8 +99,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_verifications: u32,
 
-    /// How long presigned URLs stay valid, in seconds.
-    #[arg(long, env = "BLINDFOLD_API_PRESIGN_SECS", default_value_t = 3600)]
+    /// How long presigned URLs stay valid, in seconds. An upload URL gets one more second per
+    /// 8 MiB announced, so that a multi-gigabyte multipart upload on a slow link can finish.
+    /// Short, because a URL cannot be revoked: what the API verified is bound by its ETag
+    /// anyway, so an upload URL used again after `complete`/`submit` changes nothing a worker
+    /// reads, but it should not stay usable for long.
+    #[arg(long, env = "BLINDFOLD_API_PRESIGN_SECS", default_value_t = 900)]
     pub presign_secs: u64,
 
     /// Memory each worker of the fleet gives one job, in MiB: the workers'
@@ -116,6 +122,10 @@ pub struct Config {
     /// Object storage.
     #[command(flatten)]
     pub store: blindfold_store::StoreConfig,
+
+    /// Rate limits and tenant quotas.
+    #[command(flatten)]
+    pub limits: Limits,
 
     /// Housekeeping, which every API process runs beside serving.
     #[command(flatten)]
@@ -137,11 +147,20 @@ fn parse_admin_token(value: &str) -> Result<SecretString, String> {
 }
 
 impl Config {
-    /// How long presigned URLs stay valid.
+    /// How long presigned download URLs stay valid.
     pub fn presign_expiry(&self) -> Duration {
-        Duration::from_secs(self.presign_secs.clamp(1, 7 * 24 * 3600))
+        Duration::from_secs(self.presign_secs.clamp(1, MAX_PRESIGN_SECS))
+    }
+
+    /// How long the presigned URLs of an upload of `size` bytes stay valid:
+    /// [`Config::presign_expiry`] plus one second per 8 MiB (S3's limit is 7 days).
+    pub fn upload_expiry(&self, size: u64) -> Duration {
+        Duration::from_secs(self.presign_secs.saturating_add(size >> 23).clamp(1, MAX_PRESIGN_SECS))
     }
 }
+
+/// S3's longest presigned URL validity (SigV4), in seconds.
+const MAX_PRESIGN_SECS: u64 = 7 * 24 * 3600;
 
 /// The API server, built and bound, ready to run.
 #[derive(Debug)]
@@ -186,13 +205,16 @@ impl Application {
         let metrics_addr = metrics_listener.local_addr().context("reading the bound metrics address")?;
         let housekeeper =
             blindfold_housekeeping::spawn(state.queue.clone(), state.store.clone(), state.config.housekeeping.clone());
+        let pruner = limits::spawn_pruner(&state);
         let metrics_app = routes::metrics_router(state.clone());
         // Stops with the server (aborted below); a scrape in flight then is simply cut.
         let metrics = tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await });
-        let app = routes::router(state);
+        // The peer's address feeds the failed-authentication throttle.
+        let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let server = async move {
             let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP");
             metrics.abort();
+            pruner.abort();
             drop(housekeeper);
             served
         };

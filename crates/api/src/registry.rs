@@ -133,6 +133,7 @@ pub async fn complete(pool: &PgPool, store: &Store, reference: &ModelRef) -> Api
         return Ok(Completed { info, refused_packings: Vec::new() });
     }
     let (onnx_key, manifest_key) = file_keys(&row.name, row.version)?;
+    let mut pins = Vec::with_capacity(2);
     for (key, announced, file) in
         [(&onnx_key, row.onnx_bytes, ONNX_FILE), (&manifest_key, row.manifest_bytes, MANIFEST_FILE)]
     {
@@ -146,11 +147,12 @@ pub async fn complete(pool: &PgPool, store: &Store, reference: &ModelRef) -> Api
             let reason = format!("{file} has {} bytes in storage, {announced} were announced", info.size);
             return Err(refuse(pool, store, &row, Refused(reason)).await);
         }
+        pins.push(info.pinned());
     }
-    // Read no more than announced: the files could be replaced between the HEAD and the GET.
-    let at_most = |bytes: i64| u64::try_from(bytes).unwrap_or(0);
-    let onnx = store.get_bytes_at_most(&onnx_key, at_most(row.onnx_bytes)).await?.to_vec();
-    let manifest = store.get_bytes_at_most(&manifest_key, at_most(row.manifest_bytes)).await?;
+    // Read what was headed and nothing else: the files could be replaced between the HEAD and
+    // the GET.
+    let onnx = store.get_pinned(&onnx_key, &pins[0]).await?.to_vec();
+    let manifest = store.get_pinned(&manifest_key, &pins[1]).await?;
     let digest: [u8; 32] = Sha256::digest(&onnx).into();
     if digest[..] != row.onnx_sha256[..] {
         let reason =

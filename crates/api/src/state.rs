@@ -25,6 +25,8 @@ pub struct AppState {
     pub(crate) admin_token_sha256: Option<[u8; 32]>,
     /// Permits for upload verifications ([`Config::max_verifications`]).
     pub(crate) verifications: Arc<tokio::sync::Semaphore>,
+    /// The request rate limits and the failed-authentication throttle.
+    pub(crate) throttle: Arc<crate::limits::Throttle>,
 }
 
 impl AppState {
@@ -66,7 +68,9 @@ impl AppState {
         let admin_token_sha256 =
             config.admin_token.as_ref().map(|token| Sha256::digest(token.expose_secret().as_bytes()).into());
         let verifications = Arc::new(tokio::sync::Semaphore::new(config.max_verifications as usize));
+        let throttle = Arc::new(crate::limits::Throttle::new(&config.limits));
         Ok(Self {
+            throttle,
             queue: Queue::new(pool.clone(), QueueConfig::default()),
             pool,
             store,

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashSet};
 use blindfold_queue::{Progress, Queue, QueueConfig, WorkerId};
 use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, TenantId as StoreTenant};
 use bytes::Bytes;
-use common::{ADMIN, MODEL, bundle_with_secret_key, crypto, start, start_with};
+use common::{ADMIN, MODEL, bundle_len, bundle_with_secret_key, crypto, start, start_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -147,8 +147,9 @@ async fn tenants_cannot_see_each_others_anything() {
     let queued = api.queued_job(&a, key_set).await;
     let (announced, _, _) = api.announce_job(&a, key_set, 3, json!({})).await;
     let (pending_key_set, _) = {
-        let created =
-            api.call(Method::POST, "/v1/key-sets", Some(&a), Some(json!({"model": MODEL, "size_bytes": 10}))).await;
+        let created = api
+            .call(Method::POST, "/v1/key-sets", Some(&a), Some(json!({"model": MODEL, "size_bytes": bundle_len()})))
+            .await;
         (created.body["key_set"]["id"].as_str().unwrap().parse::<Uuid>().unwrap(), ())
     };
     let missing = Uuid::new_v4();
@@ -250,7 +251,7 @@ async fn tokens_malformed_unknown_and_revoked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_clear_4xx() {
     let api = start().await;
-    let (_, token, _) = api.tenant("st-paul").await;
+    let (tenant, token, _) = api.tenant("st-paul").await;
     let key_set = api.ready_key_set(&token).await;
     let job = |extra: Value| {
         let mut body = json!({"model": MODEL, "key_set_id": key_set, "image_count": 3, "size_bytes": 1000});
@@ -314,8 +315,19 @@ async fn bad_requests_are_clear_4xx() {
     api.upload(&created.body["upload"], &other).await;
     let refused = api.call(Method::POST, &format!("/v1/jobs/{id}/submit"), Some(&token), None).await;
     assert!(refused.detail().contains("key set"), "{}", refused.detail());
-    // An upload of the wrong size.
-    api.upload(&created.body["upload"], b"short").await;
+    // An upload of the wrong size: the URL signs the length, so the store refuses it.
+    let upload: blindfold_api::Upload = serde_json::from_value(created.body["upload"].clone()).unwrap();
+    let blindfold_api::Upload::Single { request } = upload else { panic!("a small batch is one PUT") };
+    let mut put = api.http.put(&request.url).body(&b"short"[..]);
+    for header in request.headers.iter().filter(|h| !h.name.eq_ignore_ascii_case("content-length")) {
+        put = put.header(&header.name, &header.value);
+    }
+    assert_eq!(put.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    // A store that let it through anyway (or an operator's copy) is still caught at submit.
+    let job = StoreJob::new(id.clone()).unwrap();
+    let tenant_dir = blindfold_store::Prefix::tenant(&StoreTenant::new(tenant.to_string()).unwrap());
+    let input = api.store.list(&tenant_dir).await.unwrap().into_iter().find(|o| o.key.as_str().contains(job.as_str()));
+    api.store.put_bytes(&input.unwrap().key, Bytes::from_static(b"short")).await.unwrap();
     let refused = api.call(Method::POST, &format!("/v1/jobs/{id}/submit"), Some(&token), None).await;
     assert_eq!(refused.code(), "size_mismatch");
     // Still announced: nothing was queued.
@@ -706,4 +718,144 @@ async fn verifications_past_the_bound_answer_busy_and_leave_the_upload_pending()
     assert_eq!(shown.body["status"], "awaiting_upload", "nothing was verified or lost: it can be completed later");
     let refused = api.call(Method::POST, "/v1/admin/models/mnist-cryptonets@1/complete", Some(ADMIN), None).await;
     assert_eq!((refused.status, refused.code()), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_bundle_is_announced_at_its_plans_exact_size_or_not_at_all() {
+    let api = start().await;
+    let (_, token, _) = api.tenant("st-exact").await;
+    let exact = bundle_len();
+    for wrong in [exact - 1, exact + 1, 1 << 29] {
+        let refused = api
+            .call(Method::POST, "/v1/key-sets", Some(&token), Some(json!({"model": MODEL, "size_bytes": wrong})))
+            .await;
+        assert_eq!((refused.status, refused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_size"), "{wrong}");
+        assert!(refused.detail().contains(&format!("exactly {exact} bytes")), "{}", refused.detail());
+    }
+    let created =
+        api.call(Method::POST, "/v1/key-sets", Some(&token), Some(json!({"model": MODEL, "size_bytes": exact}))).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_bundle_swapped_through_its_still_valid_url_is_not_what_readers_get() {
+    let api = start().await;
+    let (_, token, _) = api.tenant("st-swap").await;
+    let created = api
+        .call(Method::POST, "/v1/key-sets", Some(&token), Some(json!({"model": MODEL, "size_bytes": bundle_len()})))
+        .await;
+    let id: Uuid = created.body["key_set"]["id"].as_str().unwrap().parse().unwrap();
+    let genuine = crypto().bundle(id);
+    api.upload(&created.body["upload"], &genuine).await;
+    let done = api.call(Method::POST, &format!("/v1/key-sets/{id}/complete"), Some(&token), None).await;
+    assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
+
+    // The URL is still valid. It stores nothing of another size: the length is signed.
+    let upload: blindfold_api::Upload = serde_json::from_value(created.body["upload"].clone()).unwrap();
+    let blindfold_api::Upload::Single { request } = upload else { panic!("a bundle this small is one PUT") };
+    let put = |body: Vec<u8>, honest_length: bool| {
+        let mut put = api.http.put(&request.url).body(body);
+        for header in request.headers.iter().filter(|h| honest_length || h.name != "content-length") {
+            put = put.header(&header.name, &header.value);
+        }
+        put.send()
+    };
+    let mut longer = genuine.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    assert_eq!(put(longer, false).await.unwrap().status(), StatusCode::FORBIDDEN, "another length is refused");
+    // One of the same size goes through, but what was verified is bound by its ETag.
+    let mut swapped = genuine.clone();
+    let middle = swapped.len() / 2;
+    swapped[middle] ^= 0xff;
+    assert!(put(swapped, true).await.unwrap().status().is_success());
+    let (object_key, size, e_tag): (String, i64, Option<String>) =
+        sqlx::query_as("SELECT object_key, size_bytes, object_etag FROM key_sets WHERE id = $1")
+            .bind(id)
+            .fetch_one(api.db.pool())
+            .await
+            .unwrap();
+    assert!(e_tag.is_some(), "the verified bundle's ETag is recorded");
+    let key = ObjectKey::parse(&object_key).unwrap();
+    let pin = blindfold_store::Pinned { size: size as u64, e_tag };
+    let err = api.store.get_pinned(&key, &pin).await.unwrap_err();
+    assert!(matches!(err, blindfold_store::StoreError::ObjectChanged { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_tenant_is_held_to_its_quotas() {
+    let exact = bundle_len() as u64;
+    let api = start_with(|config| {
+        config.limits.tenant_max_pending_uploads = 2;
+        config.limits.tenant_max_active_jobs = 1;
+        config.limits.tenant_max_stored_bytes = 3 * exact + exact / 2;
+    })
+    .await;
+    let announce = |token: String| {
+        let api = &api;
+        async move {
+            api.call(Method::POST, "/v1/key-sets", Some(&token), Some(json!({"model": MODEL, "size_bytes": exact})))
+                .await
+        }
+    };
+    // Announced uploads: two, not three.
+    let (_, a, _) = api.tenant("quota-a").await;
+    assert_eq!(announce(a.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(announce(a.clone()).await.status, StatusCode::CREATED);
+    let refused = announce(a.clone()).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"));
+    assert!(refused.detail().contains("announced uploads: 2 now, 2 allowed"), "{}", refused.detail());
+    // Another tenant is not affected.
+    let (_, b, _) = api.tenant("quota-b").await;
+    let key_set = api.ready_key_set(&b).await;
+    // Unfinished jobs: one.
+    let (_, _, _) = api.announce_job(&b, key_set, 1, json!({})).await;
+    let batch = crypto().batch(key_set, 1, MODEL);
+    let body = json!({"model": MODEL, "key_set_id": key_set, "image_count": 1, "size_bytes": batch.len()});
+    let refused = api.call(Method::POST, "/v1/jobs", Some(&b), Some(body)).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"));
+    assert!(refused.detail().contains("unfinished jobs"), "{}", refused.detail());
+    // Stored bytes: a ready key set and an announced one count; a fourth bundle does not fit.
+    let (_, c, _) = api.tenant("quota-c").await;
+    api.ready_key_set(&c).await;
+    api.ready_key_set(&c).await;
+    assert_eq!(announce(c.clone()).await.status, StatusCode::CREATED);
+    let refused = announce(c.clone()).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"));
+    assert!(refused.detail().contains("stored bytes"), "{}", refused.detail());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_answers_429_with_retry_after() {
+    // Per minute, so that no machine is slow enough to refill a bucket between two requests.
+    let api = start_with(|config| {
+        config.limits.rate_per_minute = 1;
+        config.limits.rate_burst = 4;
+        config.limits.auth_failures_per_minute = 3;
+    })
+    .await;
+    // Two tenants: four requests with the admin token, its whole burst.
+    let (_, token, _) = api.tenant("st-throttled").await;
+    let (_, other, _) = api.tenant("st-other").await;
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        replies.push(api.call(Method::GET, "/v1/key-sets", Some(&token), None).await);
+    }
+    assert!(replies[..4].iter().all(|r| r.status == StatusCode::OK), "the burst passes");
+    assert_eq!((replies[4].status, replies[4].code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    let retry = replies[4].retry_after.expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Health probes are never throttled.
+    assert_eq!(api.call(Method::GET, "/healthz", None, None).await.status, StatusCode::OK);
+
+    // Failed authentications from one address (each guess its own credential, so the rate
+    // limit is not what stops them): four answered 401, the fourth uses up the minute's three,
+    // and then the address waits, whatever it sends (another tenant's valid token included).
+    for attempt in 0..4 {
+        let guess = format!("{}{:064x}", blindfold_queue::tenants::TOKEN_PREFIX, attempt);
+        let reply = api.call(Method::GET, "/v1/jobs", Some(&guess), None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let blocked = api.call(Method::GET, "/v1/key-sets", Some(&other), None).await;
+    assert_eq!((blocked.status, blocked.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_failed_authentications"));
+    assert!(blocked.retry_after.is_some());
 }

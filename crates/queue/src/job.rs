@@ -92,6 +92,12 @@ pub struct Job {
     pub priority: i16,
     /// Object key of the input ciphertext batch.
     pub input_key: String,
+    /// The input's size when the API verified it ([`Queue::pin_input`]; `None` before).
+    #[sqlx(default)]
+    pub input_bytes: Option<i64>,
+    /// The input's ETag when the API verified it: read it with `If-Match`.
+    #[sqlx(default)]
+    pub input_etag: Option<String>,
     /// Object key of the result, once succeeded.
     pub result_key: Option<String>,
     /// Where the job is in its life.

@@ -129,6 +129,26 @@ impl Queue {
         enqueued.pop().ok_or(Error::Unexpected { what: "enqueue result", value: "none".into() })
     }
 
+    /// Records what the API verified of a queued job's input (its size and ETag), inside the
+    /// transaction that enqueued it, so the worker reads that object and no other. Returns the
+    /// job as updated; a job that is not queued any more is left as it is.
+    pub async fn pin_input(
+        &self,
+        conn: &mut PgConnection,
+        id: JobId,
+        bytes: i64,
+        e_tag: Option<&str>,
+    ) -> Result<Option<Job>> {
+        Ok(sqlx::query_as(
+            "UPDATE jobs SET input_bytes = $2, input_etag = $3 WHERE id = $1 AND state = 'queued' RETURNING *",
+        )
+        .bind(id)
+        .bind(bytes)
+        .bind(e_tag)
+        .fetch_optional(&mut *conn)
+        .await?)
+    }
+
     async fn enqueue_with_ids_in(
         &self,
         conn: &mut PgConnection,

@@ -52,6 +52,10 @@ pub struct KeySet {
     pub object_key: String,
     /// Their size.
     pub size_bytes: i64,
+    /// The bundle's ETag when the API verified it (`None` for key sets registered before ETags
+    /// were kept): read it with `If-Match`.
+    #[sqlx(default)]
+    pub object_etag: Option<String>,
     /// When they were registered.
     pub created_at: DateTime<Utc>,
 }

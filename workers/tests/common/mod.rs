@@ -175,15 +175,18 @@ impl Stack {
             &blindfold_store::KeysetId::new(keys.id().to_string()).unwrap(),
             &ObjectName::new("evaluation.keys").unwrap(),
         );
-        store.put_bytes(&object, Bytes::from(bundle.clone())).await.unwrap();
+        let stored = store.put_bytes(&object, Bytes::from(bundle.clone())).await.unwrap();
+        // Registered as the API registers a verified bundle: its size and ETag.
         sqlx::query(
-            "INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes, object_etag) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(keys.id())
         .bind(tenant)
         .bind(&keys.descriptor().fingerprint)
         .bind(object.as_str())
         .bind(bundle.len() as i64)
+        .bind(stored.e_tag.expect("the embedded endpoint gives ETags"))
         .execute(db.pool())
         .await
         .unwrap();
@@ -250,6 +253,9 @@ impl Stack {
         };
         let mut conn = self.db.pool().acquire().await.unwrap();
         self.queue.enqueue_as_in(&mut conn, id, job).await.unwrap();
+        // Pinned as the API's submit pins what it verified.
+        let pin = self.store.head(key).await.unwrap().expect("the input is uploaded").pinned();
+        self.queue.pin_input(&mut conn, id, pin.size as i64, pin.e_tag.as_deref()).await.unwrap();
     }
 
     pub async fn job(&self, id: JobId) -> Job {

@@ -9,7 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use blindfold_batch::{BatchKind, Expect, Packing, RawBatchReader};
 use blindfold_queue::{CancelOutcome, Job, JobId, KeySetId, NewJob};
-use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, Prefix};
+use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, Pinned, Prefix};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -18,6 +18,7 @@ use super::uploads::{self, Pending};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::limits::Announcing;
 use crate::state::AppState;
 use crate::wire::{
     CreateJob, JobCreated, JobDurations, JobError, JobPage, JobProgress, JobResult, JobTransition, JobView, ListJobs,
@@ -239,6 +240,7 @@ pub async fn create(
         }
     }
 
+    crate::limits::check_quotas(&state, tenant.0, Announcing { bytes: body.size_bytes, job: true }).await?;
     let id = Uuid::new_v4();
     let object = job_key(tenant.0, id)?;
     let (upload, upload_id) = uploads::presign(&state, &object, body.size_bytes).await?;
@@ -305,8 +307,8 @@ pub async fn submit(
             None => Err(ApiError::not_found("job", id)),
         };
     };
-    let object = uploads::confirm(&state, &row, &done).await?;
-    verify_header(&state, &row, &object).await?;
+    let (object, pin) = uploads::confirm(&state, &row, &done).await?;
+    verify_header(&state, &row, &object, &pin).await?;
 
     let key_set = row.key_set_id.ok_or_else(|| ApiError::internal("submitting", "a pending job without key set"))?;
     let mut tx = state.pool.begin().await?;
@@ -333,14 +335,19 @@ pub async fn submit(
             },
         )
         .await?;
+    let mut job = enqueued.job;
+    if enqueued.created {
+        let bytes = i64::try_from(pin.size).map_err(|e| ApiError::internal("recording the input's size", e))?;
+        job = state.queue.pin_input(&mut tx, job.id, bytes, pin.e_tag.as_deref()).await?.unwrap_or(job);
+    }
     tx.commit().await?;
-    tracing::info!(job = %enqueued.job.id.0, "job queued");
-    Ok(Json(job_view(&enqueued.job)))
+    tracing::info!(job = %job.id.0, "job queued");
+    Ok(Json(job_view(&job)))
 }
 
-async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey) -> ApiResult<()> {
+async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey, pin: &Pinned) -> ApiResult<()> {
     let size = u64::try_from(row.size_bytes).unwrap_or(0);
-    let head = state.store.get_range(object, 0..size.min(HEADER_PROBE)).await?;
+    let head = state.store.get_range_pinned(object, 0..size.min(HEADER_PROBE), pin).await?;
     // Rows from before the registry name the built-in model's version.
     let version = match row.model_version {
         Some(version) => version.to_string(),

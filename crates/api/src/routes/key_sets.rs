@@ -106,6 +106,21 @@ pub async fn create(
     let reference = crate::registry::parse_ref(&body.model)?;
     let (model, packing) = super::model_packing(&state, &reference, body.packing.as_deref()).await?;
     let size = uploads::check_size(&state, body.size_bytes)?;
+    // A bundle holds exactly the keys the plan needs, so its size is known to the byte: no
+    // tenant can make the service store, download and verify more than that.
+    if packing.bundle_bytes != 0 && body.size_bytes != packing.bundle_bytes {
+        return Err(ApiError::unprocessable(
+            "invalid_size",
+            format!(
+                "a key bundle for {} in the {} packing is exactly {} bytes (the plan's relinearization and \
+                 rotation keys), not {}: generate the keys for this model and packing with `blindfold keys`",
+                model.reference(),
+                packing.packing.name(),
+                packing.bundle_bytes,
+                body.size_bytes
+            ),
+        ));
+    }
     let id = body.id.unwrap_or_else(Uuid::new_v4);
     let taken = || {
         ApiError::conflict(
@@ -119,6 +134,8 @@ pub async fn create(
     if registered.is_some() {
         return Err(taken());
     }
+    let announcing = crate::limits::Announcing { bytes: body.size_bytes, job: false };
+    crate::limits::check_quotas(&state, tenant.0, announcing).await?;
     let key = ObjectKey::keyset(
         &uploads::store_tenant(tenant.0)?,
         &KeysetId::new(id.to_string()).map_err(|e| ApiError::internal("building an object key", e))?,
@@ -178,12 +195,11 @@ pub async fn complete(
         };
     };
     let _permit = state.verification_permit()?;
-    let key = uploads::confirm(&state, &pending, &done).await?;
+    let (key, pin) = uploads::confirm(&state, &pending, &done).await?;
     let expected = uploads::fingerprint(&pending.params_fingerprint)?;
     let file = tempfile::tempfile().map_err(|e| ApiError::internal("creating a temporary file", e))?;
-    let file = tokio::fs::File::from_std(file);
-    let mut file = file;
-    state.store.download(&key, &mut file, None).await?;
+    let mut file = tokio::fs::File::from_std(file);
+    state.store.download_pinned(&key, &pin, &mut file).await?;
     let std_file = file.into_std().await;
     let verdict = tokio::task::spawn_blocking(move || {
         use std::io::Seek;
@@ -207,8 +223,9 @@ pub async fn complete(
     }
     let row: Registered = sqlx::query_as(
         r#"
-        INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes, model, packing, model_version)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        INSERT INTO key_sets (id, tenant_id, params_fingerprint, object_key, size_bytes, model, packing, model_version,
+                              object_etag)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         RETURNING id, params_fingerprint, size_bytes, model, model_version, packing, created_at
         "#,
     )
@@ -220,6 +237,7 @@ pub async fn complete(
     .bind(&pending.model)
     .bind(&pending.packing)
     .bind(pending.model_version)
+    .bind(&pin.e_tag)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -107,6 +107,12 @@ fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
             if operation.security.as_ref().is_some_and(|security| !security.is_empty()) {
                 answers.entry("401".to_owned()).or_insert_with(|| problem("No valid token (`unauthorized`)"));
             }
+            answers.entry("429".to_owned()).or_insert_with(|| {
+                problem(
+                    "Throttled, with `Retry-After` (`rate_limited`, `too_many_failed_authentications`), or a \
+                     tenant quota reached (`quota_exceeded`)",
+                )
+            });
             if path.contains('{') {
                 answers.entry("400".to_owned()).or_insert_with(|| problem("A malformed path parameter (`invalid_id`)"));
             }
@@ -158,6 +164,7 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method; see /openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::limits::throttle))
         .layer(axum::middleware::from_fn_with_state(state.clone(), telemetry::track))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(300)))

@@ -92,8 +92,8 @@ pub async fn announce(
     let row = registry::announce(&state.pool, &announcement).await?;
     let expiry = state.config.presign_expiry();
     let uploads = ModelFiles {
-        onnx: state.store.presign_put(&onnx, expiry).await?.into(),
-        manifest: state.store.presign_put(&manifest, expiry).await?.into(),
+        onnx: state.store.presign_put(&onnx, body.onnx_bytes, expiry).await?.into(),
+        manifest: state.store.presign_put(&manifest, body.manifest_bytes, expiry).await?.into(),
     };
     tracing::info!(model = %reference, bytes = body.onnx_bytes, "model announced");
     Ok((

@@ -2,7 +2,7 @@
 //! uploaded is there, complete and of the announced size.
 
 use blindfold_ckks::Fingerprint;
-use blindfold_store::{ObjectKey, TenantId as StoreTenant};
+use blindfold_store::{ObjectKey, Pinned, TenantId as StoreTenant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -55,12 +55,13 @@ pub fn check_size(state: &AppState, size: u64) -> ApiResult<i64> {
     i64::try_from(size).map_err(|_| ApiError::unprocessable("invalid_size", "size_bytes is too large"))
 }
 
-/// A presigned upload of `size` bytes to `key`: one `PUT` up to one part, multipart above.
-/// Returns the store's multipart upload id when there is one.
+/// A presigned upload of `size` bytes to `key`: one `PUT` up to one part, multipart above,
+/// every request with its length signed. Returns the store's multipart upload id when there is
+/// one.
 pub async fn presign(state: &AppState, key: &ObjectKey, size: u64) -> ApiResult<(Upload, Option<String>)> {
-    let expiry = state.config.presign_expiry();
+    let expiry = state.config.upload_expiry(size);
     if size <= state.store.part_size() as u64 {
-        let request = state.store.presign_put(key, expiry).await?;
+        let request = state.store.presign_put(key, size, expiry).await?;
         Ok((Upload::Single { request: request.into() }, None))
     } else {
         let upload = state.store.presign_multipart(key, size, expiry).await?;
@@ -70,8 +71,9 @@ pub async fn presign(state: &AppState, key: &ObjectKey, size: u64) -> ApiResult<
 }
 
 /// Finishes a multipart upload (if it was one) and checks the object is there with the
-/// announced size.
-pub async fn confirm(state: &AppState, pending: &Pending, done: &UploadDone) -> ApiResult<ObjectKey> {
+/// announced size. Returns the object as it is now: verify it through the pin and record the
+/// pin, so that what was verified is what everyone reads.
+pub async fn confirm(state: &AppState, pending: &Pending, done: &UploadDone) -> ApiResult<(ObjectKey, Pinned)> {
     let key = ObjectKey::parse(&pending.object_key).map_err(|e| ApiError::internal("reading an object key", e))?;
     if let Some(upload_id) = &pending.upload_id {
         if done.parts.is_empty() {
@@ -104,7 +106,7 @@ pub async fn confirm(state: &AppState, pending: &Pending, done: &UploadDone) -> 
             format!("the uploaded object has {} bytes, {} were announced", info.size, pending.size_bytes),
         ));
     }
-    Ok(key)
+    Ok((key, info.pinned()))
 }
 
 /// Parses a hex fingerprint as stored.

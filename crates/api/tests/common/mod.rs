@@ -54,6 +54,9 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
         metrics_bind: "127.0.0.1:0".parse().unwrap(),
         fleet_memory_mib: None,
         housekeeping: blindfold_housekeeping::Settings::default(),
+        // Off here: tests send many unauthenticated requests from one address on purpose;
+        // `throttling` turns them on.
+        limits: blindfold_api::Limits { auth_failures_per_minute: 0, rate_per_minute: 0, ..Default::default() },
         store: store_config.clone(),
     };
     adjust(&mut config);
@@ -76,6 +79,8 @@ pub struct Reply {
     pub content_type: String,
     /// The `Connection` header, empty when absent.
     pub connection: String,
+    /// The `Retry-After` header, in seconds.
+    pub retry_after: Option<u64>,
     pub body: Value,
 }
 
@@ -104,9 +109,10 @@ impl Api {
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         let connection =
             response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
         let bytes = response.bytes().await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, content_type, connection, body }
+        Reply { status, content_type, connection, retry_after, body }
     }
 
     pub async fn raw(&self, method: Method, path: &str, token: &str, body: Vec<u8>) -> Reply {
@@ -124,8 +130,9 @@ impl Api {
             response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
         let connection =
             response.headers().get("connection").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
         let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null);
-        Reply { status, content_type, connection, body }
+        Reply { status, content_type, connection, retry_after, body }
     }
 
     /// A tenant and a token for it.
@@ -146,7 +153,8 @@ impl Api {
         match upload {
             Upload::Single { request } => {
                 let mut put = self.http.put(&request.url).body(bytes.to_vec());
-                for header in &request.headers {
+                // Content-Length comes from the body (it is signed: another length is refused).
+                for header in request.headers.iter().filter(|h| !h.name.eq_ignore_ascii_case("content-length")) {
                     put = put.header(&header.name, &header.value);
                 }
                 let response = put.send().await.unwrap();
@@ -159,7 +167,8 @@ impl Api {
                     let start = (part.part_number as usize - 1) * part_size as usize;
                     let end = (start + part_size as usize).min(bytes.len());
                     let mut put = self.http.put(&part.request.url).body(bytes[start..end].to_vec());
-                    for header in &part.request.headers {
+                    for header in part.request.headers.iter().filter(|h| !h.name.eq_ignore_ascii_case("content-length"))
+                    {
                         put = put.header(&header.name, &header.value);
                     }
                     let response = put.send().await.unwrap();
@@ -287,12 +296,21 @@ impl Crypto {
 /// key, every checksum valid: what a confused (or malicious) client might upload.
 pub fn bundle_with_secret_key(key_set: Uuid) -> Vec<u8> {
     let crypto = crypto();
-    let sections = [
+    let mut sections = [
         crypto.context.params().to_bytes(),
         crypto.keys.secret_key().to_bytes().to_vec(),
         GaloisKeys::default().to_bytes(&crypto.context),
     ];
     let chunk_size: u32 = 1 << 20;
+    // Padded to the exact size of a genuine bundle, the only size the API accepts: the same
+    // payload in the same chunks. The last section's tail is never read: the secret key before
+    // it is refused first.
+    let genuine = crypto.bundle(Uuid::nil());
+    let genuine_payload: u64 =
+        (0..3).map(|i| u64::from_le_bytes(genuine[64 + 8 * i..72 + 8 * i].try_into().unwrap())).sum();
+    let payload: u64 = sections.iter().map(|s| s.len() as u64).sum();
+    let padded = sections[2].len() + usize::try_from(genuine_payload - payload).unwrap();
+    sections[2].resize(padded, 0);
     let mut out = Vec::new();
     out.extend_from_slice(b"BFKB");
     out.extend_from_slice(&1u16.to_le_bytes());
@@ -327,4 +345,10 @@ pub fn bundle_with_secret_key(key_set: Uuid) -> Vec<u8> {
     let crc = crc32c::crc32c(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The size of a genuine key bundle for the test model (throughput packing): the only size
+/// `POST /v1/key-sets` accepts for it.
+pub fn bundle_len() -> usize {
+    crypto().bundle(Uuid::nil()).len()
 }

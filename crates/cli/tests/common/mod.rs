@@ -50,6 +50,7 @@ impl Stack {
                 metrics_bind: "127.0.0.1:0".parse().unwrap(),
                 fleet_memory_mib: None,
                 housekeeping: blindfold_housekeeping::Settings::default(),
+                limits: blindfold_api::Limits::default(),
                 store: store.clone(),
             };
             let serving = Application::build(config).await.unwrap();
