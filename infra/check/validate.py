@@ -37,6 +37,16 @@ BUILTIN_KINDS = {
     "PodDisruptionBudget", "NetworkPolicy",
 }
 EXPECTED_IMAGES = {"api": "blindfold-api", "worker": "blindfold-worker", "migrate": "blindfold"}
+# Least privilege: the Secret key each component's credentials come from. Only the migration Job
+# holds the schema owner's database URL; the API and the workers log in as their own roles and
+# reach the bucket as their own identities (infra/s3/policies).
+CREDENTIALS = {
+    "migrate": {"DATABASE_URL": "MIGRATE_DATABASE_URL"},
+    "api": {"BLINDFOLD_DATABASE_URL": "API_DATABASE_URL", "BLINDFOLD_S3_ACCESS_KEY": "API_S3_ACCESS_KEY",
+            "BLINDFOLD_S3_SECRET_KEY": "API_S3_SECRET_KEY"},
+    "worker": {"BLINDFOLD_DATABASE_URL": "WORKER_DATABASE_URL", "BLINDFOLD_S3_ACCESS_KEY": "WORKER_S3_ACCESS_KEY",
+               "BLINDFOLD_S3_SECRET_KEY": "WORKER_S3_SECRET_KEY"},
+}
 SCALED_OBJECT_SPEC = {
     "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
     "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers",
@@ -289,6 +299,16 @@ def check_components(report: Report, overlay: str, docs: list[dict]) -> None:
         env = env_map(container)
         annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
         ports = {p["containerPort"] for p in container.get("ports", [])}
+        secret_keys = {name: e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for name, e in env.items()
+                       if "secretKeyRef" in e.get("valueFrom", {})}
+        for name, key in CREDENTIALS[component].items():
+            report.check(secret_keys.get(name) == key, where,
+                         f"{name} must come from the Secret key {key} (one set of credentials per component)")
+        others = {key for c, creds in CREDENTIALS.items() if c != component for key in creds.values()}
+        report.check(not (set(secret_keys.values()) & others), where,
+                     f"reads another component's credentials: {sorted(set(secret_keys.values()) & others)}")
+        report.check(str(env.get("BLINDFOLD_API_MIGRATE", {}).get("value", "false")).lower() in ("false", "0", "no", "off"),
+                     where, "migrations run in the migration Job only: leave BLINDFOLD_API_MIGRATE unset")
         if component == "migrate":
             report.check(container.get("args") == ["admin", "migrate", "--no-seed"], where,
                          "the migration Job runs `blindfold admin migrate --no-seed` (the API seeds the built-in models)")

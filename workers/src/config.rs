@@ -10,7 +10,9 @@ use secrecy::SecretString;
 /// every core.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// PostgreSQL URL of the service database (migrated by `blindfold admin migrate` or the API).
+    /// PostgreSQL URL of the service database, as a member of the `blindfold_worker` role. The
+    /// schema must be current (`blindfold admin migrate`, the Kubernetes migrate Job): workers
+    /// never migrate, and refuse to start on an older or newer schema.
     #[arg(long, env = "BLINDFOLD_DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
     pub database_url: SecretString,
 

@@ -15,9 +15,10 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
-    /// The database has no Blindfold schema.
-    #[error("the database has no job queue tables; run `blindfold admin migrate` (or start the API) first")]
-    NotMigrated,
+    /// The database's schema is not the one this worker was built for (not migrated, behind,
+    /// ahead, or a migration failed). Workers never migrate: the migration step does.
+    #[error("refusing to start: {0}")]
+    Schema(#[from] blindfold_queue::SchemaError),
     /// The object store cannot be reached or configured.
     #[error("object storage: {0}")]
     Store(#[from] blindfold_store::StoreError),

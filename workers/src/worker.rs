@@ -59,8 +59,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Connects to the database (checking it is migrated) and the store, builds the thread
-    /// pool and binds the metrics listener.
+    /// Connects to the database (checking its schema is exactly this binary's: workers never
+    /// migrate, and their role could not) and the store, builds the thread pool and binds the
+    /// metrics listener.
     pub async fn start(config: Config) -> Result<Self, Error> {
         let db = |context: &str| {
             let context = context.to_owned();
@@ -72,13 +73,7 @@ impl Worker {
             .connect(config.database_url.expose_secret())
             .await
             .map_err(db("connecting (--database-url / BLINDFOLD_DATABASE_URL)"))?;
-        let migrated: Option<String> = sqlx::query_scalar("SELECT to_regclass('jobs')::text")
-            .fetch_one(&pool)
-            .await
-            .map_err(db("checking the schema"))?;
-        if migrated.is_none() {
-            return Err(Error::NotMigrated);
-        }
+        blindfold_queue::check_schema(&pool).await?;
         let queue = Queue::new(pool, QueueConfig { lease: config.lease(), ..QueueConfig::default() });
         let store = Store::connect(&config.store).await?;
         let threads = config.thread_count();
@@ -142,9 +137,14 @@ impl Worker {
                 WakeUp::polling(poll)
             }
         };
-        // Stops with this function: a stopped worker no longer keeps house.
-        let _housekeeper =
-            blindfold_housekeeping::spawn(shared.queue.clone(), shared.store.clone(), config.housekeeping.clone());
+        // Stops with this function: a stopped worker no longer keeps house. The queue's duties
+        // only: announced uploads are the API's, out of the worker role's reach.
+        let _housekeeper = blindfold_housekeeping::spawn(
+            shared.queue.clone(),
+            shared.store.clone(),
+            config.housekeeping.clone(),
+            blindfold_housekeeping::Duties::Queue,
+        );
         let (deadline_passed, deadline_seen) = watch::channel(false);
         let mut running: JoinSet<()> = JoinSet::new();
         let slots = config.jobs as usize;

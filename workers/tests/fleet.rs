@@ -370,3 +370,49 @@ async fn an_input_batch_replaced_after_verification_is_refused() {
     assert_eq!(job.state, JobState::Failed, "{job:?}\n{}", stack.log_tail());
     assert_eq!((job.attempt, job.error_code.as_deref()), (1, Some("object_changed")), "{job:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_the_worker_role_runs_a_job_and_only_the_queue_duties() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    // An announced upload long expired: the API's to forget, never the worker's.
+    sqlx::query(
+        "INSERT INTO pending_uploads (id, tenant_id, kind, model, packing, params_fingerprint, object_key, size_bytes, \
+         created_at) VALUES (gen_random_uuid(), $1, 'key_set', 'm', 'latency', 'fp', 'k', 1, now() - interval '30 days')",
+    )
+    .bind(stack.tenant)
+    .execute(stack.db.pool())
+    .await
+    .unwrap();
+    let input = batches(1, 1).remove(0);
+    let worker = stack.worker("restricted", &[("BLINDFOLD_HOUSEKEEPING_SECS", "1")]);
+    let id = stack.submit(&input, 1).await;
+    let job = stack.wait_final(id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", stack.log_tail());
+    assert_eq!(stack.result_bytes(&job).await, expected_result(&input, id));
+    // Passes ran (the first at start, then every second) and none was refused.
+    let lines = worker.log_lines();
+    let started = lines.iter().find(|line| line["fields"]["message"] == "housekeeping started").unwrap();
+    assert_eq!(started["fields"]["duties"], "queue", "{started}");
+    let refused =
+        |message: &str| message.starts_with("housekeeping pass failed") || message.starts_with("claiming failed");
+    let failed: Vec<_> = lines.iter().filter(|line| line["fields"]["message"].as_str().is_some_and(refused)).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let uploads: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pending_uploads").fetch_one(stack.db.pool()).await.unwrap();
+    assert_eq!(uploads, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_to_start_on_a_schema_it_was_not_built_for() {
+    let _serial = common::SERIAL.lock().await;
+    let stack = Stack::start().await;
+    let latest: i64 =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(stack.db.pool()).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1").bind(latest).execute(stack.db.pool()).await.unwrap();
+    let config = blindfold_worker::Config::new(stack.worker_url.clone(), common::store_config(&stack.endpoint()));
+    let refused = blindfold_worker::Worker::start(config).await.expect_err("the worker must not start");
+    let message = refused.to_string();
+    assert!(matches!(refused, blindfold_worker::Error::Schema(_)), "{message}");
+    assert!(message.contains("behind") && message.contains("blindfold admin migrate"), "{message}");
+}

@@ -57,9 +57,24 @@ where
 /// The API server's settings: every flag also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// PostgreSQL URL of the service database (migrations are applied at start).
+    /// PostgreSQL URL of the service database, as a member of the `blindfold_api` role. At start
+    /// the schema must be current (`blindfold admin migrate`, the Kubernetes migrate Job):
+    /// otherwise the API refuses to start.
     #[arg(long, env = "BLINDFOLD_DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
     pub database_url: SecretString,
+
+    /// Apply pending migrations at start instead of refusing to start on an old schema: for a
+    /// single-process setup whose database user owns the schema. In a deployment, migrations
+    /// run in the migration step only, with credentials the API does not hold.
+    #[arg(
+        long,
+        env = "BLINDFOLD_API_MIGRATE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub migrate: bool,
 
     /// Largest number of database connections.
     #[arg(long, env = "BLINDFOLD_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -178,8 +193,9 @@ pub struct Serving<F> {
 }
 
 impl Application {
-    /// Connects to the database (applying migrations) and the store (creating the bucket if
-    /// missing), compiles the model catalogue, binds `config.bind` and `config.metrics_bind`
+    /// Connects to the database (checking its schema is current, or migrating it with
+    /// [`Config::migrate`]) and the store (creating the bucket if missing), registers the
+    /// built-in models the registry lacks, binds `config.bind` and `config.metrics_bind`
     /// and returns them with the server future, which runs until it fails or the process gets
     /// Ctrl-C/SIGTERM.
     pub async fn build(
@@ -203,8 +219,12 @@ impl Application {
             .await
             .with_context(|| format!("binding the metrics address {metrics_bind}"))?;
         let metrics_addr = metrics_listener.local_addr().context("reading the bound metrics address")?;
-        let housekeeper =
-            blindfold_housekeeping::spawn(state.queue.clone(), state.store.clone(), state.config.housekeeping.clone());
+        let housekeeper = blindfold_housekeeping::spawn(
+            state.queue.clone(),
+            state.store.clone(),
+            state.config.housekeeping.clone(),
+            blindfold_housekeeping::Duties::All,
+        );
         let pruner = limits::spawn_pruner(&state);
         let metrics_app = routes::metrics_router(state.clone());
         // Stops with the server (aborted below); a scrape in flight then is simply cut.

@@ -43,8 +43,8 @@ impl AppState {
 }
 
 impl AppState {
-    /// Connects to PostgreSQL (and applies the migrations) and to the store (creating the
-    /// bucket if missing), and registers the built-in models the registry lacks.
+    /// Connects to PostgreSQL (checking the schema, see [`AppState::new`]) and to the store
+    /// (creating the bucket if missing), and registers the built-in models the registry lacks.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections.max(1))
@@ -57,10 +57,19 @@ impl AppState {
         Self::new(pool, store, config).await
     }
 
-    /// A state over an existing pool and store. Applies the migrations and seeds the registry
-    /// with the built-in models it lacks, as `blindfold admin migrate` does.
+    /// A state over an existing pool and store. Refuses a database whose schema is not exactly
+    /// this binary's (behind, ahead, or a migration failed half-way), naming the migration step
+    /// to run; with [`Config::migrate`] it applies pending migrations instead. Then seeds the
+    /// registry with the built-in models it lacks, as `blindfold admin migrate` does: data,
+    /// not schema, written with the API role's own rights.
     pub async fn new(pool: PgPool, store: Store, config: Config) -> anyhow::Result<Self> {
-        blindfold_queue::MIGRATOR.run(&pool).await.context("applying database migrations")?;
+        if config.migrate {
+            blindfold_queue::MIGRATOR.run(&pool).await.context("applying database migrations (--migrate)")?;
+        }
+        blindfold_queue::check_schema(&pool).await.context(
+            "checking the database schema (the API migrates at start only with --migrate, \
+             BLINDFOLD_API_MIGRATE=true: for a single process whose database user owns the schema)",
+        )?;
         let seeded = crate::registry::seed_builtin_models(&pool, &store).await.context("seeding the model registry")?;
         if !seeded.is_empty() {
             tracing::info!(models = ?seeded, "built-in models registered");

@@ -7,15 +7,19 @@ use std::collections::{BTreeSet, HashSet};
 
 use blindfold_queue::{Progress, Queue, QueueConfig, WorkerId};
 use blindfold_store::{JobId as StoreJob, ObjectKey, ObjectName, TenantId as StoreTenant};
+use blindfold_testkit::TestDatabase;
 use bytes::Bytes;
-use common::{ADMIN, MODEL, bundle_len, bundle_with_secret_key, crypto, start, start_with};
+use common::{ADMIN, MODEL, bundle_len, bundle_with_secret_key, crypto, start, start_on, start_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Plays the worker: claims the next job, reports progress, uploads a result, completes.
+/// Plays the worker, logged in as the worker role: claims the next job, reports progress,
+/// uploads a result, completes.
 async fn work_one(api: &common::Api, tenant: Uuid, expected: Uuid, result: &[u8]) {
-    let queue = Queue::new(api.db.pool().clone(), QueueConfig::default());
+    let url = api.db.login_in("blindfold_worker").await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let queue = Queue::new(pool, QueueConfig::default());
     let worker = WorkerId::unique("test-worker");
     let claimed = queue.claim(&worker, 1).await.unwrap().pop().expect("a job to claim");
     assert_eq!(claimed.job.id.0, expected);
@@ -858,4 +862,27 @@ async fn throttling_answers_429_with_retry_after() {
     let blocked = api.call(Method::GET, "/v1/key-sets", Some(&other), None).await;
     assert_eq!((blocked.status, blocked.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_failed_authentications"));
     assert!(blocked.retry_after.is_some());
+
+/// A database with no schema at all (nothing migrated) and its owner's URL.
+async fn unmigrated_database() -> (TestDatabase, String) {
+    let db = TestDatabase::new().await.unwrap();
+    sqlx::query("DROP SCHEMA public CASCADE").execute(db.pool()).await.unwrap();
+    sqlx::query("CREATE SCHEMA public").execute(db.pool()).await.unwrap();
+    let owner = db.url().to_owned();
+    (db, owner)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_refuses_a_database_that_is_not_migrated_unless_told_to_migrate() {
+    let (db, owner) = unmigrated_database().await;
+    let Err(refused) = start_on(db, owner, |_| {}).await else { panic!("the API must not start") };
+    let message = format!("{refused:#}");
+    assert!(message.contains("blindfold admin migrate") && message.contains("--migrate"), "{message}");
+
+    // The single-process opt-in migrates (its user owns the schema) and serves.
+    let (db, owner) = unmigrated_database().await;
+    let api = start_on(db, owner, |config| config.migrate = true).await.unwrap();
+    let models = api.call(Method::GET, "/v1/models", None, None).await;
+    assert_eq!(models.status, StatusCode::OK, "{:?}", models.body);
+    assert!(!models.body["models"].as_array().unwrap().is_empty(), "the built-in models are registered");
 }

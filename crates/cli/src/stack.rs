@@ -212,6 +212,7 @@ impl LocalStack {
         let admin_token = random_hex();
         let api_config = blindfold_api::Config {
             database_url: SecretString::from(database_url.clone()),
+            migrate: false,
             db_max_connections: 8,
             bind: options.api_bind,
             admin_token: Some(SecretString::from(admin_token.clone())),

@@ -6,12 +6,15 @@
 //!
 //! Every worker process and every API process runs one ([`spawn`]), so the duty has an owner
 //! whenever any part of the service runs; concurrent passes are safe (settling locks with
-//! `SKIP LOCKED`, deletions are idempotent).
+//! `SKIP LOCKED`, deletions are idempotent). Each process runs the [`Duties`] its database role
+//! may do: a worker the queue's, the API all of them (announced uploads are the API's table,
+//! which the worker role cannot touch).
 //!
 //! ```no_run
 //! # async fn example(queue: blindfold_queue::Queue, store: blindfold_store::Store) {
+//! use blindfold_housekeeping::Duties;
 //! let settings = blindfold_housekeeping::Settings::default();
-//! let _housekeeper = blindfold_housekeeping::spawn(queue, store, settings);
+//! let _housekeeper = blindfold_housekeeping::spawn(queue, store, settings, Duties::All);
 //! // ... serve; dropping the handle stops the loop.
 //! # }
 //! ```
@@ -63,6 +66,33 @@ impl Settings {
     }
 }
 
+/// Which duties a process's passes run. Every pass of every kind settles expired leases and
+/// deletes finished jobs past retention; only [`Duties::All`] also expires announced uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duties {
+    /// The queue's duties: settling expired leases, retention of finished jobs and their
+    /// objects. What a worker runs: its database role may change jobs but not the API's
+    /// announced uploads (`pending_uploads`), and its bucket policy covers job objects only.
+    Queue,
+    /// The queue's duties and expiring announced uploads never confirmed (their rows, objects
+    /// and multipart uploads). What the API runs.
+    All,
+}
+
+impl Duties {
+    /// Whether passes expire unconfirmed uploads.
+    pub fn expires_uploads(self) -> bool {
+        self == Self::All
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::All => "all",
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Report {
@@ -98,22 +128,15 @@ pub enum Error {
     },
 }
 
-/// One pass: settle expired leases, expire unconfirmed uploads, then delete finished jobs past
-/// retention, batch by batch, each job's objects before its row (a failed deletion keeps the
-/// row for the next pass).
-pub async fn pass(queue: &Queue, store: &Store, settings: &Settings) -> Result<Report, Error> {
+/// One pass: settle expired leases, expire unconfirmed uploads (with [`Duties::All`]), then
+/// delete finished jobs past retention, batch by batch, each job's objects before its row (a
+/// failed deletion keeps the row for the next pass).
+pub async fn pass(queue: &Queue, store: &Store, settings: &Settings, duties: Duties) -> Result<Report, Error> {
     let retention = &settings.retention();
     let settled = queue.settle_expired().await?;
     let mut report = Report { failed: settled.failed, cancelled: settled.cancelled, ..Report::default() };
-    loop {
-        let expired = queue.expire_uploads(Duration::from_secs(settings.upload_expiry_secs), retention.batch).await?;
-        for upload in &expired {
-            forget_upload(store, upload).await;
-        }
-        report.uploads_expired += expired.len() as u64;
-        if (expired.len() as i64) < retention.batch.max(1) {
-            break;
-        }
+    if duties.expires_uploads() {
+        report.uploads_expired = expire_uploads(queue, store, settings).await?;
     }
     loop {
         let expired = queue.expired_finished(retention).await?;
@@ -131,6 +154,22 @@ pub async fn pass(queue: &Queue, store: &Store, settings: &Settings) -> Result<R
         }
     }
     Ok(report)
+}
+
+/// Forgets announced uploads past the expiry, batch by batch; returns how many.
+async fn expire_uploads(queue: &Queue, store: &Store, settings: &Settings) -> Result<u64, Error> {
+    let batch = settings.retention().batch.max(1);
+    let mut count = 0;
+    loop {
+        let expired = queue.expire_uploads(Duration::from_secs(settings.upload_expiry_secs), batch).await?;
+        for upload in &expired {
+            forget_upload(store, upload).await;
+        }
+        count += expired.len() as u64;
+        if (expired.len() as i64) < batch {
+            return Ok(count);
+        }
+    }
 }
 
 /// Deletes everything under the job's prefix, and its input and result objects wherever the
@@ -189,18 +228,19 @@ impl Drop for Housekeeper {
 }
 
 /// Starts the loop on the current tokio runtime: a first pass at once, then one every
-/// interval (jittered). A failed pass is logged and retried at the next interval; passes that
-/// changed something are logged at info.
-pub fn spawn(queue: Queue, store: Store, settings: Settings) -> Housekeeper {
+/// interval (jittered), each running `duties`. A failed pass is logged and retried at the next
+/// interval; passes that changed something are logged at info.
+pub fn spawn(queue: Queue, store: Store, settings: Settings, duties: Duties) -> Housekeeper {
     let task = tokio::spawn(async move {
         tracing::info!(
+            duties = duties.name(),
             interval_s = settings.interval_secs,
             retention_s = settings.retention_secs,
             upload_expiry_s = settings.upload_expiry_secs,
             "housekeeping started"
         );
         loop {
-            match pass(&queue, &store, &settings).await {
+            match pass(&queue, &store, &settings, duties).await {
                 Ok(report) if report.is_empty() => {}
                 Ok(report) => tracing::info!(
                     failed = report.failed,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use blindfold_housekeeping::{Settings, pass, spawn};
+use blindfold_housekeeping::{Duties, Settings, pass, spawn};
 use blindfold_queue::{CancelOutcome, JobId, JobState, NewJob, Queue, QueueConfig, TenantId, WorkerId, tenants};
 use blindfold_store::{EmbeddedS3, ObjectKey, ObjectName, Prefix, Store, StoreConfig};
 use blindfold_testkit::TestDatabase;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use secrecy::SecretString;
 
 struct Fixture {
-    _db: TestDatabase,
+    db: TestDatabase,
     _s3: EmbeddedS3,
     _s3_dir: tempfile::TempDir,
     queue: Queue,
@@ -30,7 +30,7 @@ async fn fixture(lease: Duration) -> Fixture {
     store.ensure_bucket().await.unwrap();
     let queue = Queue::new(db.pool().clone(), QueueConfig { lease, ..QueueConfig::default() });
     let tenant = tenants::create_tenant(db.pool(), "st-mary").await.unwrap().id;
-    Fixture { _db: db, _s3: s3, _s3_dir: s3_dir, queue, store, tenant }
+    Fixture { db, _s3: s3, _s3_dir: s3_dir, queue, store, tenant }
 }
 
 fn key(tenant: TenantId, job: JobId, input: bool, name: &str) -> ObjectKey {
@@ -80,7 +80,7 @@ async fn the_loop_settles_a_job_whose_worker_died_on_its_last_attempt_and_a_canc
     // The worker never heartbeats again. Nothing but the housekeeper may settle these jobs.
     let settings = Settings { interval_secs: 1, ..Settings::default() };
     let started = Instant::now();
-    let _housekeeper = spawn(f.queue.clone(), f.store.clone(), settings);
+    let _housekeeper = spawn(f.queue.clone(), f.store.clone(), settings, Duties::All);
     loop {
         let (a, b) = (f.queue.job(last).await.unwrap().unwrap(), f.queue.job(cancelled).await.unwrap().unwrap());
         if a.state != JobState::Running && b.state != JobState::Running {
@@ -112,10 +112,11 @@ async fn retention_deletes_finished_jobs_with_every_object_and_keeps_the_rest() 
     f.queue.complete(&claimed.lease, result.as_str()).await.unwrap();
 
     let keep = Settings { retention_secs: 3600, ..Settings::default() };
-    assert_eq!(pass(&f.queue, &f.store, &keep).await.unwrap().purged, 0);
+    assert_eq!(pass(&f.queue, &f.store, &keep, Duties::All).await.unwrap().purged, 0);
     assert_eq!(f.store.list(&prefix(f.tenant, done)).await.unwrap().len(), 3);
 
-    let report = pass(&f.queue, &f.store, &Settings { retention_secs: 0, ..Settings::default() }).await.unwrap();
+    let report =
+        pass(&f.queue, &f.store, &Settings { retention_secs: 0, ..Settings::default() }, Duties::All).await.unwrap();
     assert_eq!((report.purged, report.objects_deleted), (1, 3), "{report:?}");
     assert!(f.queue.job(done).await.unwrap().is_none());
     assert!(f.store.list(&prefix(f.tenant, done)).await.unwrap().is_empty());
@@ -184,7 +185,7 @@ async fn uploads_never_confirmed_expire_with_their_objects_and_multipart_uploads
     f.store.put_bytes(&fresh, Bytes::from_static(b"bundle")).await.unwrap();
     let kept = announce(&f, &fresh, None, 60.0).await;
 
-    let report = pass(&f.queue, &f.store, &Settings::default()).await.unwrap();
+    let report = pass(&f.queue, &f.store, &Settings::default(), Duties::All).await.unwrap();
     assert_eq!(report.uploads_expired, 2, "{report:?}");
     let left: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM pending_uploads").fetch_all(f.queue.pool()).await.unwrap();
@@ -201,4 +202,57 @@ async fn uploads_never_confirmed_expire_with_their_objects_and_multipart_uploads
         .send()
         .await;
     assert!(part.is_err(), "the multipart upload was aborted");
+}
+
+/// Whether a pass failed because the database refused the role (SQLSTATE 42501).
+fn refused(error: &blindfold_housekeeping::Error) -> bool {
+    matches!(
+        error,
+        blindfold_housekeeping::Error::Queue(blindfold_queue::Error::Database(sqlx::Error::Database(e)))
+            if e.code().as_deref() == Some("42501")
+    )
+}
+
+#[tokio::test]
+async fn the_worker_role_runs_the_queue_duties_and_may_not_expire_uploads() {
+    let f = fixture(Duration::from_secs(30)).await;
+    let url = f.db.login_in("blindfold_worker").await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+    let worker_queue = Queue::new(pool, f.queue.config().clone());
+    // A job whose worker died on its last attempt, and one that finished long ago.
+    let dead = stored_job(&f, 1).await;
+    let done = stored_job(&f, 1).await;
+    let claimed = worker_queue.claim(&WorkerId::unique("w"), 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let finished = claimed.iter().find(|c| c.job.id == done).unwrap();
+    let result = key(f.tenant, done, false, "result-1.bfrb");
+    f.store.put_bytes(&result, Bytes::from_static(b"result")).await.unwrap();
+    worker_queue.complete(&finished.lease, result.as_str()).await.unwrap();
+    // The lease ran out (set, not waited for) and the finish is past retention.
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(dead)
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET finished_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(done)
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    let stale = key(f.tenant, JobId::new_random(), true, "batch.bfb");
+    let upload = announce(&f, &stale, None, 2.0 * 86_400.0).await;
+
+    let settings = Settings { retention_secs: 60, ..Settings::default() };
+    let report = pass(&worker_queue, &f.store, &settings, Duties::Queue).await.unwrap();
+    assert_eq!((report.failed, report.purged, report.uploads_expired), (1, 1, 0), "{report:?}");
+    let settled = f.queue.job(dead).await.unwrap().unwrap();
+    assert_eq!((settled.state, settled.error_code.as_deref()), (JobState::Failed, Some("lease_expired")));
+    assert!(f.queue.job(done).await.unwrap().is_none());
+    assert!(f.store.list(&prefix(f.tenant, done)).await.unwrap().is_empty());
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM pending_uploads").fetch_all(f.db.pool()).await.unwrap();
+    assert_eq!(left, vec![upload], "the queue duties leave announced uploads alone");
+    // Why a worker runs the queue duties only: the role may not expire the API's uploads.
+    let all = pass(&worker_queue, &f.store, &Settings::default(), Duties::All).await.unwrap_err();
+    assert!(refused(&all), "{all:?}");
 }

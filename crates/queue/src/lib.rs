@@ -40,6 +40,7 @@ mod ids;
 mod job;
 pub mod models;
 mod queue;
+mod schema;
 pub mod tenants;
 mod wake;
 
@@ -52,7 +53,9 @@ pub use job::{
 };
 pub use models::{ModelRef, ModelState, RegisteredModel};
 pub use queue::{Completion, JOBS_CHANNEL, Queue, QueueConfig, RetryPolicy};
+pub use schema::{SchemaError, check_schema};
 pub use wake::{Wake, WakeUp};
 
-/// The service database's migrations (`migrations/` at the repository root), embedded.
+/// The service database's migrations (`migrations/` at the repository root), embedded. Only the
+/// migration step runs them (it owns the schema); the services call [`check_schema`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -93,6 +93,8 @@ pub struct TestDatabase {
     url: String,
     pool: PgPool,
     server: &'static Server,
+    /// LOGIN roles made by [`TestDatabase::login_in`], dropped with the database.
+    logins: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestDatabase {
@@ -109,7 +111,26 @@ impl TestDatabase {
         let url = server.url(&name)?;
         let pool = PgPoolOptions::new().max_connections(POOL_SIZE).connect(&url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { name, url, pool, server })
+        Ok(Self { name, url, pool, server, logins: std::sync::Mutex::default() })
+    }
+
+    /// Creates a LOGIN role (random name and password) that is a member of the group role
+    /// `group` and nothing else, and returns a URL for this database as that role: how a test
+    /// connects as the API or a worker does in production, with only the group's rights.
+    pub async fn login_in(&self, group: &str) -> Result<String, Error> {
+        if group.is_empty() || !group.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(Error::BadUrl(format!("{group:?} is not a plain role name")));
+        }
+        let user = format!("{group}_login_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        // Roles are cluster-wide: the random suffix keeps tests running side by side apart.
+        let statement = format!(r#"CREATE ROLE "{user}" LOGIN PASSWORD '{password}' IN ROLE "{group}""#);
+        self.pool.execute(statement.as_str()).await?;
+        self.logins.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(user.clone());
+        let mut url = url::Url::parse(&self.url).map_err(|error| Error::BadUrl(error.to_string()))?;
+        url.set_username(&user).map_err(|()| Error::BadUrl("cannot set the user".into()))?;
+        url.set_password(Some(&password)).map_err(|()| Error::BadUrl("cannot set the password".into()))?;
+        Ok(url.to_string())
     }
 
     /// A pool of connections to this test's database.
@@ -132,14 +153,22 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         let Server::External { .. } = self.server else { return };
         let Ok(admin_url) = self.server.admin_url() else { return };
-        let statement = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        let logins = std::mem::take(&mut *self.logins.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // The roles outlive the database on someone else's server unless dropped too; once the
+        // database is gone they own nothing and hold no rights, so DROP ROLE succeeds.
+        let statements: Vec<String> =
+            std::iter::once(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name))
+                .chain(logins.iter().map(|user| format!(r#"DROP ROLE IF EXISTS "{user}""#)))
+                .collect();
         // Drop cannot await, and the test's runtime may be single-threaded and busy dropping us,
         // so the DROP runs on a runtime of its own.
         let dropper = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let mut admin = PgConnection::connect(&admin_url).await.ok()?;
-                admin.execute(statement.as_str()).await.ok()?;
+                for statement in &statements {
+                    admin.execute(statement.as_str()).await.ok()?;
+                }
                 admin.close().await.ok()
             })
         });

@@ -118,11 +118,27 @@ impl Database {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// A URL for this database as a fresh LOGIN user in the group role `group` (what a
+    /// deployment gives the workers: `blindfold_worker`).
+    pub async fn login_in(&self, group: &str) -> String {
+        if let Some(db) = &self._fresh {
+            return db.login_in(group).await.unwrap();
+        }
+        // A cluster of the test's own (trusting local users): the role goes with it.
+        let user = format!("{group}_login_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        sqlx::query(&format!(r#"CREATE ROLE "{user}" LOGIN IN ROLE "{group}""#)).execute(&self.pool).await.unwrap();
+        self.url.replacen("postgres://postgres@", &format!("postgres://{user}@"), 1)
+    }
 }
 
-/// A database, a store with the test tenant's key set registered, and the queue.
+/// A database, a store with the test tenant's key set registered, and the queue. Worker
+/// processes log in as the worker role, as in a deployment; the test itself (playing the API
+/// and the operator) as the owner.
 pub struct Stack {
     pub db: Database,
+    /// The workers' database URL: a member of `blindfold_worker`.
+    pub worker_url: String,
     pub s3: Option<EmbeddedS3>,
     pub s3_dir: tempfile::TempDir,
     pub s3_port: u16,
@@ -190,7 +206,8 @@ impl Stack {
         .execute(db.pool())
         .await
         .unwrap();
-        Self { db, s3: Some(s3), s3_dir, s3_port, store, queue, tenant, logs: tempfile::tempdir().unwrap() }
+        let worker_url = db.login_in("blindfold_worker").await;
+        Self { db, worker_url, s3: Some(s3), s3_dir, s3_port, store, queue, tenant, logs: tempfile::tempdir().unwrap() }
     }
 
     pub fn endpoint(&self) -> String {
@@ -320,7 +337,7 @@ impl Stack {
         let mut command = Command::new(env!("CARGO_BIN_EXE_blindfold-worker"));
         command
             .env_clear()
-            .env("BLINDFOLD_DATABASE_URL", self.db.url())
+            .env("BLINDFOLD_DATABASE_URL", &self.worker_url)
             .env("BLINDFOLD_S3_ENDPOINT", self.endpoint())
             .env("BLINDFOLD_S3_BUCKET", BUCKET)
             .env("BLINDFOLD_S3_ACCESS_KEY", ACCESS_KEY)

@@ -33,15 +33,24 @@ pub async fn start() -> Api {
     start_with(|_| {}).await
 }
 
+/// The API on a fresh database, logged in as the production API role (`blindfold_api`), so
+/// every test also proves the role's grants suffice for what it exercises.
 pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
     let db = TestDatabase::new().await.unwrap();
+    let url = db.login_in("blindfold_api").await.unwrap();
+    start_on(db, url, adjust).await.unwrap()
+}
+
+/// The API on `db`, connecting with `database_url`: what [`Application::build`] answers.
+pub async fn start_on(db: TestDatabase, database_url: String, adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Api> {
     let dir = tempfile::tempdir().unwrap();
     let secret = SecretString::from("api-test-secret-key-0123456789");
     let s3 = EmbeddedS3::start(dir.path().join("s3"), 0, "api-test-ak", &secret).await.unwrap();
     let mut store_config = StoreConfig::for_endpoint(s3.endpoint(), "blindfold-api-test", "api-test-ak", secret);
     store_config.part_size_mib = 5;
     let mut config = Config {
-        database_url: SecretString::from(db.url().to_owned()),
+        database_url: SecretString::from(database_url),
+        migrate: false,
         db_max_connections: 4,
         bind: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(SecretString::from(ADMIN)),
@@ -60,10 +69,10 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
         store: store_config.clone(),
     };
     adjust(&mut config);
-    let serving = Application::build(config).await.unwrap();
+    let serving = Application::build(config).await?;
     tokio::spawn(serving.server);
     let store = blindfold_store::Store::connect(&store_config).await.unwrap();
-    Api {
+    Ok(Api {
         base: format!("http://{}", serving.addr),
         metrics: format!("http://{}/metrics", serving.metrics_addr),
         http: reqwest::Client::new(),
@@ -71,7 +80,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Api {
         s3,
         store,
         _dir: dir,
-    }
+    })
 }
 
 pub struct Reply {

@@ -36,8 +36,11 @@ impl Stack {
             let mut store = StoreConfig::for_endpoint(s3.endpoint(), "blindfold-cli-test", "cli-test-ak", secret);
             // Small parts, so a batch of a few images goes up in several presigned parts.
             store.part_size_mib = 5;
+            // The API and the workers log in as their production roles.
+            let api_url = db.login_in("blindfold_api").await.unwrap();
             let config = Config {
-                database_url: SecretString::from(db.url().to_owned()),
+                database_url: SecretString::from(api_url),
+                migrate: false,
                 db_max_connections: 4,
                 bind: "127.0.0.1:0".parse().unwrap(),
                 admin_token: Some(SecretString::from(ADMIN)),
@@ -62,7 +65,8 @@ impl Stack {
 
     /// Starts a worker (the real one, in this process); it stops when the stack is dropped.
     pub fn start_worker(&self) {
-        let mut config = blindfold_worker::Config::new(self.db.url(), self.store.clone());
+        let worker_url = self.runtime.block_on(self.db.login_in("blindfold_worker")).unwrap();
+        let mut config = blindfold_worker::Config::new(worker_url, self.store.clone());
         config.threads = Some(2);
         config.poll_ms = 200;
         self.runtime.spawn(async move {
