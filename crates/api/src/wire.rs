@@ -6,6 +6,90 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+/// Integer fields of request bodies, read as JSON Schema reads the document's `integer`: any
+/// number without a fractional part, so `3.0` too (JSON Schema 2020-12 validation, §6.1.1:
+/// "integer" matches a number with a zero fractional part). serde takes only `3`, which
+/// refused bodies the document promised to take.
+mod whole_number {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn read<'de, D: Deserializer<'de>, T: TryFrom<i128>>(deserializer: D) -> Result<T, D::Error> {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        let whole = if let Some(value) = number.as_i64() {
+            Some(i128::from(value))
+        } else if let Some(value) = number.as_u64() {
+            Some(i128::from(value))
+        } else {
+            // Within ±2^64 an f64 converts to i128 exactly; outside it no field's type fits.
+            number
+                .as_f64()
+                .filter(|value| value.fract() == 0.0 && value.abs() < 18_446_744_073_709_551_616.0)
+                .map(|value| value as i128)
+        };
+        let whole =
+            whole.ok_or_else(|| D::Error::custom(format!("invalid value: {number}, expected a whole number")))?;
+        T::try_from(whole).map_err(|_| D::Error::custom(format!("invalid value: {number} is out of range")))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<i128>>(deserializer: D) -> Result<T, D::Error> {
+        read(deserializer)
+    }
+
+    /// For an optional field (with `#[serde(default)]`): `null` is `None`.
+    pub(super) fn option<'de, D: Deserializer<'de>, T: TryFrom<i128>>(deserializer: D) -> Result<Option<T>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Whole<T: TryFrom<i128>>(#[serde(deserialize_with = "read")] T);
+        Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(value)| value))
+    }
+}
+
+/// A packing's name as requests spell it. Bodies carry it as a string (an unknown one is
+/// answered 422 `unknown_packing`, naming the model's packings), so this type only gives the
+/// document its enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PackingName {
+    /// Many images per ciphertext: best throughput per batch.
+    Throughput,
+    /// One image at a time: lowest latency.
+    Latency,
+}
+
+/// A job's state, as `JobView.state` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStateName {
+    /// Announced, its batch not yet submitted.
+    AwaitingUpload,
+    /// Waiting for a worker.
+    Queued,
+    /// A worker holds it.
+    Running,
+    /// The result is ready.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// The states of a submitted job: what `GET /v1/jobs?state=` filters on (announced jobs are not
+/// listed) and what a job's history records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmittedJobState {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker holds it.
+    Running,
+    /// The result is ready.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
 /// A signed HTTP request the client sends to object storage, without credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Transfer {
@@ -62,6 +146,7 @@ pub enum Upload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UploadPart {
     /// Part number, from 1.
+    #[schema(minimum = 1, maximum = 10000)]
     pub part_number: i32,
     /// The signed `PUT`.
     pub request: Transfer,
@@ -83,7 +168,9 @@ impl From<PresignedUpload> for Upload {
 /// A part the client uploaded (multipart uploads only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CompletedPart {
-    /// Part number, from 1.
+    /// Part number, from 1 (S3 allows up to 10,000 parts).
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub part_number: i32,
     /// The `ETag` response header of the part's `PUT`.
     pub e_tag: String,
@@ -113,11 +200,20 @@ pub struct CreateKeySet {
     pub id: Option<Uuid>,
     /// The model the keys are for (`GET /v1/models`): `NAME` (its newest active version) or
     /// `NAME@VERSION`.
+    #[schema(
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$",
+        max_length = 74,
+        example = "mnist-cryptonets"
+    )]
     pub model: String,
-    /// `throughput` (default) or `latency`.
+    /// `throughput` (default) or `latency`; the model must support it (`GET /v1/models`).
     #[serde(default)]
+    #[schema(value_type = Option<PackingName>)]
     pub packing: Option<String>,
-    /// Exact size of the key bundle in bytes.
+    /// Exact size of the key bundle in bytes: at most the server's upload limit
+    /// (`BLINDFOLD_API_MAX_UPLOAD_BYTES`, 64 GiB by default; 422 `invalid_size` above it).
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub size_bytes: u64,
 }
 
@@ -127,6 +223,7 @@ pub struct KeySetView {
     /// Its id (written into the key bundle).
     pub id: Uuid,
     /// `awaiting_upload` until `complete` verified the bundle, then `ready`.
+    #[schema(pattern = "^(awaiting_upload|ready)$")]
     pub status: String,
     /// The model.
     pub model: Option<String>,
@@ -165,21 +262,36 @@ pub struct KeySetList {
 pub struct CreateJob {
     /// The model: `NAME@VERSION`, or `NAME` for the version the key set is pinned to (its
     /// newest active version for a key set from before the registry).
+    #[schema(
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$",
+        max_length = 74,
+        example = "mnist-cryptonets"
+    )]
     pub model: String,
     /// A ready key set of the caller's for this model and packing.
     pub key_set_id: Uuid,
-    /// Images in the batch.
+    /// Images in the batch: at most the server's limit (`BLINDFOLD_API_MAX_IMAGES`, 100,000 by
+    /// default; 422 `too_many_images` above it).
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub image_count: u32,
-    /// Exact size of the batch file in bytes.
+    /// Exact size of the batch file in bytes: at most the server's upload limit
+    /// (`BLINDFOLD_API_MAX_UPLOAD_BYTES`, 64 GiB by default; 422 `invalid_size` above it).
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub size_bytes: u64,
-    /// `throughput` (default) or `latency`.
+    /// `throughput` (default) or `latency`; the model must support it (`GET /v1/models`).
     #[serde(default)]
+    #[schema(value_type = Option<PackingName>)]
     pub packing: Option<String>,
-    /// Makes creation idempotent per tenant: the same key answers the same job.
+    /// Makes creation idempotent per tenant: the same key answers the same job. 1 to 200
+    /// characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub idempotency_key: Option<String>,
     /// 0 (default) to 100; orders only the caller's own jobs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number::option")]
+    #[schema(minimum = 0, maximum = 100)]
     pub priority: Option<i64>,
 }
 
@@ -196,6 +308,7 @@ pub struct JobCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobProgress {
     /// 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
     pub fraction: f32,
     /// The stage the worker reported last.
     pub stage: Option<String>,
@@ -226,6 +339,7 @@ pub struct JobView {
     pub id: Uuid,
     /// `awaiting_upload` (created, not submitted), `queued`, `running`, `succeeded`, `failed`,
     /// `cancelled`.
+    #[schema(value_type = JobStateName)]
     pub state: String,
     /// Model.
     pub model: String,
@@ -273,8 +387,10 @@ pub struct JobTransition {
     /// When.
     pub at: DateTime<Utc>,
     /// The state before (absent for the submission).
+    #[schema(value_type = Option<SubmittedJobState>)]
     pub from_state: Option<String>,
     /// The state after.
+    #[schema(value_type = SubmittedJobState)]
     pub to_state: String,
     /// The attempt after the change.
     pub attempt: i32,
@@ -289,10 +405,14 @@ pub struct JobTransition {
 #[into_params(parameter_in = Query)]
 pub struct ListJobs {
     /// Only jobs in this state.
+    #[param(value_type = Option<SubmittedJobState>)]
     pub state: Option<String>,
-    /// Page size (default 50).
+    /// Page size: 50 by default, at most the server's limit (`BLINDFOLD_API_MAX_PAGE`, 200 by
+    /// default; 400 `invalid_query` above it).
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^s[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -318,7 +438,13 @@ pub struct JobResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// Unique name, 1–200 characters.
+    /// Unique name, 1–200 characters once leading and trailing white space is trimmed, no
+    /// control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
 }
 
@@ -344,8 +470,9 @@ pub struct TenantList {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// A label for the operator (never secret).
+    /// A label for the operator (never secret), at most 200 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub label: Option<String>,
 }
 
@@ -384,14 +511,23 @@ pub struct HealthCheck {
 #[serde(deny_unknown_fields)]
 pub struct AnnounceModel {
     /// Registry name (`[a-z0-9][a-z0-9._-]{0,63}`); must equal the manifest's.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub name: String,
     /// Version; must equal the manifest's. Versions are immutable: one that exists is refused.
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub version: u32,
     /// SHA-256 of `model.onnx`, in hex.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub onnx_sha256: String,
-    /// Exact size of `model.onnx` in bytes.
+    /// Exact size of `model.onnx` in bytes: at most the smaller of 256 MiB (the largest model
+    /// file the registry takes) and the server's upload limit.
+    #[schema(minimum = 1, maximum = 268435456)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub onnx_bytes: u64,
-    /// Exact size of `manifest.json` in bytes.
+    /// Exact size of `manifest.json` in bytes, at most 1 MiB.
+    #[schema(minimum = 1, maximum = 1048576)]
+    #[serde(deserialize_with = "whole_number::deserialize")]
     pub manifest_bytes: u64,
 }
 
@@ -464,4 +600,41 @@ pub struct ModelRecord {
 pub struct ModelRecordList {
     /// Every version in every state, by name then newest first.
     pub models: Vec<ModelRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{CreateJob, UploadDone};
+
+    fn job(fields: serde_json::Value) -> Result<CreateJob, serde_json::Error> {
+        let mut body = json!({"model": "m", "key_set_id": uuid::Uuid::nil(), "image_count": 2, "size_bytes": 10});
+        body.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        serde_json::from_value(body)
+    }
+
+    #[test]
+    fn integer_fields_take_whole_numbers_written_as_json_schema_allows() {
+        let parsed = job(json!({"image_count": 3.0, "size_bytes": 1e3, "priority": 7.0})).unwrap();
+        assert_eq!((parsed.image_count, parsed.size_bytes, parsed.priority), (3, 1000, Some(7)));
+        assert_eq!(job(json!({"priority": null})).unwrap().priority, None);
+        assert_eq!(job(json!({})).unwrap().priority, None);
+        let done: UploadDone = serde_json::from_value(json!({"parts": [{"part_number": 2.0, "e_tag": "x"}]})).unwrap();
+        assert_eq!(done.parts[0].part_number, 2);
+    }
+
+    #[test]
+    fn integer_fields_refuse_fractions_and_values_their_type_cannot_hold() {
+        for fields in [
+            json!({"image_count": 2.5}),
+            json!({"image_count": -1}),
+            json!({"image_count": 4294967296_u64}),
+            json!({"size_bytes": 1e300}),
+            json!({"priority": "1"}),
+            json!({"priority": 0.5}),
+        ] {
+            assert!(job(fields.clone()).is_err(), "{fields} was taken");
+        }
+    }
 }

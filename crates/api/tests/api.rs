@@ -250,6 +250,8 @@ async fn tokens_malformed_unknown_and_revoked() {
     assert_eq!(twice.status, StatusCode::NOT_FOUND);
     let duplicate = api.call(Method::POST, "/v1/admin/tenants", Some(ADMIN), Some(json!({"name": "st-luke"}))).await;
     assert_eq!((duplicate.status, duplicate.code()), (StatusCode::CONFLICT, "name_taken"));
+    let nul = api.call(Method::POST, "/v1/admin/tenants", Some(ADMIN), Some(json!({"name": "st\u{0}luke"}))).await;
+    assert_eq!((nul.status, nul.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,6 +273,14 @@ async fn bad_requests_are_clear_4xx() {
         (job(json!({"size_bytes": 0})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_size", "size_bytes"),
         (job(json!({"colour": "red"})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "colour"),
         (job(json!({"key_set_id": "not-a-uuid"})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "key_set_id"),
+        // PostgreSQL's text cannot hold NUL: refused before it reaches the database (a 500 before).
+        (
+            job(json!({"idempotency_key": "a\u{0}b"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_idempotency_key",
+            "control characters",
+        ),
+        (job(json!({"image_count": 2.5})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "whole number"),
         (
             job(json!({"key_set_id": Uuid::new_v4()})),
             StatusCode::UNPROCESSABLE_ENTITY,

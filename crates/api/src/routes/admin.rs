@@ -24,8 +24,12 @@ pub async fn create_tenant(
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::unprocessable("invalid_name", "a tenant name is 1 to 200 characters"));
+    // PostgreSQL's text cannot hold NUL, and a name reaches operators' terminals verbatim.
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            "a tenant name is 1 to 200 characters, none of them control characters",
+        ));
     }
     if tenants::tenant_by_name(&state.pool, name).await?.is_some() {
         return Err(ApiError::conflict("name_taken", format!("a tenant named {name:?} exists")));
@@ -53,8 +57,11 @@ pub async fn issue_token(
         return Err(ApiError::not_found("tenant", tenant_id));
     }
     let label = body.label.unwrap_or_default();
-    if label.chars().count() > 200 {
-        return Err(ApiError::unprocessable("invalid_label", "a token label is at most 200 characters"));
+    if label.chars().count() > 200 || label.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_label",
+            "a token label is at most 200 characters, none of them control characters",
+        ));
     }
     let issued = tenants::issue_token(&state.pool, TenantId(tenant_id), &label).await?;
     tracing::info!(tenant = %tenant_id, token_id = %issued.id.0, "token issued");

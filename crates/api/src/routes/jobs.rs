@@ -99,7 +99,7 @@ fn job_key(tenant: Uuid, job: Uuid) -> ApiResult<ObjectKey> {
 /// Announces a job: checks the model, packing, key set and limits, and answers the job id
 /// and a presigned upload for its batch. With an `idempotency_key`, a repeat answers the same
 /// job (200) and a different request under the same key answers 409.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("tenant_token" = [])),
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", tag = "jobs", security(("tenant_token" = [])),
     request_body = CreateJob,
     responses((status = 201, description = "Announced", body = JobCreated),
                (status = 200, description = "An idempotent repeat", body = JobCreated),
@@ -129,10 +129,14 @@ pub async fn create(
         ));
     }
     let priority = priority as i16;
+    // PostgreSQL's text cannot hold NUL; no other control character belongs in a key either.
     if let Some(key) = &body.idempotency_key
-        && (key.is_empty() || key.chars().count() > 200)
+        && (key.is_empty() || key.chars().count() > 200 || key.chars().any(char::is_control))
     {
-        return Err(ApiError::unprocessable("invalid_idempotency_key", "an idempotency key is 1 to 200 characters"));
+        return Err(ApiError::unprocessable(
+            "invalid_idempotency_key",
+            "an idempotency key is 1 to 200 characters, none of them control characters",
+        ));
     }
     let size = uploads::check_size(&state, body.size_bytes)?;
     let image_count = body.image_count as i32;
@@ -289,7 +293,7 @@ fn idempotency_conflict(key: &str, existing: Uuid) -> ApiError {
 /// Verifies the uploaded batch against the job (model and version, parameter fingerprint,
 /// packing, key set, image count, exact file size) and queues the job. Submitting a queued
 /// job again answers it unchanged.
-#[utoipa::path(post, path = "/v1/jobs/{job_id}/submit", tag = "jobs", security(("tenant_token" = [])),
+#[utoipa::path(post, path = "/v1/jobs/{job_id}/submit", operation_id = "submit_job", tag = "jobs", security(("tenant_token" = [])),
     params(("job_id" = Uuid, Path, description = "The job")),
     request_body(content = UploadDone, description = "The parts, for a multipart upload; may be empty"),
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem),
@@ -378,7 +382,7 @@ async fn verify_header(state: &AppState, row: &Pending, object: &ObjectKey, pin:
 
 /// A job: state, attempts, progress with stage, timestamps, time per phase, every state change
 /// with the time spent before it, error.
-#[utoipa::path(get, path = "/v1/jobs/{job_id}", tag = "jobs", security(("tenant_token" = [])),
+#[utoipa::path(get, path = "/v1/jobs/{job_id}", operation_id = "get_job", tag = "jobs", security(("tenant_token" = [])),
     params(("job_id" = Uuid, Path, description = "The job")),
     responses((status = 200, body = JobView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_one(
@@ -418,7 +422,7 @@ struct Listed {
 
 /// The caller's submitted jobs, newest first, in pages (keyset pagination: a page never
 /// repeats or skips a job while new jobs arrive).
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("tenant_token" = [])),
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", security(("tenant_token" = [])),
     params(ListJobs),
     responses((status = 200, body = JobPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 pub async fn list(
@@ -471,7 +475,7 @@ pub async fn list(
 
 /// Cancels a job: a queued one at once, a running one when its worker next reports; an
 /// announced, unsubmitted one is dropped with its upload. A finished job answers 409.
-#[utoipa::path(post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs", security(("tenant_token" = [])),
+#[utoipa::path(post, path = "/v1/jobs/{job_id}/cancel", operation_id = "cancel_job", tag = "jobs", security(("tenant_token" = [])),
     params(("job_id" = Uuid, Path, description = "The job")),
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel(
@@ -510,7 +514,7 @@ pub async fn cancel(
 }
 
 /// A presigned `GET` of the encrypted result, once the job succeeded (409 before).
-#[utoipa::path(get, path = "/v1/jobs/{job_id}/result", tag = "jobs", security(("tenant_token" = [])),
+#[utoipa::path(get, path = "/v1/jobs/{job_id}/result", operation_id = "get_job_result", tag = "jobs", security(("tenant_token" = [])),
     params(("job_id" = Uuid, Path, description = "The job")),
     responses((status = 200, body = JobResult), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn result(

@@ -93,7 +93,7 @@ pub(crate) async fn ready(state: &AppState, tenant: Uuid, id: Uuid) -> ApiResult
 
 /// Announces a key set: answers its id (the client's own, or a new one to write into the
 /// bundle) and a presigned upload. An id that is already announced or registered answers 409.
-#[utoipa::path(post, path = "/v1/key-sets", tag = "key-sets", security(("tenant_token" = [])),
+#[utoipa::path(post, path = "/v1/key-sets", operation_id = "create_key_set", tag = "key-sets", security(("tenant_token" = [])),
     request_body = CreateKeySet,
     responses((status = 201, body = KeySetCreated), (status = 400, body = Problem), (status = 401, body = Problem),
                (status = 409, description = "The id is taken", body = Problem),
@@ -175,7 +175,7 @@ pub async fn create(
 /// Verifies the uploaded bundle (its key-set id, the model's parameter fingerprint, every
 /// checksum, and that it holds no secret key) and registers the key set. A refused bundle is
 /// deleted from storage.
-#[utoipa::path(post, path = "/v1/key-sets/{key_set_id}/complete", tag = "key-sets", security(("tenant_token" = [])),
+#[utoipa::path(post, path = "/v1/key-sets/{key_set_id}/complete", operation_id = "complete_key_set", tag = "key-sets", security(("tenant_token" = [])),
     params(("key_set_id" = Uuid, Path, description = "The key set")),
     request_body(content = UploadDone, description = "The parts, for a multipart upload; may be empty"),
     responses((status = 200, body = KeySetView), (status = 404, body = Problem), (status = 409, body = Problem),
@@ -246,7 +246,7 @@ pub async fn complete(
 }
 
 /// A key set (announced or ready).
-#[utoipa::path(get, path = "/v1/key-sets/{key_set_id}", tag = "key-sets", security(("tenant_token" = [])),
+#[utoipa::path(get, path = "/v1/key-sets/{key_set_id}", operation_id = "get_key_set", tag = "key-sets", security(("tenant_token" = [])),
     params(("key_set_id" = Uuid, Path, description = "The key set")),
     responses((status = 200, body = KeySetView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_one(
@@ -264,7 +264,7 @@ pub async fn get_one(
 }
 
 /// Deletes a key set and its stored keys. Jobs already submitted with it fail as bad input.
-#[utoipa::path(delete, path = "/v1/key-sets/{key_set_id}", tag = "key-sets", security(("tenant_token" = [])),
+#[utoipa::path(delete, path = "/v1/key-sets/{key_set_id}", operation_id = "delete_key_set", tag = "key-sets", security(("tenant_token" = [])),
     params(("key_set_id" = Uuid, Path, description = "The key set")),
     responses((status = 204, description = "Deleted"), (status = 404, body = Problem)))]
 pub async fn delete(
@@ -300,7 +300,7 @@ pub async fn delete(
 }
 
 /// The caller's key sets (ready and announced), newest first.
-#[utoipa::path(get, path = "/v1/key-sets", tag = "key-sets", security(("tenant_token" = [])),
+#[utoipa::path(get, path = "/v1/key-sets", operation_id = "list_key_sets", tag = "key-sets", security(("tenant_token" = [])),
     responses((status = 200, body = KeySetList), (status = 401, body = Problem)))]
 pub async fn list(Caller(tenant): Caller, State(state): State<AppState>) -> ApiResult<Json<KeySetList>> {
     let ready: Vec<Registered> = sqlx::query_as(

@@ -76,15 +76,24 @@ pub(crate) fn metrics_router(state: AppState) -> Router {
 /// The OpenAPI document of every route (`GET /openapi.json` serves it).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = api_router().split_for_parts();
-    document_common_answers(&mut doc);
-    add_openapi_path(&mut doc);
+    complete_document(&mut doc);
     doc
+}
+
+/// What the annotations leave out of the document: the answers the extractors give, the
+/// media type of error answers, the links between operations and `/openapi.json` itself.
+fn complete_document(doc: &mut utoipa::openapi::OpenApi) {
+    document_common_answers(doc);
+    label_problems(doc);
+    add_links(doc);
+    add_openapi_path(doc);
 }
 
 /// Adds the answers every route of a kind gives, which the extractors (not the handlers)
 /// produce, so no handler's annotation can forget them: 401 on every route that needs a token,
 /// 400 `invalid_id` on every route with a path parameter, and on every route with a JSON body
-/// 400 `malformed_json`/`invalid_body`, 413 `body_too_large` and 415 (not JSON).
+/// 400 `malformed_json`, 422 `invalid_body` (JSON of the wrong shape), 413 `body_too_large` and
+/// 415 (not JSON).
 fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::content::ContentBuilder;
     use utoipa::openapi::response::ResponseBuilder;
@@ -93,10 +102,7 @@ fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
         RefOr::T(
             ResponseBuilder::new()
                 .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
-                )
+                .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
                 .build(),
         )
     };
@@ -117,13 +123,104 @@ fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 answers.entry("400".to_owned()).or_insert_with(|| problem("A malformed path parameter (`invalid_id`)"));
             }
             if operation.request_body.is_some() {
-                answers.entry("400".to_owned()).or_insert_with(|| {
-                    problem("A body that is not the schema's JSON (`malformed_json`, `invalid_body`)")
+                answers
+                    .entry("400".to_owned())
+                    .or_insert_with(|| problem("A body that is not JSON (`malformed_json`)"));
+                answers.entry("422".to_owned()).or_insert_with(|| {
+                    problem("JSON that does not fit the schema (`invalid_body`), or values the service refuses")
                 });
                 answers
                     .entry("413".to_owned())
                     .or_insert_with(|| problem("A body over the size limit (`body_too_large`)"));
                 answers.entry("415".to_owned()).or_insert_with(|| problem("A body that is not `application/json`"));
+            }
+        }
+    }
+}
+
+/// The media type of every error answer ([`crate::error::ApiError`]).
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Error answers are `application/problem+json` (RFC 7807); an annotation's `body = Problem`
+/// says `application/json`, which a client or tester checking content types would take at its
+/// word, so every `Problem` answer is relabelled here rather than in each annotation.
+fn label_problems(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    let problem = utoipa::openapi::Ref::from_schema_name("Problem").ref_location;
+    for item in doc.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.post, &mut item.delete, &mut item.put, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            for answer in operation.responses.responses.values_mut() {
+                let RefOr::T(answer) = answer else { continue };
+                let is_problem = answer.content.get("application/json").is_some_and(|content| {
+                    matches!(&content.schema, Some(RefOr::Ref(reference)) if reference.ref_location == problem)
+                });
+                if is_problem && let Some(content) = answer.content.shift_remove("application/json") {
+                    answer.content.insert(PROBLEM_JSON.to_owned(), content);
+                }
+            }
+        }
+    }
+}
+
+/// A link from an operation's answer to an operation it makes possible: (operation, answer
+/// status, link name, target operation, the target's parameters as runtime expressions).
+type LinkSpec = (&'static str, &'static str, &'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+/// What each created (or submitted, or registered) resource leads to, so that a client
+/// generator or a stateful tester can chain the calls: create a key set, then get, complete or
+/// delete it, and so on. `routes::tests` checks that every operation answering 201 has links,
+/// and that every link names an operation, exactly its path parameters and a field the answer
+/// has.
+const LINKS: &[LinkSpec] = &[
+    ("create_key_set", "201", "GetKeySet", "get_key_set", &[("key_set_id", "$response.body#/key_set/id")]),
+    ("create_key_set", "201", "CompleteKeySet", "complete_key_set", &[("key_set_id", "$response.body#/key_set/id")]),
+    ("create_key_set", "201", "DeleteKeySet", "delete_key_set", &[("key_set_id", "$response.body#/key_set/id")]),
+    ("create_job", "201", "GetJob", "get_job", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "201", "SubmitJob", "submit_job", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "201", "CancelJob", "cancel_job", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "201", "GetJobResult", "get_job_result", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "200", "GetJob", "get_job", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "200", "SubmitJob", "submit_job", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "200", "CancelJob", "cancel_job", &[("job_id", "$response.body#/job/id")]),
+    ("create_job", "200", "GetJobResult", "get_job_result", &[("job_id", "$response.body#/job/id")]),
+    ("submit_job", "200", "GetJob", "get_job", &[("job_id", "$response.body#/id")]),
+    ("create_tenant", "201", "IssueToken", "issue_token", &[("tenant_id", "$response.body#/id")]),
+    (
+        "issue_token",
+        "201",
+        "RevokeToken",
+        "revoke_token",
+        &[("tenant_id", "$response.body#/tenant_id"), ("token_id", "$response.body#/id")],
+    ),
+    ("issue_token", "201", "RevokeTokenById", "revoke_token_by_id", &[("token_id", "$response.body#/id")]),
+    ("announce_model", "201", "CompleteModel", "complete_model", &[("model", "$response.body#/model")]),
+    ("announce_model", "201", "RetireModel", "retire_model", &[("model", "$response.body#/model")]),
+    ("complete_model", "200", "GetModel", "get_model", &[("model", "$response.body#/model/name")]),
+];
+
+fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::extensions::Extensions;
+    use utoipa::openapi::link::LinkBuilder;
+    for item in doc.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.post, &mut item.delete, &mut item.put, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let Some(id) = operation.operation_id.clone() else { continue };
+            for (_, status, name, to, parameters) in LINKS.iter().filter(|link| link.0 == id) {
+                // A link from an answer the operation does not give is left out, and fails
+                // `every_link_in_links_is_in_the_document`.
+                let Some(RefOr::T(answer)) = operation.responses.responses.get_mut(*status) else { continue };
+                // utoipa 5.5 writes a link's `operation_id` field under that name, not as the
+                // specification's `operationId`, so no tool would follow it; the name is given
+                // as a flattened extension field instead (`Extensions::from_iter` keeps the key
+                // as it is), and the builder's own field stays empty, which leaves it out.
+                let link = parameters
+                    .iter()
+                    .fold(LinkBuilder::new(), |link, (parameter, value)| link.parameter(*parameter, *value))
+                    .extensions(Some(Extensions::from_iter([("operationId", *to)])))
+                    .build();
+                answer.links.insert((*name).to_owned(), RefOr::T(link));
             }
         }
     }
@@ -144,8 +241,7 @@ fn add_openapi_path(doc: &mut utoipa::openapi::OpenApi) {
 /// The application with its middleware.
 pub fn router(state: AppState) -> Router {
     let (router, mut doc) = api_router().split_for_parts();
-    document_common_answers(&mut doc);
-    add_openapi_path(&mut doc);
+    complete_document(&mut doc);
     let doc = std::sync::Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     router
@@ -217,7 +313,198 @@ fn upload_done(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(crate::wire::UploadDone::default());
     }
+    // As the JSON routes answer (`ApiJson`): 400 for what is not JSON, 422 for JSON of the
+    // wrong shape.
     serde_json::from_slice(&body).map_err(|error| {
-        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON body: {error}"))
+        if error.is_data() {
+            ApiError::unprocessable("invalid_body", format!("the body does not fit the schema: {error}"))
+        } else {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON body: {error}"),
+            )
+        }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde_json::Value;
+
+    fn document() -> Value {
+        serde_json::to_value(super::openapi()).expect("the document serializes")
+    }
+
+    /// Every operation: (path, method, operation).
+    fn operations(doc: &Value) -> Vec<(&str, &str, &Value)> {
+        let paths = doc["paths"].as_object().expect("paths");
+        paths
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .expect("a path item")
+                    .iter()
+                    .map(move |(method, op)| (path.as_str(), method.as_str(), op))
+            })
+            .collect()
+    }
+
+    /// The schema `schema` names, following `$ref`s into the components.
+    fn resolve<'a>(doc: &'a Value, mut schema: &'a Value) -> &'a Value {
+        while let Some(reference) = schema["$ref"].as_str() {
+            let name = reference.strip_prefix("#/components/schemas/").expect("a local schema reference");
+            schema = &doc["components"]["schemas"][name];
+            assert!(!schema.is_null(), "{reference} names no schema");
+        }
+        schema
+    }
+
+    /// The schema of the field a JSON pointer names in a body of `schema`, looking into every
+    /// alternative of `oneOf`/`anyOf`/`allOf` (how optional and tagged types are written).
+    fn field<'a>(doc: &'a Value, schema: &'a Value, pointer: &str) -> Option<&'a Value> {
+        let mut candidates = vec![resolve(doc, schema)];
+        for token in pointer.split('/').skip(1) {
+            let mut next = Vec::new();
+            while let Some(schema) = candidates.pop() {
+                for key in ["oneOf", "anyOf", "allOf"] {
+                    if let Some(alternatives) = schema[key].as_array() {
+                        candidates.extend(alternatives.iter().map(|alternative| resolve(doc, alternative)));
+                    }
+                }
+                let inner =
+                    if token.parse::<usize>().is_ok() { &schema["items"] } else { &schema["properties"][token] };
+                if !inner.is_null() {
+                    next.push(resolve(doc, inner));
+                }
+            }
+            candidates = next;
+        }
+        candidates.pop()
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = document();
+        let mut seen = BTreeMap::new();
+        for (path, method, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            if let Some(other) = seen.insert(id.to_owned(), format!("{method} {path}")) {
+                panic!("operationId {id} names both {other} and {method} {path}");
+            }
+        }
+    }
+
+    /// Links are what lets a stateful tester (or a generated client) chain calls: each must
+    /// name an operation that exists, give exactly that operation's path parameters, and take
+    /// them from fields the answer has.
+    #[test]
+    fn every_created_resource_links_to_operations_that_exist() {
+        let doc = document();
+        let by_id: BTreeMap<&str, &Value> =
+            operations(&doc).into_iter().map(|(_, _, op)| (op["operationId"].as_str().unwrap(), op)).collect();
+        let mut checked = 0;
+        for (path, method, op) in operations(&doc) {
+            for (status, answer) in op["responses"].as_object().unwrap() {
+                let links = answer["links"].as_object();
+                if status == "201" {
+                    assert!(
+                        links.is_some_and(|l| !l.is_empty()),
+                        "{method} {path} creates something but links nowhere"
+                    );
+                }
+                for (name, link) in links.into_iter().flatten() {
+                    let target_id = link["operationId"].as_str().unwrap();
+                    let target = by_id.get(target_id).unwrap_or_else(|| panic!("link {name} names no operation"));
+                    let wanted: BTreeSet<&str> = target["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p["in"] == "path")
+                        .map(|p| p["name"].as_str().unwrap())
+                        .collect();
+                    let given: BTreeSet<&str> =
+                        link["parameters"].as_object().unwrap().keys().map(String::as_str).collect();
+                    assert_eq!(given, wanted, "link {name} of {method} {path} to {target_id}");
+                    let body = &answer["content"]["application/json"]["schema"];
+                    for expression in link["parameters"].as_object().unwrap().values() {
+                        let pointer = expression.as_str().unwrap().strip_prefix("$response.body#").unwrap();
+                        let found = field(&doc, body, pointer);
+                        assert!(found.is_some(), "link {name} of {method} {path}: the answer has no {pointer}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= super::LINKS.len());
+    }
+
+    #[test]
+    fn every_link_in_links_is_in_the_document() {
+        let doc = document();
+        for (from, status, name, to, _) in super::LINKS {
+            let answer = operations(&doc)
+                .into_iter()
+                .find(|(_, _, op)| op["operationId"] == *from)
+                .map(|(_, _, op)| &op["responses"][*status])
+                .unwrap_or_else(|| panic!("LINKS names operation {from}, which does not exist"));
+            assert_eq!(answer["links"][*name]["operationId"], *to, "{from} answers {status} with link {name}");
+        }
+    }
+
+    #[test]
+    fn error_answers_are_problem_documents() {
+        let doc = document();
+        for (path, method, op) in operations(&doc) {
+            for (status, answer) in op["responses"].as_object().unwrap() {
+                let content = answer["content"].as_object();
+                let json = content.and_then(|c| c.get("application/json")).map(|c| &c["schema"]);
+                assert!(
+                    json.is_none_or(|schema| schema["$ref"] != "#/components/schemas/Problem"),
+                    "{method} {path} {status}: a Problem is application/problem+json"
+                );
+                if status.starts_with('4') {
+                    assert!(
+                        content.is_some_and(|c| c.contains_key(super::PROBLEM_JSON)),
+                        "{method} {path} {status} is not documented as a problem document"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The constraints the handlers enforce are in the schemas (what the property-based tester
+    /// found missing): a spot check of each kind.
+    #[test]
+    fn request_schemas_carry_the_constraints_the_handlers_enforce() {
+        let doc = document();
+        let schema = |name: &str| &doc["components"]["schemas"][name]["properties"];
+        let job = schema("CreateJob");
+        assert_eq!(
+            (job["priority"]["minimum"].as_f64(), job["priority"]["maximum"].as_f64()),
+            (Some(0.0), Some(100.0))
+        );
+        assert_eq!(job["image_count"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(
+            (job["idempotency_key"]["minLength"].as_u64(), job["idempotency_key"]["maxLength"].as_u64()),
+            (Some(1), Some(200))
+        );
+        assert_eq!(job["size_bytes"]["minimum"].as_f64(), Some(1.0));
+        assert!(job["model"]["pattern"].is_string());
+        assert_eq!(job["key_set_id"]["format"], "uuid");
+        let key_set = schema("CreateKeySet");
+        assert_eq!(key_set["size_bytes"]["minimum"].as_f64(), Some(1.0));
+        let packings = &doc["components"]["schemas"]["PackingName"]["enum"];
+        assert_eq!(packings, &serde_json::json!(["throughput", "latency"]));
+        let model = schema("AnnounceModel");
+        assert_eq!(model["onnx_sha256"]["pattern"], "^[0-9a-fA-F]{64}$");
+        assert_eq!(model["manifest_bytes"]["maximum"].as_f64(), Some((crate::registry::MAX_MANIFEST_BYTES) as f64));
+        assert_eq!(
+            model["onnx_bytes"]["maximum"].as_f64(),
+            Some(blindfold_nn::registry::MAX_MODEL_FILE_BYTES as f64),
+            "the schema's bound is the registry's"
+        );
+    }
 }

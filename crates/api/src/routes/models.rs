@@ -19,7 +19,7 @@ use crate::wire::{
 
 /// The model catalogue: every active model version with its input shape, classes, packings,
 /// parameter sets and the evaluation keys each needs. Public.
-#[utoipa::path(get, path = "/v1/models", tag = "models",
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models",
     responses((status = 200, description = "The catalogue", body = Catalogue)))]
 pub async fn catalogue(State(state): State<AppState>) -> ApiResult<Json<Catalogue>> {
     let rows = models::list(&state.pool, false).await?;
@@ -29,8 +29,9 @@ pub async fn catalogue(State(state): State<AppState>) -> ApiResult<Json<Catalogu
 /// One model version (`NAME` for the newest active one, or `NAME@VERSION`, retired ones
 /// included): its plans, fingerprints, manifest and signed downloads of its two files, which
 /// the client needs to pack images and read results.
-#[utoipa::path(get, path = "/v1/models/{model}", tag = "models", security(("tenant_token" = [])),
-    params(("model" = String, Path, description = "NAME or NAME@VERSION")),
+#[utoipa::path(get, path = "/v1/models/{model}", operation_id = "get_model", tag = "models", security(("tenant_token" = [])),
+    params(("model" = String, Path, description = "NAME or NAME@VERSION",
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")),
     responses((status = 200, body = ModelDetail), (status = 401, body = Problem), (status = 422, body = Problem)))]
 pub async fn detail(
     _: Caller,
@@ -53,7 +54,7 @@ pub async fn detail(
 
 /// Announces a model version: records it as `uploading` and answers one presigned `PUT` per
 /// file. The version must be new (409 `model_exists` otherwise: versions are immutable).
-#[utoipa::path(post, path = "/v1/admin/models", tag = "admin", security(("admin_token" = [])),
+#[utoipa::path(post, path = "/v1/admin/models", operation_id = "announce_model", tag = "admin", security(("admin_token" = [])),
     request_body = AnnounceModel,
     responses((status = 201, body = ModelAnnounced), (status = 401, body = Problem),
               (status = 409, description = "The version exists", body = Problem), (status = 422, body = Problem)))]
@@ -106,8 +107,9 @@ pub async fn announce(
 /// manifest against the network and the announcement), compiles both plans on ≥ 128-bit
 /// parameters, and activates the version. A refusal names the file, node or layer at fault and
 /// removes the version and its files, so it can be announced again.
-#[utoipa::path(post, path = "/v1/admin/models/{model}/complete", tag = "admin", security(("admin_token" = [])),
-    params(("model" = String, Path, description = "NAME@VERSION")),
+#[utoipa::path(post, path = "/v1/admin/models/{model}/complete", operation_id = "complete_model", tag = "admin", security(("admin_token" = [])),
+    params(("model" = String, Path, description = "NAME@VERSION",
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}@[1-9][0-9]{0,8}$")),
     responses((status = 200, body = ModelRegistered), (status = 401, body = Problem), (status = 404, body = Problem),
               (status = 409, description = "A file is not uploaded yet", body = Problem),
               (status = 422, description = "Refused; nothing was registered", body = Problem),
@@ -125,8 +127,9 @@ pub async fn complete(
 
 /// Retires a version: it takes no new key sets or jobs, while those queued or running finish.
 /// Retiring a retired version answers it unchanged.
-#[utoipa::path(post, path = "/v1/admin/models/{model}/retire", tag = "admin", security(("admin_token" = [])),
-    params(("model" = String, Path, description = "NAME@VERSION")),
+#[utoipa::path(post, path = "/v1/admin/models/{model}/retire", operation_id = "retire_model", tag = "admin", security(("admin_token" = [])),
+    params(("model" = String, Path, description = "NAME@VERSION",
+        pattern = r"^[a-z0-9][a-z0-9._-]{0,63}@[1-9][0-9]{0,8}$")),
     responses((status = 200, body = ModelInfo), (status = 401, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem)))]
 pub async fn retire(
@@ -148,7 +151,7 @@ pub async fn retire(
 }
 
 /// Every version in every state (uploading, active, retired).
-#[utoipa::path(get, path = "/v1/admin/models", tag = "admin", security(("admin_token" = [])),
+#[utoipa::path(get, path = "/v1/admin/models", operation_id = "list_model_versions", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = ModelRecordList), (status = 401, body = Problem)))]
 pub async fn list_all(_: Operator, State(state): State<AppState>) -> ApiResult<Json<ModelRecordList>> {
     let rows = models::list(&state.pool, true).await?;
