@@ -73,6 +73,21 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits the environment sets (`BLINDFOLD_API_RATE_PER_MINUTE`, …), the defaults
+    /// elsewhere: for processes that embed the API without its command line (`blindfold dev
+    /// up`, `demo`).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        Flags::try_parse_from(["blindfold"]).map(|flags| flags.limits)
+    }
+}
+
 /// The in-process rate limiters.
 #[derive(Debug)]
 pub(crate) struct Throttle {

@@ -872,6 +872,7 @@ async fn throttling_answers_429_with_retry_after() {
     let blocked = api.call(Method::GET, "/v1/key-sets", Some(&other), None).await;
     assert_eq!((blocked.status, blocked.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_failed_authentications"));
     assert!(blocked.retry_after.is_some());
+}
 
 /// A database with no schema at all (nothing migrated) and its owner's URL.
 async fn unmigrated_database() -> (TestDatabase, String) {

@@ -225,7 +225,7 @@ impl LocalStack {
             metrics_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             fleet_memory_mib: None,
             housekeeping: blindfold_housekeeping::Settings::default(),
-            limits: blindfold_api::Limits::default(),
+            limits: blindfold_api::Limits::from_env().context("reading the BLINDFOLD_API_* limits")?,
             store: store_config.clone(),
         };
         let state = blindfold_api::AppState::connect(api_config).await.context("starting the API")?;
