@@ -44,6 +44,15 @@ pub struct Limits {
     #[arg(long, env = "BLINDFOLD_API_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
     pub auth_failures_per_minute: u32,
 
+    /// The header that carries the client's address when the API is reached only through a
+    /// proxy (an ingress): `x-forwarded-for` (its last entry, the one the proxy appended) or
+    /// `x-real-ip`. Unset: the TCP peer's address. Behind a proxy without it, every client
+    /// shares the proxy's address, and ten failed logins by anyone would throttle everyone.
+    /// Set it only where clients cannot reach the API but through the proxy, or they can
+    /// choose their own address.
+    #[arg(long, env = "BLINDFOLD_API_CLIENT_ADDRESS_HEADER")]
+    pub client_address_header: Option<String>,
+
     /// Uploads one tenant may have announced and not completed (key sets and jobs).
     #[arg(long, env = "BLINDFOLD_TENANT_MAX_PENDING_UPLOADS", default_value_t = 100)]
     pub tenant_max_pending_uploads: u32,
@@ -66,6 +75,7 @@ impl Default for Limits {
             rate_per_minute: 1200,
             rate_burst: 100,
             auth_failures_per_minute: 10,
+            client_address_header: None,
             tenant_max_pending_uploads: 100,
             tenant_max_active_jobs: 1000,
             tenant_max_stored_bytes: 1 << 40,
@@ -157,7 +167,7 @@ pub(crate) async fn throttle(State(state): State<AppState>, request: Request, ne
     if path == "/healthz" || path == "/readyz" {
         return next.run(request).await;
     }
-    let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip());
+    let address = client_address(&request, state.config.limits.client_address_header.as_deref());
     if let Some(wait) = address.and_then(|a| state.throttle.blocked_for(a)) {
         return ApiError::too_many(
             "too_many_failed_authentications",
@@ -192,6 +202,17 @@ pub(crate) async fn throttle(State(state): State<AppState>, request: Request, ne
         state.throttle.failed(address);
     }
     response
+}
+
+/// The client's address: from `header` when the settings name one and it holds an address
+/// (for `x-forwarded-for`, its last entry), else the TCP peer's.
+fn client_address(request: &Request, header: Option<&str>) -> Option<IpAddr> {
+    let forwarded = header
+        .and_then(|name| request.headers().get(name))
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok());
+    forwarded.or_else(|| request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip()))
 }
 
 /// What a tenant holds now, as its quotas count it.
@@ -279,6 +300,26 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         limits: Limits,
+    }
+
+    #[test]
+    fn the_client_address_comes_from_the_proxy_header_only_when_configured() {
+        use std::net::SocketAddr;
+
+        use axum::extract::{ConnectInfo, Request};
+
+        let peer: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let request = |forwarded: &str| {
+            let mut request =
+                Request::builder().header("x-forwarded-for", forwarded).body(axum::body::Body::empty()).unwrap();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        };
+        let ip = |s: &str| Some(s.parse().unwrap());
+        let spoofed_then_real = request("198.51.100.9, 192.0.2.7");
+        assert_eq!(super::client_address(&spoofed_then_real, None), ip("10.1.2.3"), "the peer unless configured");
+        assert_eq!(super::client_address(&spoofed_then_real, Some("x-forwarded-for")), ip("192.0.2.7"), "the last hop");
+        assert_eq!(super::client_address(&request("garbage"), Some("x-forwarded-for")), ip("10.1.2.3"));
     }
 
     #[test]

@@ -160,17 +160,18 @@ fn a_worker_answers_submit_wait_fetch_and_run_and_a_corrupted_batch_fails() {
     stack.run(&["keygen", "--model", MODEL, "--out", s(&keys), "--quiet"]).ok();
     let images = mnist_images();
 
-    // A batch damaged in storage after it was verified: the job fails, exit code 4.
+    // A batch damaged in storage after it was verified: the worker reads only the verified
+    // object (If-Match on its ETag), so the job fails at once as `object_changed`, exit code 4.
     let submitted = stack.run(&["submit", s(&images), "--limit", "2", "--keys", s(&keys), "--json"]).ok().json();
     let broken = submitted["jobs"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(submitted["registered_keys"], true, "submit registers the keys on first use");
     stack.corrupt_input(&tenant, &broken);
     stack.start_worker();
-    stack.run(&["wait", &broken, "--interval", "0.2"]).refused(4, "bad_input");
+    stack.run(&["wait", &broken, "--interval", "0.2"]).refused(4, "object_changed");
     let status = stack.run(&["status", &broken, "--json"]).ok().json();
     assert_eq!(
         (status["job"]["state"].as_str(), status["job"]["error"]["code"].as_str()),
-        (Some("failed"), Some("bad_input"))
+        (Some("failed"), Some("object_changed"))
     );
     stack.run(&["fetch", &broken, "--keys", s(&keys)]).refused(4, "failed");
 
