@@ -524,15 +524,15 @@ enum Streamed {
     Failed(JobError),
 }
 
-/// Streams the input batch from storage into the evaluator on the worker's thread pool. Returns
-/// the result batch and the seconds the download took (it overlaps the reading). A panic in the
-/// engine becomes a transient failure and the worker carries on.
 /// A job's input batch, and what the API verified of it.
 struct Input {
     key: ObjectKey,
     pin: Option<Pinned>,
 }
 
+/// Streams the input batch from storage into the evaluator on the worker's thread pool. Returns
+/// the result batch and the seconds the download took (it overlaps the reading). A panic in the
+/// engine becomes a transient failure and the worker carries on.
 async fn compute(
     shared: &Shared,
     evaluator: &Arc<BatchEvaluator>,
