@@ -26,6 +26,9 @@ from pathlib import Path
 
 import yaml
 
+# One report format for every infra check (this directory is on the path when run as a script).
+from validate import Report
+
 # The SDK calls of crates/store/src and the IAM action each needs.
 SDK_ACTIONS = {
     "get_object": "s3:GetObject",
@@ -97,16 +100,6 @@ MUST_NOT = {
     # authorizes as ListBucket without a prefix (names only, never contents).
     ] + [("s3:CreateBucket", "bucket", "bucket")],
 }
-
-
-class Report:
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def check(self, ok: bool, where: str, message: str) -> bool:
-        if not ok:
-            self.errors.append(f"{where}: {message}")
-        return ok
 
 
 def store_actions(root: Path) -> set[str]:
