@@ -55,6 +55,11 @@ pub enum Model {
         /// Evaluate only the first N images.
         #[arg(long)]
         limit: Option<usize>,
+        /// The sensitivity the printed operating point is chosen for: the positive-class
+        /// probability threshold that flags this share of the validation split's positives
+        /// (the manifest's `operating_point`, which reports mark).
+        #[arg(long, default_value_t = 0.9)]
+        sensitivity: f64,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -77,7 +82,7 @@ pub fn run(command: Model) -> anyhow::Result<()> {
         Model::Show { name, service: false, .. } => show(&name),
         Model::Show { name, service: true, connection } => show_service(&name, &connection),
         Model::Pull { model, connection } => pull(&model, &connection),
-        Model::Eval { model, data, limit, json } => eval(&model, data, limit, json),
+        Model::Eval { model, data, limit, sensitivity, json } => eval(&model, data, limit, sensitivity, json),
         Model::Import { file, json } => import(&file, json),
     }
 }
@@ -274,7 +279,13 @@ pub(crate) fn load_test_split(manifest: &blindfold_nn::Manifest, dir: &Path) -> 
     data::dataset(dir, dataset, Split::Test).with_context(|| format!("reading the {dataset} test split"))
 }
 
-fn eval(name: &str, data: Option<PathBuf>, limit: Option<usize>, as_json: bool) -> anyhow::Result<()> {
+fn eval(
+    name: &str,
+    data: Option<PathBuf>,
+    limit: Option<usize>,
+    sensitivity: f64,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let m = registry::load(name)?;
     let dir = data_dir(data)?;
     if let blindfold_nn::Task::Segmentation { threshold } = m.manifest.task {
@@ -305,6 +316,8 @@ fn eval(name: &str, data: Option<PathBuf>, limit: Option<usize>, as_json: bool) 
     if let (Some(p), Some(auc)) = (m.manifest.positive_class, met.positive_auc) {
         let class = classes[p].split_whitespace().next().unwrap_or("positive").to_lowercase();
         out[format!("{class}_vs_rest_auc")] = json!(auc);
+        let scores: Vec<f64> = logits.iter().map(|l| metrics::softmax(l)[p]).collect();
+        out["operating_point"] = operating_point(&m, &dir, p, sensitivity, &scores, &images.labels)?;
     }
     if as_json {
         println!("{out}");
@@ -312,6 +325,35 @@ fn eval(name: &str, data: Option<PathBuf>, limit: Option<usize>, as_json: bool) 
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
+}
+
+/// The positive-class probability threshold for `sensitivity` on the validation split, and
+/// what it gives on the test `scores`; `null` for a data set without a validation split.
+fn operating_point(
+    m: &registry::Model,
+    dir: &Path,
+    positive: usize,
+    sensitivity: f64,
+    scores: &[f64],
+    labels: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let Some(dataset) = m.manifest.dataset() else { return Ok(serde_json::Value::Null) };
+    let Ok(val) = data::dataset(dir, dataset, Split::Val) else { return Ok(serde_json::Value::Null) };
+    let logits = m.network.forward_batch(&m.manifest.inputs(&val)?)?;
+    let val_scores: Vec<f64> = logits.iter().map(|l| metrics::softmax(l)[positive]).collect();
+    let is_positive = |labels: &[u8]| labels.iter().map(|l| usize::from(*l) == positive).collect::<Vec<_>>();
+    let Some(threshold) = metrics::threshold_for_sensitivity(&val_scores, &is_positive(&val.labels), sensitivity)
+    else {
+        bail!("no positive image in the validation split, or --sensitivity {sensitivity} is not in (0, 1]")
+    };
+    let test = metrics::screening(scores, &is_positive(labels), threshold);
+    Ok(json!(blindfold_nn::OperatingPoint {
+        threshold,
+        target_sensitivity: sensitivity,
+        chosen_on: "val".into(),
+        test_sensitivity: test.sensitivity,
+        test_specificity: test.specificity,
+    }))
 }
 
 /// Dice, IoU and pixel accuracy on the test split of the manifest's segmentation set, and on

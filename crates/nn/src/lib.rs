@@ -37,4 +37,4 @@ pub use error::{Error, Refusal, Result};
 pub use ir::{
     AvgPool2d, Basis, Conv2d, ConvTranspose2d, Dense, Layer, Network, Node, Polynomial, Shape, TensorId, Upsample,
 };
-pub use manifest::{Manifest, Task};
+pub use manifest::{Manifest, OperatingPoint, Task, open_image};

@@ -46,6 +46,11 @@ pub struct Manifest {
     /// as precise), and refuses a decrypted output beyond it as an overflow. Absent: 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_bound: Option<f64>,
+    /// The screening threshold on the positive class's probability (melanoma for skin lesions):
+    /// an image at or above it needs a clinician's review. Reports mark it on the probability
+    /// bar and filter on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<OperatingPoint>,
     /// The trained coefficients of each quadratic activation (informational).
     #[serde(default)]
     pub activations: Vec<serde_json::Value>,
@@ -68,6 +73,22 @@ pub enum Task {
         /// Probability threshold, in (0, 1).
         threshold: f64,
     },
+}
+
+/// A threshold on the positive class's softmax probability, chosen on the validation split
+/// for a target sensitivity (`blindfold model eval` prints it), with what it gave on test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPoint {
+    /// Probability in (0, 1) at or above which an image is flagged.
+    pub threshold: f64,
+    /// The sensitivity the threshold was chosen for, on `chosen_on`.
+    pub target_sensitivity: f64,
+    /// The split the threshold was chosen on (`val`).
+    pub chosen_on: String,
+    /// Sensitivity on the test split at this threshold.
+    pub test_sensitivity: f64,
+    /// Specificity on the test split at this threshold.
+    pub test_specificity: f64,
 }
 
 /// The input tensor of one image.
@@ -118,6 +139,19 @@ impl Manifest {
         }
         if self.output_bound.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
             return Err(err("output_bound is not a positive number".into()));
+        }
+        if let Some(point) = &self.operating_point {
+            if self.positive_class.is_none() {
+                return Err(err("an operating point needs a positive class".into()));
+            }
+            let threshold = point.threshold > 0.0 && point.threshold < 1.0;
+            let sensitivity = point.target_sensitivity > 0.0 && point.target_sensitivity <= 1.0;
+            if !(threshold && sensitivity) {
+                return Err(err(format!(
+                    "operating point threshold {} or sensitivity {} is not a probability",
+                    point.threshold, point.target_sensitivity
+                )));
+            }
         }
         if let Task::Segmentation { threshold } = self.task
             && !(threshold > 0.0 && threshold < 1.0)
@@ -196,28 +230,11 @@ impl Manifest {
     /// more than twice to the model's aspect ratio would get a confident, meaningless answer.
     pub fn load_checked_image(&self, path: &Path, allow_mismatch: bool) -> Result<Vec<f64>> {
         let data_err = |reason: String| Error::Data { path: path.to_path_buf(), reason };
-        let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        if meta.len() > MAX_IMAGE_FILE_BYTES {
-            return Err(data_err(format!("image file is {} bytes (limit {MAX_IMAGE_FILE_BYTES})", meta.len())));
-        }
-        let img = self.decode(path)?;
+        let img = open_image(path)?;
         if !allow_mismatch && let Some(reason) = self.mismatch(&img) {
             return Err(data_err(format!("{reason}; pass --force to use it anyway")));
         }
         Ok(self.preprocess(&img))
-    }
-
-    fn decode(&self, path: &Path) -> Result<image::DynamicImage> {
-        let data_err = |reason: String| Error::Data { path: path.to_path_buf(), reason };
-        let mut reader = image::ImageReader::open(path)
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
-            .with_guessed_format()
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(MAX_IMAGE_SIDE);
-        limits.max_image_height = Some(MAX_IMAGE_SIDE);
-        reader.limits(limits);
-        reader.decode().map_err(|e| data_err(format!("not a readable PNG or JPEG image: {e}")))
     }
 
     /// Why `img` is far from the model's input, if it is: colour against a grayscale model (more
@@ -278,4 +295,24 @@ impl Manifest {
         };
         self.normalise(&pixels)
     }
+}
+
+/// Decodes a PNG or JPEG file with the limits every image file is read under (at most
+/// [`MAX_IMAGE_SIDE`] pixels a side), so that a hostile file cannot exhaust memory wherever it
+/// is opened: intake, and the thumbnails of a report.
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    let data_err = |reason: String| Error::Data { path: path.to_path_buf(), reason };
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(data_err(format!("image file is {} bytes (limit {MAX_IMAGE_FILE_BYTES})", meta.len())));
+    }
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
+        .with_guessed_format()
+        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| data_err(format!("not a readable PNG or JPEG image: {e}")))
 }

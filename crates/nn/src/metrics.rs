@@ -57,6 +57,51 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
 }
 
+/// The largest score threshold that flags at least `sensitivity` of the positives (a score at
+/// or above it is flagged); `None` without positives or for a sensitivity outside (0, 1].
+///
+/// Taking the largest such threshold keeps the specificity as high as the target allows.
+pub fn threshold_for_sensitivity(scores: &[f64], positive: &[bool], sensitivity: f64) -> Option<f64> {
+    if !(sensitivity > 0.0 && sensitivity <= 1.0) {
+        return None;
+    }
+    let mut flagged: Vec<f64> = scores.iter().zip(positive).filter(|(_, p)| **p).map(|(s, _)| *s).collect();
+    if flagged.is_empty() {
+        return None;
+    }
+    flagged.sort_by(|a, b| b.total_cmp(a));
+    // The k-th highest positive score, k = ceil(sensitivity · positives); the epsilon keeps
+    // 0.9 · 10 from rounding up to 10.
+    let k = ((sensitivity * flagged.len() as f64) - 1e-9).ceil().max(1.0) as usize;
+    Some(flagged[k.min(flagged.len()) - 1])
+}
+
+/// Sensitivity and specificity of flagging scores at or above `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Screening {
+    /// Flagged positives over positives (0 without positives).
+    pub sensitivity: f64,
+    /// Unflagged negatives over negatives (0 without negatives).
+    pub specificity: f64,
+}
+
+/// [`Screening`] of `scores` against `positive` at `threshold`.
+pub fn screening(scores: &[f64], positive: &[bool], threshold: f64) -> Screening {
+    let (mut tp, mut p, mut tn, mut n) = (0usize, 0usize, 0usize, 0usize);
+    for (score, pos) in scores.iter().zip(positive) {
+        let flagged = *score >= threshold;
+        if *pos {
+            p += 1;
+            tp += usize::from(flagged);
+        } else {
+            n += 1;
+            tn += usize::from(!flagged);
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Screening { sensitivity: ratio(tp, p), specificity: ratio(tn, n) }
+}
+
 /// Metrics of `logits` (one row per image) against `labels` over `classes` classes.
 pub fn evaluate(logits: &[Vec<f64>], labels: &[u8], classes: usize, positive: Option<usize>) -> Metrics {
     let predictions: Vec<usize> = logits.iter().map(|l| argmax(l)).collect();
@@ -88,6 +133,21 @@ pub fn evaluate(logits: &[Vec<f64>], labels: &[u8], classes: usize, positive: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operating_threshold_flags_the_asked_share_of_positives() {
+        let scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05];
+        let positive = [true, false, true, true, false, true, true, false, true, true];
+        // 7 positives: 90 % needs ceil(6.3) = 7 of them, so the lowest positive score.
+        assert_eq!(threshold_for_sensitivity(&scores, &positive, 0.9), Some(0.05));
+        // 70 % needs 4.9 → 5: the fifth highest positive score.
+        let t = threshold_for_sensitivity(&scores, &positive, 0.7).unwrap();
+        assert_eq!(t, 0.3);
+        let s = screening(&scores, &positive, t);
+        assert!((s.sensitivity - 5.0 / 7.0).abs() < 1e-12 && (s.specificity - 1.0 / 3.0).abs() < 1e-12, "{s:?}");
+        assert_eq!(threshold_for_sensitivity(&scores, &[false; 10], 0.9), None);
+        assert_eq!(threshold_for_sensitivity(&scores, &positive, 0.0), None);
+    }
 
     #[test]
     fn auc_counts_ties_half() {
