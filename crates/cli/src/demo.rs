@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use blindfold_client::{IntakeOptions, KeySet, PackingChoice, Predictions, read_inputs};
+use blindfold_client::{
+    IntakeOptions, KeySet, PackingChoice, Predictions, ReportContext, ReportLink, Timing, read_inputs,
+};
 use blindfold_nn::data::{self, Split};
 use secrecy::SecretString;
 
@@ -62,6 +64,12 @@ pub struct DemoArgs {
     /// Use this PostgreSQL database instead of a throwaway cluster (it is migrated).
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Also write a report per model and packing, to open in a browser: DIR/index.html links
+    /// DIR/MODEL-PACKING/index.html, each with the sample images, their predictions and
+    /// probabilities, and for lesion-unet the mask outlines and Dice against the sample masks
+    /// (see `blindfold decrypt --report`).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// Print one JSON object per model and packing instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -173,7 +181,8 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     for (model, packing, images) in &plan {
         eprintln!("── {model} / {packing}: {images} images");
         let source = if model == SEGMENTER { segmenter.to_string_lossy().into_owned() } else { model.clone() };
-        match one_run(&client, work.path(), &samples, args.data.as_deref(), model, &source, packing, *images).await {
+        let run = Run { model_name: model, source: &source, packing, count: *images };
+        match one_run(&client, work.path(), &samples, args.data.as_deref(), &run, args.report.as_deref()).await {
             Ok(report) => reports.push(report),
             Err(error) => {
                 outcome = Err(error.context(format!("{model} / {packing}")));
@@ -183,6 +192,25 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     }
     stack.stop().await?;
     outcome?;
+    if let Some(dir) = &args.report {
+        let links: Vec<ReportLink> = reports
+            .iter()
+            .map(|r| ReportLink {
+                title: format!("{} / {} packing", r.model, r.packing),
+                href: format!("{}/index.html", report_folder(&r.model, &r.packing)),
+                note: format!(
+                    "{} images; {} {:.1} %; agreement with the plaintext model {:.2} %",
+                    r.images,
+                    if r.task == "segmentation" { "mean Dice" } else { "accuracy" },
+                    r.accuracy * 100.0,
+                    r.agreement * 100.0
+                ),
+            })
+            .collect();
+        let index = blindfold_client::write_report_index(dir, "Blindfold demo", &links)
+            .with_context(|| format!("writing the report index in {}", dir.display()))?;
+        eprintln!("report: {}", index.display());
+    }
     eprintln!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(reports)
 }
@@ -388,18 +416,31 @@ fn score(
     Ok((dice, equal as f64 / pixels.max(1) as f64))
 }
 
-/// One model and packing end to end; `source` is the model's name or directory.
-#[allow(clippy::too_many_arguments)]
+/// One model and packing of the demo.
+struct Run<'a> {
+    model_name: &'a str,
+    /// The model's registered name or its directory.
+    source: &'a str,
+    packing: &'a str,
+    /// Images.
+    count: usize,
+}
+
+/// The folder of a run's report under `demo --report DIR`.
+fn report_folder(model: &str, packing: &str) -> String {
+    format!("{model}-{packing}")
+}
+
+/// One model and packing end to end, with its report in `report/MODEL-PACKING` when asked.
 async fn one_run(
     client: &ApiClient,
     work: &Path,
     samples: &Path,
     data: Option<&Path>,
-    model_name: &str,
-    source: &str,
-    packing: &str,
-    count: usize,
+    run: &Run<'_>,
+    report: Option<&Path>,
 ) -> anyhow::Result<RunReport> {
+    let Run { model_name, source, packing, count } = *run;
     let started = Instant::now();
     let quiet: OnBytes = Arc::new(|_| {});
     let dir = work.join(format!("keys-{model_name}-{packing}"));
@@ -483,6 +524,31 @@ async fn one_run(
 
     let reference = model.network().forward_batch(&intake.inputs)?;
     let (accuracy, agreement) = score(&model, &mut predictions, &truth, &reference)?;
+    if let Some(dir) = report {
+        let stage = |stage: &str, seconds: f64| Timing { stage: stage.into(), seconds };
+        let context = ReportContext {
+            jobs: jobs.clone(),
+            timings: vec![
+                stage("key generation", keygen_seconds),
+                stage("register evaluation keys", register_seconds),
+                stage("encrypt", encrypt_seconds),
+                stage("upload", upload_seconds),
+                stage("queued at the service", queued_seconds),
+                stage("encrypted inference at the service", compute_seconds),
+                stage("download", download_seconds),
+                stage("decrypt", decrypt_seconds),
+            ],
+        };
+        let folder = dir.join(report_folder(model_name, packing));
+        let written = blindfold_client::write_report(&predictions, &context, &folder)
+            .with_context(|| format!("writing the report to {}", folder.display()))?;
+        eprintln!(
+            "   report: {} ({} of {} need review)",
+            written.index.display(),
+            written.needs_review,
+            written.images
+        );
+    }
     let images = reference.len();
     Ok(RunReport {
         model: model_name.to_owned(),

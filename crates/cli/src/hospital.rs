@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use blindfold_client::{IntakeOptions, KeySet, PackingChoice, Split};
+use blindfold_client::{IntakeOptions, KeySet, PackingChoice, ReportContext, Split, Timing, WrittenReport};
 use blindfold_compiler::Control;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -98,8 +98,22 @@ pub enum Hospital {
         #[arg(long)]
         masks: Option<PathBuf>,
         #[command(flatten)]
+        report: ReportArg,
+        #[command(flatten)]
         output: Output,
     },
+}
+
+/// `--report DIR`, for the commands that decrypt.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArg {
+    /// Also write a report to open in a browser: DIR/index.html (self-contained; it loads
+    /// nothing from the network) with each image's thumbnail from the original file, its
+    /// prediction and class probabilities, the risk against the model's operating point, and
+    /// for segmentation the lesion outline and area; mask and overlay PNGs in DIR/masks and
+    /// DIR/overlays. Sortable by risk, filterable to the images that need review.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 /// `--packing`.
@@ -144,8 +158,8 @@ pub fn run(command: Hospital) -> anyhow::Result<()> {
         Hospital::Eval { keys, input, out, memory_budget, output } => {
             eval(&keys, &input, &out, memory_budget.or_else(crate::memory::available), output)
         }
-        Hospital::Decrypt { keys, input, out, names, masks, output } => {
-            decrypt(&keys, &input, &out, names.as_deref(), masks.as_deref(), output)
+        Hospital::Decrypt { keys, input, out, names, masks, report, output } => {
+            decrypt(&keys, &input, &out, names.as_deref(), masks.as_deref(), report.report.as_deref(), output)
         }
     }
 }
@@ -288,6 +302,7 @@ fn decrypt(
     out: &Path,
     names: Option<&Path>,
     truth: Option<&Path>,
+    report_dir: Option<&Path>,
     output: Output,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -297,6 +312,11 @@ fn decrypt(
     spinner.finish_and_clear();
     let mut predictions = predictions.with_context(|| format!("decrypting {}", input.display()))?;
     let saved = predictions.save(out, truth)?;
+    let context = ReportContext {
+        jobs: Vec::new(),
+        timings: vec![Timing { stage: "decrypt".into(), seconds: started.elapsed().as_secs_f64() }],
+    };
+    let written = write_report(&predictions, &context, report_dir, output)?;
     report(
         output,
         json!({
@@ -305,15 +325,34 @@ fn decrypt(
             "images": predictions.images.len(),
             "predictions": out,
             "saved": saved,
+            "report": written,
             "overflowed": predictions.overflowed(),
             "seconds": started.elapsed().as_secs_f64(),
         }),
-        || saved_text(&predictions, &saved),
+        || saved_text(&predictions, &saved, written.as_ref()),
     )
 }
 
+/// Writes the report of `predictions` into `dir` when one was asked for (`--report`).
+pub(crate) fn write_report(
+    predictions: &blindfold_client::Predictions,
+    context: &ReportContext,
+    dir: Option<&Path>,
+    output: Output,
+) -> anyhow::Result<Option<WrittenReport>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let spinner = spinner(output, format!("writing the report to {}", dir.display()));
+    let written = blindfold_client::write_report(predictions, context, dir);
+    spinner.finish_and_clear();
+    Ok(Some(written.with_context(|| format!("writing the report to {}", dir.display()))?))
+}
+
 /// What a command that decrypted says it wrote.
-pub(crate) fn saved_text(predictions: &blindfold_client::Predictions, saved: &blindfold_client::Saved) -> String {
+pub(crate) fn saved_text(
+    predictions: &blindfold_client::Predictions,
+    saved: &blindfold_client::Saved,
+    written: Option<&WrittenReport>,
+) -> String {
     let mut text = format!(
         "{} predictions of {} written to {}",
         predictions.images.len(),
@@ -325,6 +364,19 @@ pub(crate) fn saved_text(predictions: &blindfold_client::Predictions, saved: &bl
     }
     if let Some(dice) = saved.mean_dice {
         text.push_str(&format!("; mean Dice against the ground truth {dice:.4}"));
+    }
+    if let Some(written) = written {
+        text.push_str(&format!(
+            "\nreport: {} ({} of {} images need review{})",
+            written.index.display(),
+            written.needs_review,
+            written.images,
+            if written.without_thumbnail > 0 {
+                format!("; {} without a picture: their original files were not found", written.without_thumbnail)
+            } else {
+                String::new()
+            }
+        ));
     }
     let overflowed = predictions.overflowed();
     if overflowed > 0 {

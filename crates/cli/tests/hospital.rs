@@ -3,6 +3,8 @@
 //! the refusals, each with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod browser;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -382,6 +384,7 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
     ok(&encrypt);
     ok(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--quiet"]);
     let csv = tmp.path().join("areas.csv");
+    let report_dir = tmp.path().join("report");
     let out = ok(&[
         "decrypt",
         "--keys",
@@ -392,6 +395,8 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
         s(&csv),
         "--masks",
         s(&lesions.join("masks")),
+        "--report",
+        s(&report_dir),
         "--json",
     ]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -436,6 +441,29 @@ fn a_segmentation_model_decrypts_into_masks_with_areas_and_dice() {
         dice_sum += dice;
     }
     assert!((mean_dice - dice_sum / 2.0).abs() < 1e-9);
+
+    // The report: each lesion's outline over its original, on the page and as PNGs beside it.
+    assert_eq!((report["report"]["masks"].as_u64(), report["report"]["overlays"].as_u64()), (Some(2), Some(2)));
+    for (k, image) in images.iter().enumerate() {
+        let stem = format!("{k:04}-{}", image.file_stem().unwrap().to_str().unwrap());
+        let mask = image::open(report_dir.join("masks").join(format!("{stem}.png"))).unwrap().to_luma8();
+        assert_eq!(mask, image::open(tmp.path().join("areas-masks").join(format!("{stem}.png"))).unwrap().to_luma8());
+        let original = image::open(image).unwrap().to_rgb8();
+        let overlay = image::open(report_dir.join("overlays").join(format!("{stem}.png"))).unwrap().to_rgb8();
+        let pixels: Vec<u8> = mask.as_raw().iter().map(|p| u8::from(*p > 0)).collect();
+        // A 64×64 original is shown as it is, with exactly this mask's outline on it.
+        assert_eq!(overlay, blindfold_client::draw_outline(&original, &pixels, 64, 64));
+        let outlined = overlay.pixels().filter(|p| **p == blindfold_client::OUTLINE).count();
+        assert!(outlined > 0 || pixels.iter().all(|p| *p == 0), "image {k}: a found lesion is outlined");
+    }
+    let index = report_dir.join("index.html");
+    let html = std::fs::read_to_string(&index).unwrap();
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 2, "one overlay per image");
+    assert!(
+        html.contains("Dice against the ground truth") && html.contains("Mean Dice") && html.contains("Lesion area: ")
+    );
+    // In a browser: 2 overlays, no bars, no request.
+    browser::assert_renders(&index, 2, 0);
 }
 
 #[test]

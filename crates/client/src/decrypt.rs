@@ -62,6 +62,13 @@ pub struct Mask {
 pub struct Predictions {
     /// The model.
     pub model: String,
+    /// The model's version under its name.
+    pub model_version: u32,
+    /// The estimated security of the key set's parameters (bits; never below 128).
+    pub security_bits: u32,
+    /// The model's manifest: classes, task, operating point, input (what a report needs).
+    #[serde(skip)]
+    pub manifest: blindfold_nn::Manifest,
     /// The key set.
     pub key_set: Uuid,
     /// The class names, in logit order.
@@ -148,6 +155,9 @@ fn decrypt_checked(keys: &KeySet, result: &Path, names: Option<&Path>, job: Opti
             .collect();
         return Ok(Predictions {
             model: model.name().into(),
+            model_version: model.manifest().version,
+            security_bits: plan.params().security_bits(),
+            manifest: model.manifest().clone(),
             key_set: keys.id(),
             classes,
             task: "segmentation",
@@ -173,7 +183,16 @@ fn decrypt_checked(keys: &KeySet, result: &Path, names: Option<&Path>, job: Opti
             Err(why) => flagged(position, file, why),
         })
         .collect();
-    Ok(Predictions { model: model.name().into(), key_set: keys.id(), classes, task: "classification", images })
+    Ok(Predictions {
+        model: model.name().into(),
+        model_version: model.manifest().version,
+        security_bits: plan.params().security_bits(),
+        manifest: model.manifest().clone(),
+        key_set: keys.id(),
+        classes,
+        task: "classification",
+        images,
+    })
 }
 
 /// One image's mask from its per-pixel logits.
@@ -337,7 +356,7 @@ impl Predictions {
 
 /// Creates (or truncates) a file only its owner may read: predictions and masks are patient
 /// data. An existing file's wider permissions are narrowed too.
-fn create_private(path: &Path) -> Result<File> {
+pub(crate) fn create_private(path: &Path) -> Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -456,7 +475,7 @@ impl Predictions {
 
 /// The name of an image without directories, archive positions or extension, made safe for a
 /// file name (`scans/ISIC_1.jpg` → `ISIC_1`, `test.npz#3` → `test_3`).
-fn file_stem(file: &str) -> String {
+pub(crate) fn file_stem(file: &str) -> String {
     let base = file.rsplit(['/', '\\']).next().unwrap_or(file);
     let (name, position) = match base.split_once('#') {
         Some((name, position)) => (name, Some(position)),
@@ -493,6 +512,18 @@ fn csv_row<'a>(fields: impl Iterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
 
+    /// A manifest of a `side`×`side` RGB model with the task `task` (JSON).
+    fn test_manifest(task: &str, side: usize) -> blindfold_nn::Manifest {
+        blindfold_nn::Manifest::from_json(&format!(
+            r#"{{"name": "m", "version": 1, "description": "test", "input": {{"shape": [3, {side}, {side}],
+              "layout": "CHW", "channel_order": "RGB"}}, "preprocessing": {{"resize": "stretch",
+              "scale": "pixel / 255", "mean": [0, 0, 0], "std": [1, 1, 1]}}, "classes": ["lesion"],
+              "positive_class": null, "multiplicative_depth": 1, "task": {task}, "metrics": {{}},
+              "training": {{}}}}"#
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn softmax_sums_to_one_and_keeps_the_order() {
         let p = softmax(&[1000.0, 999.0, -5.0]);
@@ -514,6 +545,9 @@ mod tests {
         // Logits of a 2×2 image: lesion at (0,0) and (0,1).
         let mut predictions = Predictions {
             model: "m".into(),
+            model_version: 1,
+            security_bits: 128,
+            manifest: test_manifest(r#"{"kind": "segmentation", "threshold": 0.5}"#, 2),
             key_set: Uuid::nil(),
             classes: vec!["lesion".into()],
             task: "segmentation",

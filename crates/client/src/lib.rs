@@ -28,6 +28,7 @@ mod error;
 mod eval;
 mod intake;
 mod keys;
+mod report;
 
 pub use blindfold_nn::data::Split;
 pub use decrypt::{Mask, Prediction, Predictions, Saved, decrypt, decrypt_job, softmax};
@@ -37,6 +38,10 @@ pub use eval::evaluate_file;
 pub use intake::{Intake, IntakeOptions, read_inputs};
 pub use keys::{
     DESCRIPTOR_FILE, EVALUATION_KEYS_FILE, KeySet, KeySetDescriptor, SECRET_KEY_FILE, read_evaluation_keys,
+};
+pub use report::{
+    OUTLINE, ReportContext, ReportLink, Timing, WrittenReport, draw_outline, outline, resample, write_report,
+    write_report_index,
 };
 
 use blindfold_batch::Packing;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use blindfold_api::{JobView, KeySetView};
-use blindfold_client::{EncryptedBatch, IntakeOptions, KeySet, PackingChoice, Predictions, Split};
+use blindfold_client::{
+    EncryptedBatch, IntakeOptions, KeySet, PackingChoice, Predictions, ReportContext, Split, Timing,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 use serde_json::json;
@@ -17,7 +19,7 @@ use uuid::Uuid;
 use super::client::{ApiClient, OnBytes, ServiceError};
 use super::config::{ServiceConfig, config_path};
 use super::flows;
-use crate::hospital::{Output, PackingArg, bar, parse_split, report, spinner, visible};
+use crate::hospital::{Output, PackingArg, ReportArg, bar, parse_split, report, spinner, visible, write_report};
 
 /// Which API and which token: flags, then environment, then the `blindfold login` config.
 #[derive(Debug, Clone, clap::Args)]
@@ -223,6 +225,8 @@ pub enum Service {
         #[arg(long)]
         masks: Option<PathBuf>,
         #[command(flatten)]
+        report: ReportArg,
+        #[command(flatten)]
         connection: Connection,
         #[command(flatten)]
         output: Output,
@@ -238,6 +242,8 @@ pub enum Service {
         /// `NAME_mask.png` for the image `NAME.ext`); adds each mask's Dice and the mean.
         #[arg(long)]
         masks: Option<PathBuf>,
+        #[command(flatten)]
+        report: ReportArg,
         #[command(flatten)]
         poll: Poll,
         #[command(flatten)]
@@ -339,24 +345,39 @@ pub fn run(command: Service) -> anyhow::Result<()> {
                 }
             })
         }
-        Service::Fetch { job, keys, out, raw, masks, connection, output } => {
+        Service::Fetch { job, keys, out, raw, masks, report: report_arg, connection, output } => {
             let client = connection.client()?;
             let keys = KeySet::open(&keys)?;
             let runtime = runtime()?;
             let mut fetched = fetch(&runtime, &client, &keys, job, raw.as_deref(), output)?;
             let saved = save_predictions(&mut fetched.predictions, &out, masks.as_deref())?;
+            let written = match &report_arg.report {
+                Some(dir) => {
+                    let view = runtime.block_on(client.job(job))?;
+                    let mut timings = service_timings(std::slice::from_ref(&view));
+                    timings.extend(fetched.timings.clone());
+                    let context = ReportContext { jobs: vec![job], timings };
+                    write_report(&fetched.predictions, &context, Some(dir), output)?
+                }
+                None => None,
+            };
             report(
                 output,
                 json!({
                     "command": "fetch", "job": job, "images": fetched.predictions.images.len(),
                     "predictions": out, "raw": raw, "bytes": fetched.bytes, "saved": saved,
-                    "overflowed": fetched.predictions.overflowed(),
+                    "report": written, "overflowed": fetched.predictions.overflowed(),
                 }),
-                || format!("job {job}: {}", crate::hospital::saved_text(&fetched.predictions, &saved)),
+                || {
+                    format!(
+                        "job {job}: {}",
+                        crate::hospital::saved_text(&fetched.predictions, &saved, written.as_ref())
+                    )
+                },
             )
         }
-        Service::Run { inputs, out, masks, poll, connection, output } => {
-            run_all(&inputs, &out, masks.as_deref(), poll, &connection, output)
+        Service::Run { inputs, out, masks, report, poll, connection, output } => {
+            run_all(&inputs, &out, masks.as_deref(), report.report.as_deref(), poll, &connection, output)
         }
     }
 }
@@ -756,6 +777,17 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 struct Fetched {
     predictions: Predictions,
     bytes: u64,
+    /// Downloading and decrypting, measured here.
+    timings: Vec<Timing>,
+}
+
+/// The service's side of `jobs`' timings: queued and running, summed over the jobs.
+fn service_timings(jobs: &[JobView]) -> Vec<Timing> {
+    let sum = |seconds: fn(&JobView) -> Option<f64>| jobs.iter().filter_map(seconds).sum::<f64>();
+    vec![
+        Timing { stage: "queued at the service".into(), seconds: sum(|j| j.durations.queued_seconds) },
+        Timing { stage: "encrypted inference at the service".into(), seconds: sum(|j| j.durations.running_seconds) },
+    ]
 }
 
 fn fetch(
@@ -784,13 +816,19 @@ fn fetch(
             bar.set_position(n);
         }) as OnBytes
     };
+    let started = Instant::now();
     let bytes = runtime.block_on(flows::download_result(client, job, &raw_path, progress));
     bar.finish_and_clear();
     let bytes = bytes?;
+    let downloaded = started.elapsed().as_secs_f64();
     let spinner = spinner(output, "decrypting".into());
     let predictions = flows::decrypt_result(keys, job, &raw_path);
     spinner.finish_and_clear();
-    Ok(Fetched { predictions: predictions?, bytes })
+    let timings = vec![
+        Timing { stage: "download".into(), seconds: downloaded },
+        Timing { stage: "decrypt".into(), seconds: started.elapsed().as_secs_f64() - downloaded },
+    ];
+    Ok(Fetched { predictions: predictions?, bytes, timings })
 }
 
 fn save_predictions(
@@ -805,6 +843,7 @@ fn run_all(
     inputs: &Inputs,
     out: &Path,
     truth: Option<&Path>,
+    report_dir: Option<&Path>,
     poll: Poll,
     connection: &Connection,
     output: Output,
@@ -814,6 +853,8 @@ fn run_all(
     let runtime = runtime()?;
     let keys = KeySet::open(&inputs.keys)?;
     let submitted = submit(&runtime, &client, inputs, output)?;
+    let submitted_after = started.elapsed().as_secs_f64();
+    let mut fetch_timings: Vec<Timing> = Vec::new();
     if !output.quiet && !output.json && !visible(output) {
         eprintln!("submitted {} job(s); waiting", submitted.jobs.len());
     }
@@ -824,6 +865,13 @@ fn run_all(
         let done = runtime.block_on(wait_with_bar(&client, job.id, poll, output))?;
         let fetched = fetch(&runtime, &client, &keys, job.id, None, output)?;
         downloaded += fetched.bytes;
+        // One line per stage over all jobs: the report shows where the time went, not each job.
+        for timing in fetched.timings {
+            match fetch_timings.iter_mut().find(|t| t.stage == timing.stage) {
+                Some(known) => known.seconds += timing.seconds,
+                None => fetch_timings.push(timing),
+            }
+        }
         merged = Some(match merged {
             None => fetched.predictions,
             Some(mut all) => {
@@ -839,18 +887,23 @@ fn run_all(
     }
     let mut predictions = merged.context("no job was submitted")?;
     let saved = save_predictions(&mut predictions, out, truth)?;
+    let mut timings = vec![Timing { stage: "encrypt and upload".into(), seconds: submitted_after }];
+    timings.extend(service_timings(&finished));
+    timings.extend(fetch_timings);
+    let context = ReportContext { jobs: finished.iter().map(|j| j.id).collect(), timings };
+    let written = write_report(&predictions, &context, report_dir, output)?;
     report(
         output,
         json!({
             "command": "run", "key_set": submitted.key_set, "images": predictions.images.len(),
             "uploaded_bytes": submitted.bytes, "downloaded_bytes": downloaded, "jobs": finished,
-            "predictions": out, "saved": saved, "overflowed": predictions.overflowed(),
+            "predictions": out, "saved": saved, "report": written, "overflowed": predictions.overflowed(),
             "seconds": started.elapsed().as_secs_f64(),
         }),
         || {
             format!(
                 "{} in {:.1} s ({} job(s): {})",
-                crate::hospital::saved_text(&predictions, &saved),
+                crate::hospital::saved_text(&predictions, &saved, written.as_ref()),
                 started.elapsed().as_secs_f64(),
                 finished.len(),
                 finished.iter().map(|j| j.id.to_string()).collect::<Vec<_>>().join(", ")
