@@ -186,9 +186,21 @@ fn a_worker_answers_submit_wait_fetch_and_run_and_a_corrupted_batch_fails() {
     );
     let csv = stack.home.path().join("predictions.csv");
     let raw = stack.home.path().join("result.bfrb");
-    let fetched =
-        stack.run(&["fetch", &job, "--keys", s(&keys), "--out", s(&csv), "--raw", s(&raw), "--json"]).ok().json();
+    let report = stack.home.path().join("fetch-report");
+    let fetched = stack
+        .run(&["fetch", &job, "--keys", s(&keys), "--out", s(&csv), "--raw", s(&raw), "--report", s(&report), "--json"])
+        .ok()
+        .json();
     assert_eq!(fetched["images"], 2);
+    // The report names the job, and says why it has no pictures: the images came from a
+    // dataset file.
+    assert_eq!(
+        (fetched["report"]["images"].as_u64(), fetched["report"]["without_thumbnail"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(page.contains(&job) && page.contains("encrypted inference at the service"), "job and timings");
+    assert!(page.contains("no picture for dataset entries"), "why there is no thumbnail");
     assert_eq!(fetched["bytes"].as_u64(), Some(std::fs::metadata(&raw).unwrap().len()));
     let rows: Vec<String> = std::fs::read_to_string(&csv).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(rows.len(), 3, "a header and two predictions: {rows:?}");
@@ -206,10 +218,25 @@ fn a_worker_answers_submit_wait_fetch_and_run_and_a_corrupted_batch_fails() {
     // run: the same in one command, checked against the plaintext model.
     let out = stack.home.path().join("predictions.json");
     let ran = stack
-        .run(&["run", s(&images), "--limit", "3", "--model", MODEL, "--keys", s(&keys), "--out", s(&out), "--json"])
+        .run(&[
+            "run",
+            s(&images),
+            "--limit",
+            "3",
+            "--model",
+            MODEL,
+            "--keys",
+            s(&keys),
+            "--out",
+            s(&out),
+            "--report",
+            s(&stack.home.path().join("run-report")),
+            "--json",
+        ])
         .ok()
         .json();
     assert_eq!((ran["images"].as_u64(), ran["jobs"][0]["state"].as_str()), (Some(3), Some("succeeded")));
+    assert_eq!(ran["report"]["images"], 3, "{ran}");
     let model = blindfold_nn::registry::load(MODEL).unwrap();
     let idx = blindfold_nn::data::mnist(images.parent().unwrap(), blindfold_nn::data::Split::Test).unwrap();
     let reference = model.network.forward_batch(&model.manifest.inputs(&idx.clone().take(3)).unwrap()).unwrap();
