@@ -24,6 +24,7 @@
 //! # Ok::<(), blindfold_nn::Error>(())
 //! ```
 
+pub mod approximate;
 pub mod data;
 mod error;
 mod eval;
