@@ -12,6 +12,7 @@ use blindfold_compiler::{
 };
 use blindfold_nn::Task;
 use blindfold_nn::data::Split;
+use blindfold_nn::metrics::argmax;
 use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;
@@ -498,10 +499,6 @@ fn data_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .find(|dir| dir.join("mnist").is_dir())
         .context("no dataset directory found (looked for ../shared/data and ./shared/data); pass --data DIR")
-}
-
-pub(crate) fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
 fn task_name(task: &Task) -> &'static str {

@@ -352,7 +352,7 @@ fn score(
     }
     let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task else {
         let Truth::Labels(labels) = truth else { bail!("a classification run scored against masks") };
-        let plain = reference.iter().map(|logits| crate::bench_infer::argmax(logits));
+        let plain = reference.iter().map(|logits| blindfold_nn::metrics::argmax(logits));
         let agree = predictions.images.iter().zip(plain).filter(|(p, plain)| p.class_index == *plain).count();
         let correct = predictions.images.iter().zip(labels).filter(|(p, label)| p.class_index == **label).count();
         return Ok((correct as f64 / images as f64, agree as f64 / images as f64));
