@@ -11,7 +11,6 @@ use blindfold_batch::InputBatchReader;
 use blindfold_client::{KeySet, PackingChoice};
 use blindfold_compiler::Control;
 use blindfold_evaluate::{BatchEvaluator, BatchExpect};
-use blindfold_nn::data::{self, Split};
 use clap::Args;
 use secrecy::SecretString;
 
@@ -300,11 +299,7 @@ fn test_images(
             .find(|dir| dir.join("mnist").is_dir())
             .context("no dataset directory found (looked for ../shared/data); pass --data DIR")?,
     };
-    let images = if model.name().starts_with("derma") {
-        data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
-    } else {
-        data::mnist(&dir.join("mnist"), Split::Test)?
-    };
+    let images = crate::model::load_test_split(model.manifest(), &dir)?;
     let inputs = model.manifest().inputs(&images)?;
     anyhow::ensure!(!inputs.is_empty(), "no test images in {}", dir.display());
     Ok(inputs.iter().cycle().take(count).cloned().collect())

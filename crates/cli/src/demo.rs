@@ -296,11 +296,7 @@ fn inputs_for(
             let names = (0..inputs.len()).map(|i| format!("test#{i}")).collect();
             return Ok((blindfold_client::Intake { names, inputs }, Truth::Masks(masks)));
         }
-        let images = if derma {
-            data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
-        } else {
-            data::mnist(&dir.join("mnist"), Split::Test)?
-        };
+        let images = crate::model::load_test_split(manifest, dir)?;
         let count = count.min(images.len());
         let images = images.take(count);
         let inputs = manifest.inputs(&images)?;
