@@ -7,9 +7,9 @@ use secrecy::SecretString;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::hospital::{Output, report};
 use crate::service::ApiClient;
 use crate::service::commands::Connection;
+use crate::terminal::{Output, Table, format_bytes, report};
 
 /// Operator commands.
 #[derive(Debug, Subcommand)]
@@ -191,11 +191,10 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
             let client = operator.client()?;
             let tenants = runtime.block_on(client.tenants())?;
             report(output, json!({"command": "admin tenant list", "tenants": tenants}), || {
-                let mut text = format!("{:<36}  {:<20}  CREATED", "TENANT", "NAME");
-                for t in &tenants {
-                    text.push_str(&format!("\n{}  {:<20}  {}", t.id, t.name, t.created_at.format("%Y-%m-%d %H:%M:%S")));
-                }
-                text
+                let rows = tenants.iter().map(|t| {
+                    vec![t.id.to_string(), t.name.clone(), t.created_at.format("%Y-%m-%d %H:%M:%S").to_string()]
+                });
+                Table::new(&["TENANT", "NAME", "CREATED"]).rows(rows).to_string()
             })
         }
         Admin::Token(Token::Create { tenant, label, operator, output }) => {
@@ -265,8 +264,8 @@ fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow
                         p.depth,
                         p.security_bits,
                         p.images_per_batch,
-                        crate::memory::format_bytes(p.key_bytes),
-                        crate::memory::format_bytes(p.peak_memory_bytes),
+                        format_bytes(p.key_bytes),
+                        format_bytes(p.peak_memory_bytes),
                     ));
                 }
                 for refused in &registered.refused_packings {
@@ -278,24 +277,20 @@ fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow
         ModelAdmin::List { operator, output } => {
             let records = runtime.block_on(operator.client()?.model_records())?;
             report(output, json!({"command": "admin model list", "models": records}), || {
-                let mut text = format!(
-                    "{:<24} {:>7}  {:<9}  {:<16}  {:<19}  PACKINGS",
-                    "NAME", "VERSION", "STATE", "SHA256", "CREATED"
-                );
-                for m in &records {
+                let rows = records.iter().map(|m| {
                     let packings: Vec<&str> =
                         m.params_fingerprints.iter().filter_map(|p| p.split(':').next()).collect();
-                    text.push_str(&format!(
-                        "\n{:<24} {:>7}  {:<9}  {:<16}  {:<19}  {}",
-                        m.name,
-                        m.version,
-                        m.state,
-                        &m.onnx_sha256[..16.min(m.onnx_sha256.len())],
-                        m.created_at.format("%Y-%m-%d %H:%M:%S"),
-                        packings.join(", ")
-                    ));
-                }
-                text
+                    vec![
+                        m.name.clone(),
+                        m.version.to_string(),
+                        m.state.clone(),
+                        m.onnx_sha256.chars().take(16).collect(),
+                        m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        packings.join(", "),
+                    ]
+                });
+                let headers = ["NAME", "VERSION", "STATE", "SHA256", "CREATED", "PACKINGS"];
+                Table::new(&headers).right(&[1]).rows(rows).to_string()
             })
         }
         ModelAdmin::Retire { model, operator, output } => {

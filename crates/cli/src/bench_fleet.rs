@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use crate::service::client::{ApiClient, OnBytes};
 use crate::service::flows;
 use crate::stack::{LocalStack, StackOptions, Workers};
+use crate::terminal::format_mean_bytes;
 
 /// Options of `bench fleet`.
 #[derive(Debug, Args)]
@@ -110,7 +111,7 @@ pub fn run(options: &FleetBench) -> anyhow::Result<()> {
              end to end (upload, queue, workers, download): {:.2} s = {:.0} images/s\n\
              service (submit to last download): {:.2} s = {:.0} images/s, overhead {:.1} % of compute\n\
              hospital upload {:.2} s; mean queued {:.2} s, running {:.2} s per job\n\
-             bytes per image: {:.1} KB up, {:.2} KB down\n\
+             bytes per image: {} up, {} down\n\
              worker stages per job: download {:.2} s, compute {:.2} s, upload {:.2} s",
             report.model,
             report.packing,
@@ -128,8 +129,8 @@ pub fn run(options: &FleetBench) -> anyhow::Result<()> {
             report.upload_seconds,
             report.mean_queued_seconds,
             report.mean_running_seconds,
-            report.bytes_up_per_image / 1e3,
-            report.bytes_down_per_image / 1e3,
+            format_mean_bytes(report.bytes_up_per_image),
+            format_mean_bytes(report.bytes_down_per_image),
             report.worker_stages.download,
             report.worker_stages.compute,
             report.worker_stages.upload,

@@ -17,6 +17,8 @@ use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;
 
+use crate::terminal::{format_bytes, format_mean_bytes};
+
 /// Options of `bench infer`.
 #[derive(Debug, Args)]
 pub struct InferBench {
@@ -143,8 +145,8 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
     } else {
         println!(
             "{} ({}), {} images on {} threads at N = 2^{} ({:.0}-bit Q·P, {}-bit security): {:.2} s per batch, \
-             {:.0} images/s; agreement {:.4}, max logit error {:.2e}; upload {:.1} KB and result {:.2} KB per image; \
-             peak RSS {:.0} MB",
+             {:.0} images/s; agreement {:.4}, max logit error {:.2e}; upload {} and result {} per image; \
+             peak RSS {}",
             report.model,
             report.packing,
             report.images,
@@ -156,9 +158,9 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
             report.images_per_second,
             report.agreement,
             report.max_logit_error,
-            report.upload_bytes_per_image / 1e3,
-            report.result_bytes_per_image / 1e3,
-            report.peak_rss_bytes as f64 / 1e6
+            format_mean_bytes(report.upload_bytes_per_image),
+            format_mean_bytes(report.result_bytes_per_image),
+            format_bytes(report.peak_rss_bytes)
         );
         if let Some(cold) = report.cold_batch_seconds {
             println!(
@@ -167,10 +169,10 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
             );
         }
         println!(
-            "  depth {}, evaluation keys {:.1} MB, estimated peak memory {:.2} GB",
+            "  depth {}, evaluation keys {}, estimated peak memory {}",
             report.depth,
-            report.key_bytes as f64 / 1e6,
-            report.estimated_peak_bytes as f64 / 1e9
+            format_bytes(report.key_bytes as u64),
+            format_bytes(report.estimated_peak_bytes as u64)
         );
         if let Some(latency) = report.latency_seconds {
             println!("  latency {latency:.3} s per image (median)");

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use crate::service::client::{ApiClient, OnBytes};
 use crate::service::flows;
 use crate::stack::{LocalStack, StackOptions, Workers};
+use crate::terminal::{Table, format_bytes, format_mean_bytes};
 
 /// The images embedded from `samples/` at build time: (data set, file name, bytes).
 const SAMPLES: &[(&str, &str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/samples.rs"));
@@ -221,10 +222,10 @@ fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, S
                 if available.is_none_or(|available| available < needed) {
                     let anyway = if model == SEGMENTER { "" } else { "--all (or " };
                     eprintln!(
-                        "skipping {model} / throughput: one batch needs about {:.0} GB and this machine has {} \
+                        "skipping {model} / throughput: one batch needs about {} and this machine has {} \
                          available; {anyway}--model {model} --packing throughput{} runs it anyway",
-                        needed as f64 / 1e9,
-                        available.map_or("an unknown amount".to_owned(), |a| format!("{:.0} GB", a as f64 / 1e9)),
+                        format_bytes(needed),
+                        available.map_or("an unknown amount".to_owned(), format_bytes),
                         if anyway.is_empty() { "" } else { ")" }
                     );
                     continue;
@@ -413,7 +414,7 @@ async fn one_run(
     let clock = Instant::now();
     let registered = flows::register_keys(client, &keys, quiet.clone()).await?;
     let register_seconds = clock.elapsed().as_secs_f64();
-    step(&format!("register {:.1} MB of evaluation keys", registered.bytes as f64 / 1e6), register_seconds);
+    step(&format!("register {} of evaluation keys", format_bytes(registered.bytes)), register_seconds);
 
     let (intake, truth) = inputs_for(&model, samples, data, count)?;
     let clock = Instant::now();
@@ -438,7 +439,7 @@ async fn one_run(
     }
     let upload_seconds = clock.elapsed().as_secs_f64();
     let bytes_up: u64 = batches.iter().map(|b| b.bytes).sum();
-    step(&format!("upload {:.1} MB and submit {} job(s)", bytes_up as f64 / 1e6, jobs.len()), upload_seconds);
+    step(&format!("upload {} and submit {} job(s)", format_bytes(bytes_up), jobs.len()), upload_seconds);
 
     let (mut queued_seconds, mut compute_seconds) = (0.0, 0.0);
     for id in &jobs {
@@ -509,44 +510,44 @@ fn step(what: &str, seconds: f64) {
 }
 
 fn print_table(reports: &[RunReport]) {
-    println!(
-        "{:<17} {:<10} {:>6} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
-        "model",
-        "packing",
-        "images",
-        "accuracy",
-        "agreement",
-        "keygen",
-        "encrypt",
-        "upload",
-        "queued",
-        "compute",
-        "download",
-        "decrypt",
-        "up/image",
-        "down/image",
-        "security"
-    );
-    for r in reports {
-        println!(
-            "{:<17} {:<10} {:>6} {:>7.1}% {:>8.1}% {:>6.2}s {:>7.2}s {:>6.2}s {:>6.2}s {:>7.2}s {:>7.2}s {:>7.2}s {:>10} {:>10} {:>4} bit",
-            r.model,
-            r.packing,
-            r.images,
-            100.0 * r.accuracy,
-            100.0 * r.agreement,
-            r.keygen_seconds,
-            r.encrypt_seconds,
-            r.upload_seconds,
-            r.queued_seconds,
-            r.compute_seconds,
-            r.download_seconds,
-            r.decrypt_seconds,
-            human_bytes(r.bytes_up_per_image),
-            human_bytes(r.bytes_down_per_image),
-            r.security_bits
-        );
-    }
+    let headers = [
+        "MODEL",
+        "PACKING",
+        "IMAGES",
+        "ACCURACY",
+        "AGREEMENT",
+        "KEYGEN",
+        "ENCRYPT",
+        "UPLOAD",
+        "QUEUED",
+        "COMPUTE",
+        "DOWNLOAD",
+        "DECRYPT",
+        "UP/IMAGE",
+        "DOWN/IMAGE",
+        "SECURITY",
+    ];
+    let rows = reports.iter().map(|r| {
+        let seconds = |s: f64| format!("{s:.2}s");
+        vec![
+            r.model.clone(),
+            r.packing.clone(),
+            r.images.to_string(),
+            format!("{:.1}%", 100.0 * r.accuracy),
+            format!("{:.1}%", 100.0 * r.agreement),
+            seconds(r.keygen_seconds),
+            seconds(r.encrypt_seconds),
+            seconds(r.upload_seconds),
+            seconds(r.queued_seconds),
+            seconds(r.compute_seconds),
+            seconds(r.download_seconds),
+            seconds(r.decrypt_seconds),
+            format_mean_bytes(r.bytes_up_per_image),
+            format_mean_bytes(r.bytes_down_per_image),
+            format!("{} bit", r.security_bits),
+        ]
+    });
+    println!("{}", Table::new(&headers).right(&(2..headers.len()).collect::<Vec<_>>()).rows(rows));
     println!(
         "agreement: encrypted vs plaintext predictions of the same model (must be ≥ {:.1}%); compute: the worker's \
          running time (keys, download, evaluation, upload); up/down: encrypted bytes per image",
@@ -557,15 +558,5 @@ fn print_table(reports: &[RunReport]) {
             "{SEGMENTER}: accuracy is the mean Dice of the encrypted masks against the ground-truth masks, agreement \
              the share of mask pixels equal to the plaintext model's"
         );
-    }
-}
-
-fn human_bytes(bytes: f64) -> String {
-    if bytes >= 1e6 {
-        format!("{:.2} MB", bytes / 1e6)
-    } else if bytes >= 1e3 {
-        format!("{:.1} KB", bytes / 1e3)
-    } else {
-        format!("{bytes:.0} B")
     }
 }

@@ -1,15 +1,16 @@
 //! The hospital's offline commands: `keygen`, `encrypt`, `eval`, `decrypt`. No service needed;
-//! the work is in `blindfold-client`, this module parses options and draws progress bars.
+//! the work is in `blindfold-client`, this module parses options and reports progress (drawn
+//! with [`crate::terminal`]).
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use blindfold_client::{IntakeOptions, KeySet, PackingChoice, Split};
 use blindfold_compiler::Control;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+
+use crate::terminal::{Output, bar, format_bytes, report, spinner};
 
 /// The hospital commands, flattened into the top level (`blindfold keygen …`).
 #[derive(Debug, clap::Subcommand)]
@@ -111,17 +112,6 @@ pub struct PackingArg {
     /// packing) picks the cheaper one for the image count.
     #[arg(long, default_value = "auto")]
     pub packing: PackingChoice,
-}
-
-/// `--quiet` and `--json`.
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct Output {
-    /// No progress bars and no summary.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Print one JSON object describing what was done.
-    #[arg(long)]
-    pub json: bool,
 }
 
 pub(crate) fn parse_split(s: &str) -> Result<Split, String> {
@@ -237,10 +227,10 @@ fn encrypt(
             );
             for batch in &batches {
                 text.push_str(&format!(
-                    "\n  {} ({} images, {:.1} MB); names in {} (keep it here, do not upload)",
+                    "\n  {} ({} images, {}); names in {} (keep it here, do not upload)",
                     batch.path.display(),
                     batch.images,
-                    batch.bytes as f64 / 1e6,
+                    format_bytes(batch.bytes),
                     batch.names_path.display()
                 ));
             }
@@ -334,39 +324,4 @@ pub(crate) fn saved_text(predictions: &blindfold_client::Predictions, saved: &bl
         ));
     }
     text
-}
-
-/// Prints the JSON object with `--json`, the text without, nothing with `--quiet`.
-pub(crate) fn report(output: Output, object: serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
-    if output.json {
-        println!("{}", serde_json::to_string(&object)?);
-    } else if !output.quiet {
-        println!("{}", text());
-    }
-    Ok(())
-}
-
-pub(crate) fn visible(output: Output) -> bool {
-    !output.quiet && std::io::stderr().is_terminal()
-}
-
-pub(crate) fn bar(output: Output, len: u64, what: &str) -> ProgressBar {
-    if !visible(output) {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len).with_prefix(what.to_string());
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:40}] {percent:>3}% {elapsed} (eta {eta}) {msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-pub(crate) fn spinner(output: Output, message: String) -> ProgressBar {
-    if !visible(output) {
-        return ProgressBar::hidden();
-    }
-    let spinner = ProgressBar::new_spinner().with_message(message);
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    spinner
 }

@@ -15,6 +15,7 @@ mod memory;
 mod model;
 mod service;
 mod stack;
+mod terminal;
 mod worker;
 
 use std::process::ExitCode;

@@ -10,6 +10,8 @@ use blindfold_nn::data::{self, Split};
 use blindfold_nn::{metrics, onnx, registry};
 use serde_json::json;
 
+use crate::terminal::{Table, format_bytes};
+
 /// The `model` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Model {
@@ -83,20 +85,21 @@ pub fn run(command: Model) -> anyhow::Result<()> {
 }
 
 fn list() -> anyhow::Result<()> {
-    println!("{:<18} {:<8} {:>7} {:>6} {:>9}  description", "name", "input", "classes", "depth", "test acc");
+    let mut rows = Vec::new();
     for m in registry::all()? {
         let acc =
             m.manifest.metrics["test"]["accuracy"].as_f64().map_or("-".to_string(), |a| format!("{:.2} %", a * 100.0));
-        println!(
-            "{:<18} {:<8} {:>7} {:>6} {:>9}  {}",
-            m.manifest.name,
+        rows.push(vec![
+            m.manifest.name.clone(),
             m.network.input().to_string(),
-            m.manifest.classes.len(),
-            m.network.depth(),
+            m.manifest.classes.len().to_string(),
+            m.network.depth().to_string(),
             acc,
-            m.manifest.description
-        );
+            m.manifest.description.clone(),
+        ]);
     }
+    let headers = ["NAME", "INPUT", "CLASSES", "DEPTH", "TEST ACC", "DESCRIPTION"];
+    println!("{}", Table::new(&headers).right(&[2, 3, 4]).rows(rows));
     // Versions pulled from a service: NAME@VERSION for keygen.
     if let Some(dir) = registry::pulled_models_dir()
         && let Ok(names) = std::fs::read_dir(&dir)
@@ -128,19 +131,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn list_service(connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
     let client = connection.client()?;
     let catalogue = runtime()?.block_on(client.catalogue())?;
-    println!("{:<24} {:>7}  {:<14}  {:<8}  {:<18}  description", "name", "version", "task", "input", "packings");
-    for m in &catalogue.models {
+    let rows = catalogue.models.iter().map(|m| {
         let packings: Vec<&str> = m.packings.iter().map(|p| p.packing.name()).collect();
-        println!(
-            "{:<24} {:>7}  {:<14}  {:<8}  {:<18}  {}",
-            m.name,
-            m.version,
-            m.task,
+        vec![
+            m.name.clone(),
+            m.version.to_string(),
+            m.task.to_string(),
             m.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
             packings.join(", "),
-            m.description
-        );
-    }
+            m.description.clone(),
+        ]
+    });
+    let headers = ["NAME", "VERSION", "TASK", "INPUT", "PACKINGS", "DESCRIPTION"];
+    println!("{}", Table::new(&headers).right(&[1]).rows(rows));
     Ok(())
 }
 
@@ -161,8 +164,8 @@ fn show_service(model: &str, connection: &crate::service::commands::Connection) 
             p.depth,
             p.images_per_batch,
             p.rotation_steps.len(),
-            crate::memory::format_bytes(p.key_bytes),
-            crate::memory::format_bytes(p.peak_memory_bytes),
+            format_bytes(p.key_bytes),
+            format_bytes(p.peak_memory_bytes),
             p.parameter_preset,
             &p.params_fingerprint[..16.min(p.params_fingerprint.len())],
         );

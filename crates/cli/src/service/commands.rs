@@ -1,6 +1,6 @@
 //! The hospital's commands against a running service: `login`, `keys`, `submit`, `status`,
-//! `jobs`, `wait`, `cancel`, `fetch`, `run`. Parsing, progress bars, tables and JSON here; the
-//! work is in [`super::flows`] and [`super::client`].
+//! `jobs`, `wait`, `cancel`, `fetch`, `run`. Parsing and what to print here (drawn with
+//! [`crate::terminal`]); the work is in [`super::flows`] and [`super::client`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use blindfold_api::{JobView, KeySetView};
 use blindfold_client::{EncryptedBatch, IntakeOptions, KeySet, PackingChoice, Predictions, Split};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use secrecy::SecretString;
 use serde_json::json;
 use uuid::Uuid;
@@ -17,7 +17,8 @@ use uuid::Uuid;
 use super::client::{ApiClient, OnBytes, ServiceError};
 use super::config::{ServiceConfig, config_path};
 use super::flows;
-use crate::hospital::{Output, PackingArg, bar, parse_split, report, spinner, visible};
+use crate::hospital::{PackingArg, parse_split};
+use crate::terminal::{Output, bar, bytes_bar, format_bytes, report, spinner, table, visible};
 
 /// Which API and which token: flags, then environment, then the `blindfold login` config.
 #[derive(Debug, Clone, clap::Args)]
@@ -390,12 +391,12 @@ fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow:
         || {
             if registered.uploaded {
                 format!(
-                    "key set {} ({} {}) registered with {}: {:.1} MB of evaluation keys uploaded and verified",
+                    "key set {} ({} {}) registered with {}: {} of evaluation keys uploaded and verified",
                     view.id,
                     view.model.as_deref().unwrap_or("?"),
                     view.packing.as_deref().unwrap_or("?"),
                     client.base(),
-                    registered.bytes as f64 / 1e6
+                    format_bytes(registered.bytes)
                 )
             } else {
                 format!("key set {} is already registered with {}", view.id, client.base())
@@ -424,7 +425,7 @@ fn key_set_table(key_sets: &[KeySetView]) -> String {
                     k.status.clone(),
                     k.model.clone().unwrap_or_default(),
                     k.packing.clone().unwrap_or_default(),
-                    format!("{:.1} MB", k.size_bytes as f64 / 1e6),
+                    format_bytes(u64::try_from(k.size_bytes).unwrap_or(0)),
                     k.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 ]
             })
@@ -562,8 +563,8 @@ fn print_submitted(submitted: &Submitted, output: Output) -> anyhow::Result<()> 
                 ));
             }
             text.push_str(&format!(
-                "{:.1} MB uploaded; follow with `blindfold wait {}`",
-                submitted.bytes as f64 / 1e6,
+                "{} uploaded; follow with `blindfold wait {}`",
+                format_bytes(submitted.bytes),
                 submitted.jobs.first().map(|j| j.id.to_string()).unwrap_or_default()
             ));
             text
@@ -728,30 +729,6 @@ fn seconds(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"))
 }
 
-/// Left-aligned columns separated by two spaces.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut text = String::new();
-        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  "));
-            }
-        }
-        text.trim_end().to_owned()
-    };
-    let mut out = vec![line(headers.iter().map(|h| (*h).to_owned()).collect())];
-    out.extend(rows.into_iter().map(line));
-    out.join("\n")
-}
-
 /// What `fetch` brought back.
 struct Fetched {
     predictions: Predictions,
@@ -857,16 +834,6 @@ fn run_all(
             )
         },
     )
-}
-
-fn bytes_bar(output: Output, len: u64, what: &str) -> ProgressBar {
-    let progress = bar(output, len, what);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})")
-    {
-        progress.set_style(style.progress_chars("=> "));
-    }
-    progress
 }
 
 fn bar_progress(bar: &ProgressBar) -> OnBytes {
