@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use secrecy::SecretString;
 use serde_json::json;
+use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 use crate::service::ApiClient;
@@ -145,8 +146,7 @@ impl Operator {
 }
 
 /// Runs an admin command.
-pub fn run(command: Admin) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn run(command: Admin, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
         Admin::Migrate { database_url, no_seed, store, output } => runtime.block_on(async {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -176,7 +176,7 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
                 text
             })
         }),
-        Admin::Model(command) => model_admin(&runtime, command),
+        Admin::Model(command) => model_admin(runtime, command),
         Admin::Tenant(Tenant::Create { name, operator, output }) => {
             let client = operator.client()?;
             let tenant = runtime.block_on(client.create_tenant(&name))?;
@@ -240,7 +240,7 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
     }
 }
 
-fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow::Result<()> {
+fn model_admin(runtime: &Runtime, command: ModelAdmin) -> anyhow::Result<()> {
     match command {
         ModelAdmin::Add { dir, operator, output } => {
             let client = operator.client()?;

@@ -56,12 +56,11 @@ struct QueueReport {
 }
 
 /// Runs a benchmark.
-pub fn run(command: Bench) -> anyhow::Result<()> {
+pub fn run(command: Bench, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match command {
         Bench::Infer(options) => crate::bench_infer::run(&options),
-        Bench::Fleet(options) => crate::bench_fleet::run(&options),
+        Bench::Fleet(options) => crate::bench_fleet::run(&options, runtime),
         Bench::Queue(options) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = runtime.block_on(bench_queue(&options))?;
             if options.json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -96,11 +96,10 @@ struct WorkerStages {
 }
 
 /// Runs the benchmark.
-pub fn run(options: &FleetBench) -> anyhow::Result<()> {
+pub fn run(options: &FleetBench, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if options.workers == 0 || options.jobs == 0 || options.images == 0 {
         anyhow::bail!("--workers, --jobs and --images must be at least 1");
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(fleet(options))?;
     if options.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -1,7 +1,8 @@
 //! `blindfold`: private medical-image inference under CKKS homomorphic encryption.
 //!
 //! The binary stays thin: it parses the command line and hands each subcommand to the crate
-//! that does the work. Subcommands arrive with the capabilities behind them.
+//! that does the work. Subcommands arrive with the capabilities behind them, among them the
+//! one async runtime, built here.
 
 mod admin;
 mod bench;
@@ -20,7 +21,9 @@ mod worker;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio::runtime::Runtime;
 
 // CKKS operations allocate and free megabyte buffers; glibc's allocator returns them to the
 // kernel and page-faults them back in on every operation (up to 2× slower key switching).
@@ -83,16 +86,15 @@ enum Command {
 
 fn main() -> ExitCode {
     blindfold_worker::keep_freed_memory();
-    let outcome = match Cli::parse().command {
-        Command::Demo(args) => demo::run(args),
-        Command::Hospital(command) => hospital::run(command),
-        Command::Service(command) => service::commands::run(command),
-        Command::Model(command) => model::run(command),
-        Command::Bench(command) => bench::run(command),
-        Command::Dev(command) => dev::run(command),
-        Command::Admin(command) => admin::run(command),
-        Command::Worker(config) => worker::run(config),
-    };
+    let command = Cli::parse().command;
+    // One multi-threaded runtime for the whole process: the service commands, the in-process
+    // stack of `demo` and `dev up`, and the worker, whose CPU-bound work runs on its own rayon
+    // pool through `spawn_blocking`, all share it.
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| dispatch(command, &runtime));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -107,6 +109,20 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// Runs one command with what it needs.
+fn dispatch(command: Command, runtime: &Runtime) -> anyhow::Result<()> {
+    match command {
+        Command::Demo(args) => demo::run(args, runtime),
+        Command::Hospital(command) => hospital::run(command),
+        Command::Service(command) => service::commands::run(command, runtime),
+        Command::Model(command) => model::run(command, runtime),
+        Command::Bench(command) => bench::run(command, runtime),
+        Command::Dev(command) => dev::run(command, runtime),
+        Command::Admin(command) => admin::run(command, runtime),
+        Command::Worker(config) => worker::run(config, runtime),
     }
 }
 

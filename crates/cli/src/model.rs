@@ -9,6 +9,7 @@ use blindfold_compiler as encrypted;
 use blindfold_nn::data::{self, Split};
 use blindfold_nn::{metrics, onnx, registry};
 use serde_json::json;
+use tokio::runtime::Runtime;
 
 use crate::terminal::{Table, format_bytes};
 
@@ -72,13 +73,13 @@ pub enum Model {
 }
 
 /// Runs a `model` subcommand.
-pub fn run(command: Model) -> anyhow::Result<()> {
+pub fn run(command: Model, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
         Model::List { service: false, .. } => list(),
-        Model::List { service: true, connection } => list_service(&connection),
+        Model::List { service: true, connection } => list_service(&connection, runtime),
         Model::Show { name, service: false, .. } => show(&name),
-        Model::Show { name, service: true, connection } => show_service(&name, &connection),
-        Model::Pull { model, connection } => pull(&model, &connection),
+        Model::Show { name, service: true, connection } => show_service(&name, &connection, runtime),
+        Model::Pull { model, connection } => pull(&model, &connection, runtime),
         Model::Eval { model, data, limit, json } => eval(&model, data, limit, json),
         Model::Import { file, json } => import(&file, json),
     }
@@ -124,13 +125,9 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
-
-fn list_service(connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+fn list_service(connection: &crate::service::commands::Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let catalogue = runtime()?.block_on(client.catalogue())?;
+    let catalogue = runtime.block_on(client.catalogue())?;
     let rows = catalogue.models.iter().map(|m| {
         let packings: Vec<&str> = m.packings.iter().map(|p| p.packing.name()).collect();
         vec![
@@ -147,9 +144,13 @@ fn list_service(connection: &crate::service::commands::Connection) -> anyhow::Re
     Ok(())
 }
 
-fn show_service(model: &str, connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+fn show_service(
+    model: &str,
+    connection: &crate::service::commands::Connection,
+    runtime: &Runtime,
+) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let detail = runtime()?.block_on(client.model(model))?;
+    let detail = runtime.block_on(client.model(model))?;
     let m = &detail.model;
     println!("{}@{} ({}): {}", m.name, m.version, m.state, m.description);
     println!("task: {}; input {:?}; classes: {}", m.task, m.input_shape, m.classes.join(", "));
@@ -175,9 +176,8 @@ fn show_service(model: &str, connection: &crate::service::commands::Connection) 
 
 /// Downloads a version's two files into the model cache, checked against the SHA-256 the
 /// service recorded and imported before they replace anything.
-fn pull(model: &str, connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+fn pull(model: &str, connection: &crate::service::commands::Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let runtime = runtime()?;
     let detail = runtime.block_on(client.model(model))?;
     let (name, version) = (detail.model.name.clone(), detail.model.version);
     let Some(target) = registry::pulled_dir(&name, version) else {

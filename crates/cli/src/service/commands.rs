@@ -12,6 +12,7 @@ use blindfold_client::{EncryptedBatch, IntakeOptions, KeySet, PackingChoice, Pre
 use indicatif::ProgressBar;
 use secrecy::SecretString;
 use serde_json::json;
+use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 use super::client::{ApiClient, OnBytes, ServiceError};
@@ -289,20 +290,17 @@ pub enum Jobs {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the async runtime")
-}
-
 /// Runs a service command.
-pub fn run(command: Service) -> anyhow::Result<()> {
+pub fn run(command: Service, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Service::Login { api, token, allow_http, output } => login(&api, token, allow_http, output),
-        Service::Keys(Keys::Register { keys, connection, output }) => keys_register(&keys, &connection, output),
-        Service::Keys(Keys::List { connection, output }) => keys_list(&connection, output),
+        Service::Login { api, token, allow_http, output } => login(&api, token, allow_http, output, runtime),
+        Service::Keys(Keys::Register { keys, connection, output }) => {
+            keys_register(&keys, &connection, output, runtime)
+        }
+        Service::Keys(Keys::List { connection, output }) => keys_list(&connection, output, runtime),
         Service::Submit { inputs, wait, poll, connection, output } => {
             let client = connection.client()?;
-            let runtime = runtime()?;
-            let mut submitted = submit(&runtime, &client, &inputs, output)?;
+            let mut submitted = submit(runtime, &client, &inputs, output)?;
             if !wait {
                 return print_submitted(&submitted, output);
             }
@@ -320,18 +318,18 @@ pub fn run(command: Service) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Service::Status { job, connection, output } => status(job, &connection, output),
+        Service::Status { job, connection, output } => status(job, &connection, output, runtime),
         Service::Jobs(Jobs::List { state, limit, connection, output }) => {
-            jobs_list(state.as_deref(), limit, &connection, output)
+            jobs_list(state.as_deref(), limit, &connection, output, runtime)
         }
         Service::Wait { job, poll, connection, output } => {
             let client = connection.client()?;
-            let done = runtime()?.block_on(wait_with_bar(&client, job, poll, output))?;
+            let done = runtime.block_on(wait_with_bar(&client, job, poll, output))?;
             print_job_done(&done, output)
         }
         Service::Cancel { job, connection, output } => {
             let client = connection.client()?;
-            let view = runtime()?.block_on(client.cancel_job(job))?;
+            let view = runtime.block_on(client.cancel_job(job))?;
             report(output, json!({"command": "cancel", "job": view}), || {
                 if view.state == "cancelled" {
                     format!("job {job} cancelled")
@@ -343,8 +341,7 @@ pub fn run(command: Service) -> anyhow::Result<()> {
         Service::Fetch { job, keys, out, raw, masks, connection, output } => {
             let client = connection.client()?;
             let keys = KeySet::open(&keys)?;
-            let runtime = runtime()?;
-            let mut fetched = fetch(&runtime, &client, &keys, job, raw.as_deref(), output)?;
+            let mut fetched = fetch(runtime, &client, &keys, job, raw.as_deref(), output)?;
             let saved = save_predictions(&mut fetched.predictions, &out, masks.as_deref())?;
             report(
                 output,
@@ -357,15 +354,15 @@ pub fn run(command: Service) -> anyhow::Result<()> {
             )
         }
         Service::Run { inputs, out, masks, poll, connection, output } => {
-            run_all(&inputs, &out, masks.as_deref(), poll, &connection, output)
+            run_all(&inputs, &out, masks.as_deref(), poll, &connection, output, runtime)
         }
     }
 }
 
-fn login(api: &str, token: String, allow_http: bool, output: Output) -> anyhow::Result<()> {
+fn login(api: &str, token: String, allow_http: bool, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let token = SecretString::from(token);
     let client = ApiClient::new(api, Some(token.clone()), allow_http)?;
-    runtime()?.block_on(client.check_token())?;
+    runtime.block_on(client.check_token())?;
     let path = config_path()?;
     ServiceConfig { api: client.base().to_owned(), token }.save(&path)?;
     report(output, json!({"command": "login", "api": client.base(), "config": path}), || {
@@ -373,12 +370,12 @@ fn login(api: &str, token: String, allow_http: bool, output: Output) -> anyhow::
     })
 }
 
-fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn keys_register(dir: &Path, connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
     let keys = KeySet::open(dir)?;
     let size = std::fs::metadata(dir.join(blindfold_client::EVALUATION_KEYS_FILE)).map(|m| m.len()).unwrap_or(0);
     let bar = bytes_bar(output, size, "uploading evaluation keys");
-    let registered = runtime()?.block_on(flows::register_keys(&client, &keys, bar_progress(&bar)));
+    let registered = runtime.block_on(flows::register_keys(&client, &keys, bar_progress(&bar)));
     bar.finish_and_clear();
     let registered = registered?;
     let view = &registered.key_set;
@@ -405,9 +402,9 @@ fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow:
     )
 }
 
-fn keys_list(connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn keys_list(connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let key_sets = runtime()?.block_on(client.key_sets())?;
+    let key_sets = runtime.block_on(client.key_sets())?;
     report(output, json!({"command": "keys list", "key_sets": key_sets}), || key_set_table(&key_sets))
 }
 
@@ -445,12 +442,7 @@ struct Submitted {
 
 /// Checks the model with the service, registers the keys if needed, encrypts and submits one
 /// job per batch.
-fn submit(
-    runtime: &tokio::runtime::Runtime,
-    client: &ApiClient,
-    inputs: &Inputs,
-    output: Output,
-) -> anyhow::Result<Submitted> {
+fn submit(runtime: &Runtime, client: &ApiClient, inputs: &Inputs, output: Output) -> anyhow::Result<Submitted> {
     let keys = KeySet::open(&inputs.keys)?;
     let model = inputs.model.clone().unwrap_or_else(|| keys.descriptor().model.clone());
     // `--model NAME@VERSION` names one version; the key set pins the version either way.
@@ -597,9 +589,8 @@ fn print_job_done(job: &JobView, output: Output) -> anyhow::Result<()> {
     })
 }
 
-fn status(job: Option<Uuid>, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn status(job: Option<Uuid>, connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let runtime = runtime()?;
     match job {
         Some(id) => {
             let view = runtime.block_on(client.job(id))?;
@@ -677,9 +668,14 @@ fn job_details(job: &JobView) -> String {
     text.trim_end().to_owned()
 }
 
-fn jobs_list(state: Option<&str>, limit: u32, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn jobs_list(
+    state: Option<&str>,
+    limit: u32,
+    connection: &Connection,
+    output: Output,
+    runtime: &Runtime,
+) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let runtime = runtime()?;
     let mut jobs = Vec::new();
     let mut cursor: Option<String> = None;
     while jobs.len() < limit as usize {
@@ -736,7 +732,7 @@ struct Fetched {
 }
 
 fn fetch(
-    runtime: &tokio::runtime::Runtime,
+    runtime: &Runtime,
     client: &ApiClient,
     keys: &KeySet,
     job: Uuid,
@@ -785,12 +781,12 @@ fn run_all(
     poll: Poll,
     connection: &Connection,
     output: Output,
+    runtime: &Runtime,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = connection.client()?;
-    let runtime = runtime()?;
     let keys = KeySet::open(&inputs.keys)?;
-    let submitted = submit(&runtime, &client, inputs, output)?;
+    let submitted = submit(runtime, &client, inputs, output)?;
     if !output.quiet && !output.json && !visible(output) {
         eprintln!("submitted {} job(s); waiting", submitted.jobs.len());
     }
@@ -799,7 +795,7 @@ fn run_all(
     let mut downloaded = 0;
     for job in &submitted.jobs {
         let done = runtime.block_on(wait_with_bar(&client, job.id, poll, output))?;
-        let fetched = fetch(&runtime, &client, &keys, job.id, None, output)?;
+        let fetched = fetch(runtime, &client, &keys, job.id, None, output)?;
         downloaded += fetched.bytes;
         merged = Some(match merged {
             None => fetched.predictions,
