@@ -8,8 +8,7 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
-use crate::service::ApiClient;
-use crate::service::commands::Connection;
+use crate::service::{ApiClient, Connection};
 use crate::terminal::{Output, Table, format_bytes, report};
 
 /// Operator commands.
@@ -28,8 +27,6 @@ pub enum Admin {
         /// Object storage, for the built-in models' files.
         #[command(flatten)]
         store: blindfold_store::StoreConfig,
-        #[command(flatten)]
-        output: Output,
     },
     /// The model registry: register, list and retire model versions.
     #[command(subcommand)]
@@ -51,15 +48,11 @@ pub enum Tenant {
         name: String,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Lists the tenants.
     List {
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -76,8 +69,6 @@ pub enum Token {
         label: Option<String>,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Revokes a token: requests with it are refused from now on.
     Revoke {
@@ -85,8 +76,6 @@ pub enum Token {
         id: Uuid,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -101,15 +90,11 @@ pub enum ModelAdmin {
         dir: std::path::PathBuf,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Lists every registered version (uploading, active and retired).
     List {
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Retires NAME@VERSION: no new key sets or jobs; queued and running jobs still finish.
     Retire {
@@ -117,38 +102,31 @@ pub enum ModelAdmin {
         model: String,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
-/// The API and the operator token.
+/// The operator token. The API and `--allow-http` (which then also covers this token) are the
+/// global connection flags.
 #[derive(Debug, clap::Args)]
 pub struct Operator {
-    /// The API's base URL [default: the one `blindfold login` saved].
-    #[arg(long, env = "BLINDFOLD_API")]
-    api: Option<String>,
     /// The operator token the API was started with. Prefer the environment variable: other
     /// users can see command lines.
     #[arg(long, env = "BLINDFOLD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
-    /// Send the operator token over plain http:// to another machine (anyone on the way can
-    /// read it). Without it, only https:// or this machine's loopback address are used.
-    #[arg(long)]
-    allow_http: bool,
 }
 
 impl Operator {
-    fn client(&self) -> anyhow::Result<ApiClient> {
-        let api = Connection { api: self.api.clone(), token: None, allow_http: self.allow_http }.api()?;
-        Ok(ApiClient::admin(&api, SecretString::from(self.admin_token.clone()), self.allow_http)?)
+    /// A client of the API `connection` names (its tenant token is not used).
+    fn client(&self, connection: &Connection) -> anyhow::Result<ApiClient> {
+        let api = connection.api()?;
+        Ok(ApiClient::admin(&api, SecretString::from(self.admin_token.clone()), connection.allow_http)?)
     }
 }
 
 /// Runs an admin command.
-pub fn run(command: Admin, runtime: &Runtime) -> anyhow::Result<()> {
+pub fn run(command: Admin, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Admin::Migrate { database_url, no_seed, store, output } => runtime.block_on(async {
+        Admin::Migrate { database_url, no_seed, store } => runtime.block_on(async {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&database_url)
@@ -176,9 +154,9 @@ pub fn run(command: Admin, runtime: &Runtime) -> anyhow::Result<()> {
                 text
             })
         }),
-        Admin::Model(command) => model_admin(runtime, command),
-        Admin::Tenant(Tenant::Create { name, operator, output }) => {
-            let client = operator.client()?;
+        Admin::Model(command) => model_admin(command, output, connection, runtime),
+        Admin::Tenant(Tenant::Create { name, operator }) => {
+            let client = operator.client(connection)?;
             let tenant = runtime.block_on(client.create_tenant(&name))?;
             report(output, json!({"command": "admin tenant create", "tenant": tenant}), || {
                 format!(
@@ -187,8 +165,8 @@ pub fn run(command: Admin, runtime: &Runtime) -> anyhow::Result<()> {
                 )
             })
         }
-        Admin::Tenant(Tenant::List { operator, output }) => {
-            let client = operator.client()?;
+        Admin::Tenant(Tenant::List { operator }) => {
+            let client = operator.client(connection)?;
             let tenants = runtime.block_on(client.tenants())?;
             report(output, json!({"command": "admin tenant list", "tenants": tenants}), || {
                 let rows = tenants.iter().map(|t| {
@@ -197,8 +175,8 @@ pub fn run(command: Admin, runtime: &Runtime) -> anyhow::Result<()> {
                 Table::new(&["TENANT", "NAME", "CREATED"]).rows(rows).to_string()
             })
         }
-        Admin::Token(Token::Create { tenant, label, operator, output }) => {
-            let client = operator.client()?;
+        Admin::Token(Token::Create { tenant, label, operator }) => {
+            let client = operator.client(connection)?;
             let tenants = runtime.block_on(client.tenants())?;
             let found = match tenant.parse::<Uuid>() {
                 Ok(id) => tenants.iter().find(|t| t.id == id),
@@ -232,18 +210,18 @@ pub fn run(command: Admin, runtime: &Runtime) -> anyhow::Result<()> {
                 },
             )
         }
-        Admin::Token(Token::Revoke { id, operator, output }) => {
-            let client = operator.client()?;
+        Admin::Token(Token::Revoke { id, operator }) => {
+            let client = operator.client(connection)?;
             runtime.block_on(client.revoke_token(id))?;
             report(output, json!({"command": "admin token revoke", "token_id": id}), || format!("token {id} revoked"))
         }
     }
 }
 
-fn model_admin(runtime: &Runtime, command: ModelAdmin) -> anyhow::Result<()> {
+fn model_admin(command: ModelAdmin, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        ModelAdmin::Add { dir, operator, output } => {
-            let client = operator.client()?;
+        ModelAdmin::Add { dir, operator } => {
+            let client = operator.client(connection)?;
             let quiet = output.quiet;
             let registered = runtime.block_on(crate::service::flows::register_model(&client, &dir, &|reference| {
                 if !quiet {
@@ -274,8 +252,8 @@ fn model_admin(runtime: &Runtime, command: ModelAdmin) -> anyhow::Result<()> {
                 text
             })
         }
-        ModelAdmin::List { operator, output } => {
-            let records = runtime.block_on(operator.client()?.model_records())?;
+        ModelAdmin::List { operator } => {
+            let records = runtime.block_on(operator.client(connection)?.model_records())?;
             report(output, json!({"command": "admin model list", "models": records}), || {
                 let rows = records.iter().map(|m| {
                     let packings: Vec<&str> =
@@ -289,12 +267,14 @@ fn model_admin(runtime: &Runtime, command: ModelAdmin) -> anyhow::Result<()> {
                         packings.join(", "),
                     ]
                 });
-                let headers = ["NAME", "VERSION", "STATE", "SHA256", "CREATED", "PACKINGS"];
-                Table::new(&headers).right(&[1]).rows(rows).to_string()
+                Table::new(&["NAME", "VERSION", "STATE", "SHA256", "CREATED", "PACKINGS"])
+                    .right(&[1])
+                    .rows(rows)
+                    .to_string()
             })
         }
-        ModelAdmin::Retire { model, operator, output } => {
-            let retired = runtime.block_on(operator.client()?.retire_model(&model))?;
+        ModelAdmin::Retire { model, operator } => {
+            let retired = runtime.block_on(operator.client(connection)?.retire_model(&model))?;
             report(output, json!({"command": "admin model retire", "model": retired}), || {
                 format!(
                     "{}@{} retired: it takes no new key sets or jobs; queued and running jobs finish",

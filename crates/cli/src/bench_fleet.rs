@@ -47,9 +47,6 @@ pub struct FleetBench {
     /// Dataset directory with `mnist/` and `dermamnist/` (default: ../shared/data).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `bench fleet` measured.
@@ -96,12 +93,16 @@ struct WorkerStages {
 }
 
 /// Runs the benchmark.
-pub fn run(options: &FleetBench, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub fn run(
+    options: &FleetBench,
+    output: crate::terminal::Output,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
     if options.workers == 0 || options.jobs == 0 || options.images == 0 {
         anyhow::bail!("--workers, --jobs and --images must be at least 1");
     }
     let report = runtime.block_on(fleet(options))?;
-    if options.json {
+    if output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(

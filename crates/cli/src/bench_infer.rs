@@ -57,9 +57,6 @@ pub struct InferBench {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `bench infer` measured.
@@ -131,7 +128,7 @@ struct LayerTime {
 }
 
 /// Runs the benchmark and prints its report.
-pub fn run(options: &InferBench) -> anyhow::Result<()> {
+pub fn run(options: &InferBench, output: crate::terminal::Output) -> anyhow::Result<()> {
     let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let budget = options.memory_budget.or_else(crate::memory::available);
@@ -140,7 +137,7 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
         Packing::Throughput => throughput(options, threads, &compile),
         Packing::Latency => latency(options, threads, &compile),
     })?;
-    if options.json {
+    if output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(

@@ -63,9 +63,6 @@ pub struct DemoArgs {
     /// Use this PostgreSQL database instead of a throwaway cluster (it is migrated).
     #[arg(long)]
     pub database_url: Option<String>,
-    /// Print one JSON object per model and packing instead of the table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// One model and packing, end to end.
@@ -103,13 +100,14 @@ struct RunReport {
     ring_degree: usize,
 }
 
-/// Runs the demo.
-pub fn run(args: DemoArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+/// Runs the demo; with `--json` (`output`), one JSON object per model and packing instead of
+/// the table.
+pub fn run(args: DemoArgs, output: crate::terminal::Output, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let reports = runtime.block_on(demo(&args))?;
-    if args.json {
+    if output.json {
         for report in &reports {
             println!("{}", serde_json::to_string(report)?);
         }

@@ -26,8 +26,6 @@ pub enum Hospital {
         out: PathBuf,
         #[command(flatten)]
         packing: PackingArg,
-        #[command(flatten)]
-        output: Output,
     },
     /// Encrypt images into input batch files (a job over one batch capacity is split: job.bfib, job.1.bfib, …),
     /// each with a FILE.names.json sidecar that stays here.
@@ -58,8 +56,6 @@ pub enum Hospital {
         force: bool,
         #[command(flatten)]
         packing: PackingArg,
-        #[command(flatten)]
-        output: Output,
     },
     /// Evaluate an input batch with the evaluation keys only (what the service's workers run).
     Eval {
@@ -77,8 +73,6 @@ pub enum Hospital {
         /// (encodes them per image); one that does not fit even so is refused, naming the layer.
         #[arg(long, value_parser = crate::memory::parse_bytes)]
         memory_budget: Option<u64>,
-        #[command(flatten)]
-        output: Output,
     },
     /// Decrypt a result batch into predictions (CSV or JSON, by the output file's extension).
     Decrypt {
@@ -98,8 +92,6 @@ pub enum Hospital {
         /// `NAME_mask.png` for the image `NAME.ext`); adds each mask's Dice and the mean.
         #[arg(long)]
         masks: Option<PathBuf>,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -124,17 +116,17 @@ pub(crate) fn parse_split(s: &str) -> Result<Split, String> {
 }
 
 /// Runs a hospital command.
-pub fn run(command: Hospital) -> anyhow::Result<()> {
+pub fn run(command: Hospital, output: Output) -> anyhow::Result<()> {
     match command {
-        Hospital::Keygen { model, out, packing, output } => keygen(&model, &out, packing.packing, output),
-        Hospital::Encrypt { keys, model, inputs, out, split, limit, force, packing, output } => {
+        Hospital::Keygen { model, out, packing } => keygen(&model, &out, packing.packing, output),
+        Hospital::Encrypt { keys, model, inputs, out, split, limit, force, packing } => {
             let intake = IntakeOptions { split, limit, force };
             encrypt(&keys, model.as_deref(), &inputs, &out, intake, packing.packing, output)
         }
-        Hospital::Eval { keys, input, out, memory_budget, output } => {
+        Hospital::Eval { keys, input, out, memory_budget } => {
             eval(&keys, &input, &out, memory_budget.or_else(crate::memory::available), output)
         }
-        Hospital::Decrypt { keys, input, out, names, masks, output } => {
+        Hospital::Decrypt { keys, input, out, names, masks } => {
             decrypt(&keys, &input, &out, names.as_deref(), masks.as_deref(), output)
         }
     }

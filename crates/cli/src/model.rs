@@ -11,7 +11,8 @@ use blindfold_nn::{metrics, onnx, registry};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
-use crate::terminal::{Table, format_bytes};
+use crate::service::Connection;
+use crate::terminal::{Output, Table, format_bytes};
 
 /// The `model` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -22,8 +23,6 @@ pub enum Model {
         /// List what the service serves (`GET /v1/models`) instead.
         #[arg(long)]
         service: bool,
-        #[command(flatten)]
-        connection: crate::service::commands::Connection,
     },
     /// Show a model's manifest, its graph, and its throughput and latency plans (levels,
     /// scales, layouts, keys, estimated memory); with `--service`, what the service registered.
@@ -34,8 +33,6 @@ pub enum Model {
         /// Show the service's registration of NAME or NAME@VERSION instead (plans, fingerprints).
         #[arg(long)]
         service: bool,
-        #[command(flatten)]
-        connection: crate::service::commands::Connection,
     },
     /// Download a model version from the service into the local model cache
     /// (`$BLINDFOLD_MODEL_CACHE`, else `~/.cache/blindfold/models`), checking its SHA-256, so that
@@ -43,8 +40,6 @@ pub enum Model {
     Pull {
         /// `NAME` (its newest active version) or `NAME@VERSION`.
         model: String,
-        #[command(flatten)]
-        connection: crate::service::commands::Connection,
     },
     /// Evaluate a model in plaintext on its dataset's test split.
     Eval {
@@ -58,30 +53,25 @@ pub enum Model {
         /// Evaluate only the first N images.
         #[arg(long)]
         limit: Option<usize>,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
-    /// Validate an ONNX file: print its IR and multiplicative depth, or why it is refused.
+    /// Validate an ONNX file: print its IR and multiplicative depth, or why it is refused; with
+    /// --json, the IR as JSON (with weights).
     Import {
         /// The ONNX file.
         file: PathBuf,
-        /// Print the IR as JSON (with weights) instead of the summary.
-        #[arg(long)]
-        json: bool,
     },
 }
 
-/// Runs a `model` subcommand.
-pub fn run(command: Model, runtime: &Runtime) -> anyhow::Result<()> {
+/// Runs a `model` subcommand; `--service` and `pull` ask the API `connection` names.
+pub fn run(command: Model, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Model::List { service: false, .. } => list(),
-        Model::List { service: true, connection } => list_service(&connection, runtime),
-        Model::Show { name, service: false, .. } => show(&name),
-        Model::Show { name, service: true, connection } => show_service(&name, &connection, runtime),
-        Model::Pull { model, connection } => pull(&model, &connection, runtime),
-        Model::Eval { model, data, limit, json } => eval(&model, data, limit, json),
-        Model::Import { file, json } => import(&file, json),
+        Model::List { service: false } => list(),
+        Model::List { service: true } => list_service(connection, runtime),
+        Model::Show { name, service: false } => show(&name),
+        Model::Show { name, service: true } => show_service(&name, connection, runtime),
+        Model::Pull { model } => pull(&model, connection, runtime),
+        Model::Eval { model, data, limit } => eval(&model, data, limit, output.json),
+        Model::Import { file } => import(&file, output.json),
     }
 }
 
@@ -125,7 +115,7 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn list_service(connection: &crate::service::commands::Connection, runtime: &Runtime) -> anyhow::Result<()> {
+fn list_service(connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
     let catalogue = runtime.block_on(client.catalogue())?;
     let rows = catalogue.models.iter().map(|m| {
@@ -144,11 +134,7 @@ fn list_service(connection: &crate::service::commands::Connection, runtime: &Run
     Ok(())
 }
 
-fn show_service(
-    model: &str,
-    connection: &crate::service::commands::Connection,
-    runtime: &Runtime,
-) -> anyhow::Result<()> {
+fn show_service(model: &str, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
     let detail = runtime.block_on(client.model(model))?;
     let m = &detail.model;
@@ -176,7 +162,7 @@ fn show_service(
 
 /// Downloads a version's two files into the model cache, checked against the SHA-256 the
 /// service recorded and imported before they replace anything.
-fn pull(model: &str, connection: &crate::service::commands::Connection, runtime: &Runtime) -> anyhow::Result<()> {
+fn pull(model: &str, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
     let detail = runtime.block_on(client.model(model))?;
     let (name, version) = (detail.model.name.clone(), detail.model.version);

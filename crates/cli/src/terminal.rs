@@ -1,5 +1,5 @@
-//! What the `blindfold` command shows a person: the `--quiet` and `--json` switches and how a
-//! command's result is printed under them, progress bars and spinners, tables and byte
+//! What the `blindfold` command shows a person: the global `--quiet` and `--json` switches and
+//! how a command's result is printed under them, progress bars and spinners, tables and byte
 //! counts. One module, so that every command looks and behaves the same.
 
 use std::fmt;
@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// `--quiet` and `--json`.
+/// `--quiet` and `--json`: global, so they are accepted before or after any subcommand.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct Output {
     /// No progress bars and no summary.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Print one JSON object describing what was done.
-    #[arg(long)]
+    /// Print one JSON object describing what was done (commands with several results print
+    /// one per line); errors become one JSON object on stderr.
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

@@ -22,18 +22,22 @@ use crate::hospital::{PackingArg, parse_split};
 use crate::terminal::{Output, bar, bytes_bar, format_bytes, report, spinner, table, visible};
 
 /// Which API and which token: flags, then environment, then the `blindfold login` config.
-#[derive(Debug, Clone, clap::Args)]
+/// Global, so they are accepted before or after any subcommand; `login` saves them, the
+/// hospital's service commands and `model … --service`/`model pull` use them, and the operator
+/// commands take the API (and `--allow-http`) from here with their own `--admin-token`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Connection {
     /// The API's base URL, e.g. http://127.0.0.1:8080 [default: the one `blindfold login` saved].
-    #[arg(long, env = "BLINDFOLD_API")]
+    #[arg(long, env = "BLINDFOLD_API", global = true)]
     pub api: Option<String>,
     /// The tenant's API token [default: the one `blindfold login` saved for this API]. Prefer the
     /// environment variable: other users can see command lines.
-    #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Send the token over plain http:// to another machine (anyone on the way can read it).
-    /// Without it, only https:// or this machine's loopback address are used.
-    #[arg(long)]
+    /// Without it, only https:// or this machine's loopback address are used; `login` needs it
+    /// for such an API, and so does every command after it.
+    #[arg(long, global = true)]
     pub allow_http: bool,
 }
 
@@ -138,23 +142,11 @@ pub struct Inputs {
 /// The commands that talk to a service, flattened into the top level.
 #[derive(Debug, clap::Subcommand)]
 pub enum Service {
-    /// Save the API address and a tenant token (checked against the API first) in the config
-    /// file ($BLINDFOLD_CONFIG, else $XDG_CONFIG_HOME/blindfold/config.toml or
+    /// Save the API address (--api) and a tenant token (--token, as the operator issued it with
+    /// `blindfold admin token create`), checked against the API first, in the config file
+    /// ($BLINDFOLD_CONFIG, else $XDG_CONFIG_HOME/blindfold/config.toml or
     /// ~/.config/blindfold/config.toml; mode 0600).
-    Login {
-        /// The API's base URL, e.g. http://127.0.0.1:8080.
-        #[arg(long, env = "BLINDFOLD_API")]
-        api: String,
-        /// The tenant token the operator issued (`blindfold admin token create`).
-        #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
-        token: String,
-        /// Send the token over plain http:// to another machine (anyone on the way can read
-        /// it); later commands need the flag too.
-        #[arg(long)]
-        allow_http: bool,
-        #[command(flatten)]
-        output: Output,
-    },
+    Login,
     /// Evaluation keys on the service: register a keys directory, list what is registered.
     #[command(subcommand)]
     Keys(Keys),
@@ -168,20 +160,12 @@ pub enum Service {
         wait: bool,
         #[command(flatten)]
         poll: Poll,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// A job's state, progress, timings and history; without JOB, the service's health and the
     /// latest jobs.
     Status {
         /// The job id.
         job: Option<Uuid>,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Jobs of this hospital.
     #[command(subcommand)]
@@ -193,19 +177,11 @@ pub enum Service {
         job: Uuid,
         #[command(flatten)]
         poll: Poll,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Cancel a job (a running one stops at the worker's next heartbeat).
     Cancel {
         /// The job id.
         job: Uuid,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Download a job's encrypted result and decrypt it here into predictions.
     Fetch {
@@ -224,10 +200,6 @@ pub enum Service {
         /// `NAME_mask.png` for the image `NAME.ext`); adds each mask's Dice and the mean.
         #[arg(long)]
         masks: Option<PathBuf>,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Submit, wait and fetch in one go: images in, predictions out.
     Run {
@@ -242,10 +214,6 @@ pub enum Service {
         masks: Option<PathBuf>,
         #[command(flatten)]
         poll: Poll,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -258,18 +226,9 @@ pub enum Keys {
         /// The keys directory from `blindfold keygen`.
         #[arg(long)]
         keys: PathBuf,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// The key sets registered (or being registered) with the service.
-    List {
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
-    },
+    List,
 }
 
 /// `blindfold jobs …`.
@@ -283,22 +242,16 @@ pub enum Jobs {
         /// At most this many jobs.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
-/// Runs a service command.
-pub fn run(command: Service, runtime: &Runtime) -> anyhow::Result<()> {
+/// Runs a service command against the API `connection` names.
+pub fn run(command: Service, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Service::Login { api, token, allow_http, output } => login(&api, token, allow_http, output, runtime),
-        Service::Keys(Keys::Register { keys, connection, output }) => {
-            keys_register(&keys, &connection, output, runtime)
-        }
-        Service::Keys(Keys::List { connection, output }) => keys_list(&connection, output, runtime),
-        Service::Submit { inputs, wait, poll, connection, output } => {
+        Service::Login => login(connection, output, runtime),
+        Service::Keys(Keys::Register { keys }) => keys_register(&keys, connection, output, runtime),
+        Service::Keys(Keys::List) => keys_list(connection, output, runtime),
+        Service::Submit { inputs, wait, poll } => {
             let client = connection.client()?;
             let mut submitted = submit(runtime, &client, &inputs, output)?;
             if !wait {
@@ -318,16 +271,14 @@ pub fn run(command: Service, runtime: &Runtime) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Service::Status { job, connection, output } => status(job, &connection, output, runtime),
-        Service::Jobs(Jobs::List { state, limit, connection, output }) => {
-            jobs_list(state.as_deref(), limit, &connection, output, runtime)
-        }
-        Service::Wait { job, poll, connection, output } => {
+        Service::Status { job } => status(job, connection, output, runtime),
+        Service::Jobs(Jobs::List { state, limit }) => jobs_list(state.as_deref(), limit, connection, output, runtime),
+        Service::Wait { job, poll } => {
             let client = connection.client()?;
             let done = runtime.block_on(wait_with_bar(&client, job, poll, output))?;
             print_job_done(&done, output)
         }
-        Service::Cancel { job, connection, output } => {
+        Service::Cancel { job } => {
             let client = connection.client()?;
             let view = runtime.block_on(client.cancel_job(job))?;
             report(output, json!({"command": "cancel", "job": view}), || {
@@ -338,7 +289,7 @@ pub fn run(command: Service, runtime: &Runtime) -> anyhow::Result<()> {
                 }
             })
         }
-        Service::Fetch { job, keys, out, raw, masks, connection, output } => {
+        Service::Fetch { job, keys, out, raw, masks } => {
             let client = connection.client()?;
             let keys = KeySet::open(&keys)?;
             let mut fetched = fetch(runtime, &client, &keys, job, raw.as_deref(), output)?;
@@ -353,15 +304,23 @@ pub fn run(command: Service, runtime: &Runtime) -> anyhow::Result<()> {
                 || format!("job {job}: {}", crate::hospital::saved_text(&fetched.predictions, &saved)),
             )
         }
-        Service::Run { inputs, out, masks, poll, connection, output } => {
-            run_all(&inputs, &out, masks.as_deref(), poll, &connection, output, runtime)
+        Service::Run { inputs, out, masks, poll } => {
+            run_all(&inputs, &out, masks.as_deref(), poll, connection, output, runtime)
         }
     }
 }
 
-fn login(api: &str, token: String, allow_http: bool, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
-    let token = SecretString::from(token);
-    let client = ApiClient::new(api, Some(token.clone()), allow_http)?;
+fn login(connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
+    // Not `required` in clap: the flags are global, and optional for every other command.
+    let (Some(api), Some(token)) = (&connection.api, &connection.token) else {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "login needs --api URL and --token TOKEN (or BLINDFOLD_API and BLINDFOLD_TOKEN)\n",
+        )
+        .into());
+    };
+    let token = SecretString::from(token.clone());
+    let client = ApiClient::new(api, Some(token.clone()), connection.allow_http)?;
     runtime.block_on(client.check_token())?;
     let path = config_path()?;
     ServiceConfig { api: client.base().to_owned(), token }.save(&path)?;
