@@ -5,11 +5,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use secrecy::SecretString;
 use serde_json::json;
+use tokio::runtime::Runtime;
 use uuid::Uuid;
 
-use crate::hospital::{Output, report};
-use crate::service::ApiClient;
-use crate::service::commands::Connection;
+use crate::service::{ApiClient, Connection};
+use crate::terminal::{Output, Table, format_bytes, report};
 
 /// Operator commands.
 #[derive(Debug, Subcommand)]
@@ -27,8 +27,6 @@ pub enum Admin {
         /// Object storage, for the built-in models' files.
         #[command(flatten)]
         store: blindfold_store::StoreConfig,
-        #[command(flatten)]
-        output: Output,
     },
     /// The model registry: register, list and retire model versions.
     #[command(subcommand)]
@@ -50,15 +48,11 @@ pub enum Tenant {
         name: String,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Lists the tenants.
     List {
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -75,8 +69,6 @@ pub enum Token {
         label: Option<String>,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Revokes a token: requests with it are refused from now on.
     Revoke {
@@ -84,8 +76,6 @@ pub enum Token {
         id: Uuid,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -100,15 +90,11 @@ pub enum ModelAdmin {
         dir: std::path::PathBuf,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Lists every registered version (uploading, active and retired).
     List {
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
     /// Retires NAME@VERSION: no new key sets or jobs; queued and running jobs still finish.
     Retire {
@@ -116,39 +102,31 @@ pub enum ModelAdmin {
         model: String,
         #[command(flatten)]
         operator: Operator,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
-/// The API and the operator token.
+/// The operator token. The API and `--allow-http` (which then also covers this token) are the
+/// global connection flags.
 #[derive(Debug, clap::Args)]
 pub struct Operator {
-    /// The API's base URL [default: the one `blindfold login` saved].
-    #[arg(long, env = "BLINDFOLD_API")]
-    api: Option<String>,
     /// The operator token the API was started with. Prefer the environment variable: other
     /// users can see command lines.
     #[arg(long, env = "BLINDFOLD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
-    /// Send the operator token over plain http:// to another machine (anyone on the way can
-    /// read it). Without it, only https:// or this machine's loopback address are used.
-    #[arg(long)]
-    allow_http: bool,
 }
 
 impl Operator {
-    fn client(&self) -> anyhow::Result<ApiClient> {
-        let api = Connection { api: self.api.clone(), token: None, allow_http: self.allow_http }.api()?;
-        Ok(ApiClient::admin(&api, SecretString::from(self.admin_token.clone()), self.allow_http)?)
+    /// A client of the API `connection` names (its tenant token is not used).
+    fn client(&self, connection: &Connection) -> anyhow::Result<ApiClient> {
+        let api = connection.api()?;
+        Ok(ApiClient::admin(&api, SecretString::from(self.admin_token.clone()), connection.allow_http)?)
     }
 }
 
 /// Runs an admin command.
-pub fn run(command: Admin) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn run(command: Admin, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Admin::Migrate { database_url, no_seed, store, output } => runtime.block_on(async {
+        Admin::Migrate { database_url, no_seed, store } => runtime.block_on(async {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&database_url)
@@ -176,9 +154,9 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
                 text
             })
         }),
-        Admin::Model(command) => model_admin(&runtime, command),
-        Admin::Tenant(Tenant::Create { name, operator, output }) => {
-            let client = operator.client()?;
+        Admin::Model(command) => model_admin(command, output, connection, runtime),
+        Admin::Tenant(Tenant::Create { name, operator }) => {
+            let client = operator.client(connection)?;
             let tenant = runtime.block_on(client.create_tenant(&name))?;
             report(output, json!({"command": "admin tenant create", "tenant": tenant}), || {
                 format!(
@@ -187,19 +165,18 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
                 )
             })
         }
-        Admin::Tenant(Tenant::List { operator, output }) => {
-            let client = operator.client()?;
+        Admin::Tenant(Tenant::List { operator }) => {
+            let client = operator.client(connection)?;
             let tenants = runtime.block_on(client.tenants())?;
             report(output, json!({"command": "admin tenant list", "tenants": tenants}), || {
-                let mut text = format!("{:<36}  {:<20}  CREATED", "TENANT", "NAME");
-                for t in &tenants {
-                    text.push_str(&format!("\n{}  {:<20}  {}", t.id, t.name, t.created_at.format("%Y-%m-%d %H:%M:%S")));
-                }
-                text
+                let rows = tenants.iter().map(|t| {
+                    vec![t.id.to_string(), t.name.clone(), t.created_at.format("%Y-%m-%d %H:%M:%S").to_string()]
+                });
+                Table::new(&["TENANT", "NAME", "CREATED"]).rows(rows).to_string()
             })
         }
-        Admin::Token(Token::Create { tenant, label, operator, output }) => {
-            let client = operator.client()?;
+        Admin::Token(Token::Create { tenant, label, operator }) => {
+            let client = operator.client(connection)?;
             let tenants = runtime.block_on(client.tenants())?;
             let found = match tenant.parse::<Uuid>() {
                 Ok(id) => tenants.iter().find(|t| t.id == id),
@@ -233,18 +210,18 @@ pub fn run(command: Admin) -> anyhow::Result<()> {
                 },
             )
         }
-        Admin::Token(Token::Revoke { id, operator, output }) => {
-            let client = operator.client()?;
+        Admin::Token(Token::Revoke { id, operator }) => {
+            let client = operator.client(connection)?;
             runtime.block_on(client.revoke_token(id))?;
             report(output, json!({"command": "admin token revoke", "token_id": id}), || format!("token {id} revoked"))
         }
     }
 }
 
-fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow::Result<()> {
+fn model_admin(command: ModelAdmin, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        ModelAdmin::Add { dir, operator, output } => {
-            let client = operator.client()?;
+        ModelAdmin::Add { dir, operator } => {
+            let client = operator.client(connection)?;
             let quiet = output.quiet;
             let registered = runtime.block_on(crate::service::flows::register_model(&client, &dir, &|reference| {
                 if !quiet {
@@ -265,8 +242,8 @@ fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow
                         p.depth,
                         p.security_bits,
                         p.images_per_batch,
-                        crate::memory::format_bytes(p.key_bytes),
-                        crate::memory::format_bytes(p.peak_memory_bytes),
+                        format_bytes(p.key_bytes),
+                        format_bytes(p.peak_memory_bytes),
                     ));
                 }
                 for refused in &registered.refused_packings {
@@ -275,31 +252,29 @@ fn model_admin(runtime: &tokio::runtime::Runtime, command: ModelAdmin) -> anyhow
                 text
             })
         }
-        ModelAdmin::List { operator, output } => {
-            let records = runtime.block_on(operator.client()?.model_records())?;
+        ModelAdmin::List { operator } => {
+            let records = runtime.block_on(operator.client(connection)?.model_records())?;
             report(output, json!({"command": "admin model list", "models": records}), || {
-                let mut text = format!(
-                    "{:<24} {:>7}  {:<9}  {:<16}  {:<19}  PACKINGS",
-                    "NAME", "VERSION", "STATE", "SHA256", "CREATED"
-                );
-                for m in &records {
+                let rows = records.iter().map(|m| {
                     let packings: Vec<&str> =
                         m.params_fingerprints.iter().filter_map(|p| p.split(':').next()).collect();
-                    text.push_str(&format!(
-                        "\n{:<24} {:>7}  {:<9}  {:<16}  {:<19}  {}",
-                        m.name,
-                        m.version,
-                        m.state,
-                        &m.onnx_sha256[..16.min(m.onnx_sha256.len())],
-                        m.created_at.format("%Y-%m-%d %H:%M:%S"),
-                        packings.join(", ")
-                    ));
-                }
-                text
+                    vec![
+                        m.name.clone(),
+                        m.version.to_string(),
+                        m.state.clone(),
+                        m.onnx_sha256.chars().take(16).collect(),
+                        m.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        packings.join(", "),
+                    ]
+                });
+                Table::new(&["NAME", "VERSION", "STATE", "SHA256", "CREATED", "PACKINGS"])
+                    .right(&[1])
+                    .rows(rows)
+                    .to_string()
             })
         }
-        ModelAdmin::Retire { model, operator, output } => {
-            let retired = runtime.block_on(operator.client()?.retire_model(&model))?;
+        ModelAdmin::Retire { model, operator } => {
+            let retired = runtime.block_on(operator.client(connection)?.retire_model(&model))?;
             report(output, json!({"command": "admin model retire", "model": retired}), || {
                 format!(
                     "{}@{} retired: it takes no new key sets or jobs; queued and running jobs finish",

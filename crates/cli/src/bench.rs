@@ -38,9 +38,6 @@ pub struct QueueBench {
     /// Jobs per claim; each claimed batch is completed in one statement.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `bench queue` measured.
@@ -55,15 +52,14 @@ struct QueueReport {
     claim_batch: usize,
 }
 
-/// Runs a benchmark.
-pub fn run(command: Bench) -> anyhow::Result<()> {
+/// Runs a benchmark; with `--json` (`output`), its report as one JSON object.
+pub fn run(command: Bench, output: crate::terminal::Output, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match command {
-        Bench::Infer(options) => crate::bench_infer::run(&options),
-        Bench::Fleet(options) => crate::bench_fleet::run(&options),
+        Bench::Infer(options) => crate::bench_infer::run(&options, output),
+        Bench::Fleet(options) => crate::bench_fleet::run(&options, output, runtime),
         Bench::Queue(options) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = runtime.block_on(bench_queue(&options))?;
-            if options.json {
+            if output.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(

@@ -11,13 +11,13 @@ use blindfold_batch::InputBatchReader;
 use blindfold_client::{KeySet, PackingChoice};
 use blindfold_compiler::Control;
 use blindfold_evaluate::{BatchEvaluator, BatchExpect};
-use blindfold_nn::data::{self, Split};
 use clap::Args;
 use secrecy::SecretString;
 
 use crate::service::client::{ApiClient, OnBytes};
 use crate::service::flows;
 use crate::stack::{LocalStack, StackOptions, Workers};
+use crate::terminal::format_mean_bytes;
 
 /// Options of `bench fleet`.
 #[derive(Debug, Args)]
@@ -47,9 +47,6 @@ pub struct FleetBench {
     /// Dataset directory with `mnist/` and `dermamnist/` (default: ../shared/data).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `bench fleet` measured.
@@ -96,13 +93,16 @@ struct WorkerStages {
 }
 
 /// Runs the benchmark.
-pub fn run(options: &FleetBench) -> anyhow::Result<()> {
+pub fn run(
+    options: &FleetBench,
+    output: crate::terminal::Output,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
     if options.workers == 0 || options.jobs == 0 || options.images == 0 {
         anyhow::bail!("--workers, --jobs and --images must be at least 1");
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(fleet(options))?;
-    if options.json {
+    if output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
@@ -111,7 +111,7 @@ pub fn run(options: &FleetBench) -> anyhow::Result<()> {
              end to end (upload, queue, workers, download): {:.2} s = {:.0} images/s\n\
              service (submit to last download): {:.2} s = {:.0} images/s, overhead {:.1} % of compute\n\
              hospital upload {:.2} s; mean queued {:.2} s, running {:.2} s per job\n\
-             bytes per image: {:.1} KB up, {:.2} KB down\n\
+             bytes per image: {} up, {} down\n\
              worker stages per job: download {:.2} s, compute {:.2} s, upload {:.2} s",
             report.model,
             report.packing,
@@ -129,8 +129,8 @@ pub fn run(options: &FleetBench) -> anyhow::Result<()> {
             report.upload_seconds,
             report.mean_queued_seconds,
             report.mean_running_seconds,
-            report.bytes_up_per_image / 1e3,
-            report.bytes_down_per_image / 1e3,
+            format_mean_bytes(report.bytes_up_per_image),
+            format_mean_bytes(report.bytes_down_per_image),
             report.worker_stages.download,
             report.worker_stages.compute,
             report.worker_stages.upload,
@@ -300,11 +300,7 @@ fn test_images(
             .find(|dir| dir.join("mnist").is_dir())
             .context("no dataset directory found (looked for ../shared/data); pass --data DIR")?,
     };
-    let images = if model.name().starts_with("derma") {
-        data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
-    } else {
-        data::mnist(&dir.join("mnist"), Split::Test)?
-    };
+    let images = crate::model::load_test_split(model.manifest(), &dir)?;
     let inputs = model.manifest().inputs(&images)?;
     anyhow::ensure!(!inputs.is_empty(), "no test images in {}", dir.display());
     Ok(inputs.iter().cycle().take(count).cloned().collect())

@@ -12,9 +12,12 @@ use blindfold_compiler::{
 };
 use blindfold_nn::Task;
 use blindfold_nn::data::Split;
+use blindfold_nn::metrics::argmax;
 use blindfold_nn::registry;
 use clap::Args;
 use rayon::prelude::*;
+
+use crate::terminal::{format_bytes, format_mean_bytes};
 
 /// Options of `bench infer`.
 #[derive(Debug, Args)]
@@ -54,9 +57,6 @@ pub struct InferBench {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `bench infer` measured.
@@ -128,7 +128,7 @@ struct LayerTime {
 }
 
 /// Runs the benchmark and prints its report.
-pub fn run(options: &InferBench) -> anyhow::Result<()> {
+pub fn run(options: &InferBench, output: crate::terminal::Output) -> anyhow::Result<()> {
     let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let budget = options.memory_budget.or_else(crate::memory::available);
@@ -137,13 +137,13 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
         Packing::Throughput => throughput(options, threads, &compile),
         Packing::Latency => latency(options, threads, &compile),
     })?;
-    if options.json {
+    if output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "{} ({}), {} images on {} threads at N = 2^{} ({:.0}-bit Q·P, {}-bit security): {:.2} s per batch, \
-             {:.0} images/s; agreement {:.4}, max logit error {:.2e}; upload {:.1} KB and result {:.2} KB per image; \
-             peak RSS {:.0} MB",
+             {:.0} images/s; agreement {:.4}, max logit error {:.2e}; upload {} and result {} per image; \
+             peak RSS {}",
             report.model,
             report.packing,
             report.images,
@@ -155,9 +155,9 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
             report.images_per_second,
             report.agreement,
             report.max_logit_error,
-            report.upload_bytes_per_image / 1e3,
-            report.result_bytes_per_image / 1e3,
-            report.peak_rss_bytes as f64 / 1e6
+            format_mean_bytes(report.upload_bytes_per_image),
+            format_mean_bytes(report.result_bytes_per_image),
+            format_bytes(report.peak_rss_bytes)
         );
         if let Some(cold) = report.cold_batch_seconds {
             println!(
@@ -166,10 +166,10 @@ pub fn run(options: &InferBench) -> anyhow::Result<()> {
             );
         }
         println!(
-            "  depth {}, evaluation keys {:.1} MB, estimated peak memory {:.2} GB",
+            "  depth {}, evaluation keys {}, estimated peak memory {}",
             report.depth,
-            report.key_bytes as f64 / 1e6,
-            report.estimated_peak_bytes as f64 / 1e9
+            format_bytes(report.key_bytes as u64),
+            format_bytes(report.estimated_peak_bytes as u64)
         );
         if let Some(latency) = report.latency_seconds {
             println!("  latency {latency:.3} s per image (median)");
@@ -498,10 +498,6 @@ fn data_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .find(|dir| dir.join("mnist").is_dir())
         .context("no dataset directory found (looked for ../shared/data and ./shared/data); pass --data DIR")
-}
-
-pub(crate) fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
 fn task_name(task: &Task) -> &'static str {

@@ -19,6 +19,7 @@ use secrecy::SecretString;
 use crate::service::client::{ApiClient, OnBytes};
 use crate::service::flows;
 use crate::stack::{LocalStack, StackOptions, Workers};
+use crate::terminal::{Table, format_bytes, format_mean_bytes};
 
 /// The images embedded from `samples/` at build time: (data set, file name, bytes).
 const SAMPLES: &[(&str, &str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/samples.rs"));
@@ -70,9 +71,6 @@ pub struct DemoArgs {
     /// (see `blindfold decrypt --report`).
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
-    /// Print one JSON object per model and packing instead of the table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// One model and packing, end to end.
@@ -110,14 +108,14 @@ struct RunReport {
     ring_degree: usize,
 }
 
-/// Runs the demo.
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// Runs the demo; with `--json` (`output`), one JSON object per model and packing instead of
+/// the table.
+pub fn run(args: DemoArgs, output: crate::terminal::Output, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let reports = runtime.block_on(demo(&args))?;
-    if args.json {
+    if output.json {
         for report in &reports {
             println!("{}", serde_json::to_string(report)?);
         }
@@ -249,10 +247,10 @@ fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, S
                 if available.is_none_or(|available| available < needed) {
                     let anyway = if model == SEGMENTER { "" } else { "--all (or " };
                     eprintln!(
-                        "skipping {model} / throughput: one batch needs about {:.0} GB and this machine has {} \
+                        "skipping {model} / throughput: one batch needs about {} and this machine has {} \
                          available; {anyway}--model {model} --packing throughput{} runs it anyway",
-                        needed as f64 / 1e9,
-                        available.map_or("an unknown amount".to_owned(), |a| format!("{:.0} GB", a as f64 / 1e9)),
+                        format_bytes(needed),
+                        available.map_or("an unknown amount".to_owned(), format_bytes),
                         if anyway.is_empty() { "" } else { ")" }
                     );
                     continue;
@@ -324,11 +322,7 @@ fn inputs_for(
             let names = (0..inputs.len()).map(|i| format!("test#{i}")).collect();
             return Ok((blindfold_client::Intake { names, inputs }, Truth::Masks(masks)));
         }
-        let images = if derma {
-            data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test)?
-        } else {
-            data::mnist(&dir.join("mnist"), Split::Test)?
-        };
+        let images = crate::model::load_test_split(manifest, dir)?;
         let count = count.min(images.len());
         let images = images.take(count);
         let inputs = manifest.inputs(&images)?;
@@ -380,7 +374,7 @@ fn score(
     }
     let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task else {
         let Truth::Labels(labels) = truth else { bail!("a classification run scored against masks") };
-        let plain = reference.iter().map(|logits| crate::bench_infer::argmax(logits));
+        let plain = reference.iter().map(|logits| blindfold_nn::metrics::argmax(logits));
         let agree = predictions.images.iter().zip(plain).filter(|(p, plain)| p.class_index == *plain).count();
         let correct = predictions.images.iter().zip(labels).filter(|(p, label)| p.class_index == **label).count();
         return Ok((correct as f64 / images as f64, agree as f64 / images as f64));
@@ -458,7 +452,7 @@ async fn one_run(
     let clock = Instant::now();
     let registered = flows::register_keys(client, &keys, quiet.clone()).await?;
     let register_seconds = clock.elapsed().as_secs_f64();
-    step(&format!("register {:.1} MB of evaluation keys", registered.bytes as f64 / 1e6), register_seconds);
+    step(&format!("register {} of evaluation keys", format_bytes(registered.bytes)), register_seconds);
 
     let (intake, truth) = inputs_for(&model, samples, data, count)?;
     let clock = Instant::now();
@@ -483,7 +477,7 @@ async fn one_run(
     }
     let upload_seconds = clock.elapsed().as_secs_f64();
     let bytes_up: u64 = batches.iter().map(|b| b.bytes).sum();
-    step(&format!("upload {:.1} MB and submit {} job(s)", bytes_up as f64 / 1e6, jobs.len()), upload_seconds);
+    step(&format!("upload {} and submit {} job(s)", format_bytes(bytes_up), jobs.len()), upload_seconds);
 
     let (mut queued_seconds, mut compute_seconds) = (0.0, 0.0);
     for id in &jobs {
@@ -579,44 +573,44 @@ fn step(what: &str, seconds: f64) {
 }
 
 fn print_table(reports: &[RunReport]) {
-    println!(
-        "{:<17} {:<10} {:>6} {:>8} {:>9} {:>7} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
-        "model",
-        "packing",
-        "images",
-        "accuracy",
-        "agreement",
-        "keygen",
-        "encrypt",
-        "upload",
-        "queued",
-        "compute",
-        "download",
-        "decrypt",
-        "up/image",
-        "down/image",
-        "security"
-    );
-    for r in reports {
-        println!(
-            "{:<17} {:<10} {:>6} {:>7.1}% {:>8.1}% {:>6.2}s {:>7.2}s {:>6.2}s {:>6.2}s {:>7.2}s {:>7.2}s {:>7.2}s {:>10} {:>10} {:>4} bit",
-            r.model,
-            r.packing,
-            r.images,
-            100.0 * r.accuracy,
-            100.0 * r.agreement,
-            r.keygen_seconds,
-            r.encrypt_seconds,
-            r.upload_seconds,
-            r.queued_seconds,
-            r.compute_seconds,
-            r.download_seconds,
-            r.decrypt_seconds,
-            human_bytes(r.bytes_up_per_image),
-            human_bytes(r.bytes_down_per_image),
-            r.security_bits
-        );
-    }
+    let headers = [
+        "MODEL",
+        "PACKING",
+        "IMAGES",
+        "ACCURACY",
+        "AGREEMENT",
+        "KEYGEN",
+        "ENCRYPT",
+        "UPLOAD",
+        "QUEUED",
+        "COMPUTE",
+        "DOWNLOAD",
+        "DECRYPT",
+        "UP/IMAGE",
+        "DOWN/IMAGE",
+        "SECURITY",
+    ];
+    let rows = reports.iter().map(|r| {
+        let seconds = |s: f64| format!("{s:.2}s");
+        vec![
+            r.model.clone(),
+            r.packing.clone(),
+            r.images.to_string(),
+            format!("{:.1}%", 100.0 * r.accuracy),
+            format!("{:.1}%", 100.0 * r.agreement),
+            seconds(r.keygen_seconds),
+            seconds(r.encrypt_seconds),
+            seconds(r.upload_seconds),
+            seconds(r.queued_seconds),
+            seconds(r.compute_seconds),
+            seconds(r.download_seconds),
+            seconds(r.decrypt_seconds),
+            format_mean_bytes(r.bytes_up_per_image),
+            format_mean_bytes(r.bytes_down_per_image),
+            format!("{} bit", r.security_bits),
+        ]
+    });
+    println!("{}", Table::new(&headers).right(&(2..headers.len()).collect::<Vec<_>>()).rows(rows));
     println!(
         "agreement: encrypted vs plaintext predictions of the same model (must be ≥ {:.1}%); compute: the worker's \
          running time (keys, download, evaluation, upload); up/down: encrypted bytes per image",
@@ -627,15 +621,5 @@ fn print_table(reports: &[RunReport]) {
             "{SEGMENTER}: accuracy is the mean Dice of the encrypted masks against the ground-truth masks, agreement \
              the share of mask pixels equal to the plaintext model's"
         );
-    }
-}
-
-fn human_bytes(bytes: f64) -> String {
-    if bytes >= 1e6 {
-        format!("{:.2} MB", bytes / 1e6)
-    } else if bytes >= 1e3 {
-        format!("{:.1} KB", bytes / 1e3)
-    } else {
-        format!("{bytes:.0} B")
     }
 }

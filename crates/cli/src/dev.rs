@@ -64,8 +64,7 @@ pub struct UpArgs {
 }
 
 /// Runs a `dev` subcommand.
-pub fn run(command: Dev) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+pub fn run(command: Dev, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Dev::S3(args) => s3(args).await,

@@ -1,15 +1,16 @@
 //! The hospital's offline commands: `keygen`, `encrypt`, `eval`, `decrypt`. No service needed;
-//! the work is in `blindfold-client`, this module parses options and draws progress bars.
+//! the work is in `blindfold-client`, this module parses options and reports progress (drawn
+//! with [`crate::terminal`]).
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use blindfold_client::{IntakeOptions, KeySet, PackingChoice, ReportContext, Split, Timing, WrittenReport};
 use blindfold_compiler::Control;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+
+use crate::terminal::{Output, bar, format_bytes, report, spinner};
 
 /// The hospital commands, flattened into the top level (`blindfold keygen …`).
 #[derive(Debug, clap::Subcommand)]
@@ -25,8 +26,6 @@ pub enum Hospital {
         out: PathBuf,
         #[command(flatten)]
         packing: PackingArg,
-        #[command(flatten)]
-        output: Output,
     },
     /// Encrypt images into input batch files (a job over one batch capacity is split: job.bfib, job.1.bfib, …),
     /// each with a FILE.names.json sidecar that stays here.
@@ -57,8 +56,6 @@ pub enum Hospital {
         force: bool,
         #[command(flatten)]
         packing: PackingArg,
-        #[command(flatten)]
-        output: Output,
     },
     /// Evaluate an input batch with the evaluation keys only (what the service's workers run).
     Eval {
@@ -76,8 +73,6 @@ pub enum Hospital {
         /// (encodes them per image); one that does not fit even so is refused, naming the layer.
         #[arg(long, value_parser = crate::memory::parse_bytes)]
         memory_budget: Option<u64>,
-        #[command(flatten)]
-        output: Output,
     },
     /// Decrypt a result batch into predictions (CSV or JSON, by the output file's extension).
     Decrypt {
@@ -99,8 +94,6 @@ pub enum Hospital {
         masks: Option<PathBuf>,
         #[command(flatten)]
         report: ReportArg,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -127,17 +120,6 @@ pub struct PackingArg {
     pub packing: PackingChoice,
 }
 
-/// `--quiet` and `--json`.
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct Output {
-    /// No progress bars and no summary.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Print one JSON object describing what was done.
-    #[arg(long)]
-    pub json: bool,
-}
-
 pub(crate) fn parse_split(s: &str) -> Result<Split, String> {
     match s {
         "train" => Ok(Split::Train),
@@ -148,17 +130,17 @@ pub(crate) fn parse_split(s: &str) -> Result<Split, String> {
 }
 
 /// Runs a hospital command.
-pub fn run(command: Hospital) -> anyhow::Result<()> {
+pub fn run(command: Hospital, output: Output) -> anyhow::Result<()> {
     match command {
-        Hospital::Keygen { model, out, packing, output } => keygen(&model, &out, packing.packing, output),
-        Hospital::Encrypt { keys, model, inputs, out, split, limit, force, packing, output } => {
+        Hospital::Keygen { model, out, packing } => keygen(&model, &out, packing.packing, output),
+        Hospital::Encrypt { keys, model, inputs, out, split, limit, force, packing } => {
             let intake = IntakeOptions { split, limit, force };
             encrypt(&keys, model.as_deref(), &inputs, &out, intake, packing.packing, output)
         }
-        Hospital::Eval { keys, input, out, memory_budget, output } => {
+        Hospital::Eval { keys, input, out, memory_budget } => {
             eval(&keys, &input, &out, memory_budget.or_else(crate::memory::available), output)
         }
-        Hospital::Decrypt { keys, input, out, names, masks, report, output } => {
+        Hospital::Decrypt { keys, input, out, names, masks, report } => {
             decrypt(&keys, &input, &out, names.as_deref(), masks.as_deref(), report.report.as_deref(), output)
         }
     }
@@ -251,10 +233,10 @@ fn encrypt(
             );
             for batch in &batches {
                 text.push_str(&format!(
-                    "\n  {} ({} images, {:.1} MB); names in {} (keep it here, do not upload)",
+                    "\n  {} ({} images, {}); names in {} (keep it here, do not upload)",
                     batch.path.display(),
                     batch.images,
-                    batch.bytes as f64 / 1e6,
+                    format_bytes(batch.bytes),
                     batch.names_path.display()
                 ));
             }
@@ -386,39 +368,4 @@ pub(crate) fn saved_text(
         ));
     }
     text
-}
-
-/// Prints the JSON object with `--json`, the text without, nothing with `--quiet`.
-pub(crate) fn report(output: Output, object: serde_json::Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
-    if output.json {
-        println!("{}", serde_json::to_string(&object)?);
-    } else if !output.quiet {
-        println!("{}", text());
-    }
-    Ok(())
-}
-
-pub(crate) fn visible(output: Output) -> bool {
-    !output.quiet && std::io::stderr().is_terminal()
-}
-
-pub(crate) fn bar(output: Output, len: u64, what: &str) -> ProgressBar {
-    if !visible(output) {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len).with_prefix(what.to_string());
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:40}] {percent:>3}% {elapsed} (eta {eta}) {msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-pub(crate) fn spinner(output: Output, message: String) -> ProgressBar {
-    if !visible(output) {
-        return ProgressBar::hidden();
-    }
-    let spinner = ProgressBar::new_spinner().with_message(message);
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    spinner
 }

@@ -1,7 +1,8 @@
 //! `blindfold`: private medical-image inference under CKKS homomorphic encryption.
 //!
 //! The binary stays thin: it parses the command line and hands each subcommand to the crate
-//! that does the work. Subcommands arrive with the capabilities behind them.
+//! that does the work. Subcommands arrive with the capabilities behind them: the global options
+//! (`--json`, `--quiet`, the connection flags) and the one async runtime, built here.
 
 mod admin;
 mod bench;
@@ -15,11 +16,14 @@ mod memory;
 mod model;
 mod service;
 mod stack;
+mod terminal;
 mod worker;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio::runtime::Runtime;
 
 // CKKS operations allocate and free megabyte buffers; glibc's allocator returns them to the
 // kernel and page-faults them back in on every operation (up to 2× slower key switching).
@@ -37,6 +41,8 @@ const EXIT_CODES: &str = "Exit codes:
 
 /// Exit code of a local error.
 const EXIT_LOCAL: u8 = 1;
+/// Exit code of a usage error that only a command could see (clap exits with it by itself).
+const EXIT_USAGE: u8 = 2;
 /// Exit code of a service error.
 const EXIT_SERVICE: u8 = 3;
 /// Exit code of a failed or cancelled job.
@@ -48,6 +54,12 @@ const EXIT_JOB: u8 = 4;
 #[command(name = "blindfold", version, about, long_about = None, arg_required_else_help = true,
           after_help = EXIT_CODES)]
 struct Cli {
+    /// `--json` and `--quiet`, for every command.
+    #[command(flatten, next_help_heading = "Global options")]
+    output: terminal::Output,
+    /// `--api`, `--token`, `--allow-http`, for every command that talks to a service.
+    #[command(flatten, next_help_heading = "Global options")]
+    connection: service::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,25 +94,32 @@ enum Command {
 
 fn main() -> ExitCode {
     blindfold_worker::keep_freed_memory();
-    let outcome = match Cli::parse().command {
-        Command::Demo(args) => demo::run(args),
-        Command::Hospital(command) => hospital::run(command),
-        Command::Service(command) => service::commands::run(command),
-        Command::Model(command) => model::run(command),
-        Command::Bench(command) => bench::run(command),
-        Command::Dev(command) => dev::run(command),
-        Command::Admin(command) => admin::run(command),
-        Command::Worker(config) => worker::run(config),
-    };
+    let Cli { output, connection, command } = Cli::parse();
+    // One multi-threaded runtime for the whole process: the service commands, the in-process
+    // stack of `demo` and `dev up`, and the worker, whose CPU-bound work runs on its own rayon
+    // pool through `spawn_blocking`, all share it.
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| dispatch(command, output, &connection, &runtime));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let (code, kind, problem) = classify(&error);
-            if std::env::args().any(|arg| arg == "--json") {
+            if output.json {
+                let message = match error.downcast_ref::<clap::Error>() {
+                    // clap renders for a terminal: "error: " in front, a newline at the end.
+                    Some(usage) => usage.to_string().trim_start_matches("error: ").trim_end().to_owned(),
+                    None => format!("{error:#}"),
+                };
                 let object = serde_json::json!({
-                    "error": format!("{error:#}"), "kind": kind, "code": problem, "exit_code": code,
+                    "error": message, "kind": kind, "code": problem, "exit_code": code,
                 });
                 eprintln!("{object}");
+            } else if let Some(usage) = error.downcast_ref::<clap::Error>() {
+                // Worded and laid out as clap's own usage errors.
+                let _ = usage.print();
             } else {
                 eprintln!("Error: {error:?}");
             }
@@ -109,8 +128,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one command with what it needs.
+fn dispatch(
+    command: Command,
+    output: terminal::Output,
+    connection: &service::Connection,
+    runtime: &Runtime,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Demo(args) => demo::run(args, output, runtime),
+        Command::Hospital(command) => hospital::run(command, output),
+        Command::Service(command) => service::commands::run(command, output, connection, runtime),
+        Command::Model(command) => model::run(command, output, connection, runtime),
+        Command::Bench(command) => bench::run(command, output, runtime),
+        Command::Dev(command) => dev::run(command, runtime),
+        Command::Admin(command) => admin::run(command, output, connection, runtime),
+        Command::Worker(config) => worker::run(config, runtime),
+    }
+}
+
 /// The exit code, its kind and the API's problem code of an error.
 fn classify(error: &anyhow::Error) -> (u8, &'static str, Option<String>) {
+    if error.downcast_ref::<clap::Error>().is_some() {
+        return (EXIT_USAGE, "usage", None);
+    }
     for cause in error.chain() {
         if cause.downcast_ref::<service::JobEnded>().is_some() {
             return (EXIT_JOB, "job", None);
@@ -120,4 +161,34 @@ fn classify(error: &anyhow::Error) -> (u8, &'static str, Option<String>) {
         }
     }
     (EXIT_LOCAL, "local", None)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Duplicate flags (a command's own `--json` beside the global one) panic here.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_are_accepted_before_and_after_the_subcommand() {
+        let job = "00000000-0000-4000-8000-000000000000";
+        for argv in [
+            vec!["blindfold", "fetch", job, "--keys", "k", "--json", "--api", "http://127.0.0.1:1", "--token", "t"],
+            vec!["blindfold", "--json", "--api", "http://127.0.0.1:1", "--token", "t", "fetch", job, "--keys", "k"],
+        ] {
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert!(cli.output.json && !cli.output.quiet, "{argv:?}");
+            assert_eq!(cli.connection.api.as_deref(), Some("http://127.0.0.1:1"), "{argv:?}");
+            assert_eq!(cli.connection.token.as_deref(), Some("t"), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["blindfold", "admin", "tenant", "list", "-q", "--admin-token", "x"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cli.output.quiet);
+    }
 }

@@ -1,4 +1,5 @@
-//! Memory budgets: what a plan may use on this machine, and byte counts on the command line.
+//! Memory budgets: what a plan may use on this machine, and byte counts on the command line
+//! (shown with [`crate::terminal::format_bytes`]).
 
 /// The memory this machine has available now (`MemAvailable` in /proc/meminfo), if known.
 pub(crate) fn available() -> Option<u64> {
@@ -29,24 +30,6 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok((value * factor as f64) as u64)
 }
 
-/// `1.5 GiB`, `80.0 MiB`, `512 B`: a byte count for people (powers of 1024).
-pub(crate) fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    if value < 1024.0 {
-        return format!("{bytes} B");
-    }
-    let mut unit = "B";
-    for next in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = next;
-    }
-    format!("{value:.1} {unit}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,13 +43,5 @@ mod tests {
         assert!(parse_bytes("12Q").is_err());
         assert!(parse_bytes("-3G").is_err());
         assert!(parse_bytes("lots").is_err());
-    }
-
-    #[test]
-    fn byte_counts_format_for_people() {
-        assert_eq!(format_bytes(512), "512 B");
-        assert_eq!(format_bytes(1536), "1.5 KiB");
-        assert_eq!(format_bytes(80 << 20), "80.0 MiB");
-        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
     }
 }

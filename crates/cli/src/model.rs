@@ -9,6 +9,10 @@ use blindfold_compiler as encrypted;
 use blindfold_nn::data::{self, Split};
 use blindfold_nn::{metrics, onnx, registry};
 use serde_json::json;
+use tokio::runtime::Runtime;
+
+use crate::service::Connection;
+use crate::terminal::{Output, Table, format_bytes};
 
 /// The `model` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -19,8 +23,6 @@ pub enum Model {
         /// List what the service serves (`GET /v1/models`) instead.
         #[arg(long)]
         service: bool,
-        #[command(flatten)]
-        connection: crate::service::commands::Connection,
     },
     /// Show a model's manifest, its graph, and its throughput and latency plans (levels,
     /// scales, layouts, keys, estimated memory); with `--service`, what the service registered.
@@ -31,8 +33,6 @@ pub enum Model {
         /// Show the service's registration of NAME or NAME@VERSION instead (plans, fingerprints).
         #[arg(long)]
         service: bool,
-        #[command(flatten)]
-        connection: crate::service::commands::Connection,
     },
     /// Download a model version from the service into the local model cache
     /// (`$BLINDFOLD_MODEL_CACHE`, else `~/.cache/blindfold/models`), checking its SHA-256, so that
@@ -40,8 +40,6 @@ pub enum Model {
     Pull {
         /// `NAME` (its newest active version) or `NAME@VERSION`.
         model: String,
-        #[command(flatten)]
-        connection: crate::service::commands::Connection,
     },
     /// Evaluate a model in plaintext on its dataset's test split.
     Eval {
@@ -60,48 +58,44 @@ pub enum Model {
         /// (the manifest's `operating_point`, which reports mark).
         #[arg(long, default_value_t = 0.9)]
         sensitivity: f64,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
-    /// Validate an ONNX file: print its IR and multiplicative depth, or why it is refused.
+    /// Validate an ONNX file: print its IR and multiplicative depth, or why it is refused; with
+    /// --json, the IR as JSON (with weights).
     Import {
         /// The ONNX file.
         file: PathBuf,
-        /// Print the IR as JSON (with weights) instead of the summary.
-        #[arg(long)]
-        json: bool,
     },
 }
 
-/// Runs a `model` subcommand.
-pub fn run(command: Model) -> anyhow::Result<()> {
+/// Runs a `model` subcommand; `--service` and `pull` ask the API `connection` names.
+pub fn run(command: Model, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Model::List { service: false, .. } => list(),
-        Model::List { service: true, connection } => list_service(&connection),
-        Model::Show { name, service: false, .. } => show(&name),
-        Model::Show { name, service: true, connection } => show_service(&name, &connection),
-        Model::Pull { model, connection } => pull(&model, &connection),
-        Model::Eval { model, data, limit, sensitivity, json } => eval(&model, data, limit, sensitivity, json),
-        Model::Import { file, json } => import(&file, json),
+        Model::List { service: false } => list(),
+        Model::List { service: true } => list_service(connection, runtime),
+        Model::Show { name, service: false } => show(&name),
+        Model::Show { name, service: true } => show_service(&name, connection, runtime),
+        Model::Pull { model } => pull(&model, connection, runtime),
+        Model::Eval { model, data, limit, sensitivity } => eval(&model, data, limit, sensitivity, output.json),
+        Model::Import { file } => import(&file, output.json),
     }
 }
 
 fn list() -> anyhow::Result<()> {
-    println!("{:<18} {:<8} {:>7} {:>6} {:>9}  description", "name", "input", "classes", "depth", "test acc");
+    let mut rows = Vec::new();
     for m in registry::all()? {
         let acc =
             m.manifest.metrics["test"]["accuracy"].as_f64().map_or("-".to_string(), |a| format!("{:.2} %", a * 100.0));
-        println!(
-            "{:<18} {:<8} {:>7} {:>6} {:>9}  {}",
-            m.manifest.name,
+        rows.push(vec![
+            m.manifest.name.clone(),
             m.network.input().to_string(),
-            m.manifest.classes.len(),
-            m.network.depth(),
+            m.manifest.classes.len().to_string(),
+            m.network.depth().to_string(),
             acc,
-            m.manifest.description
-        );
+            m.manifest.description.clone(),
+        ]);
     }
+    let headers = ["NAME", "INPUT", "CLASSES", "DEPTH", "TEST ACC", "DESCRIPTION"];
+    println!("{}", Table::new(&headers).right(&[2, 3, 4]).rows(rows));
     // Versions pulled from a service: NAME@VERSION for keygen.
     if let Some(dir) = registry::pulled_models_dir()
         && let Ok(names) = std::fs::read_dir(&dir)
@@ -126,32 +120,28 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
-
-fn list_service(connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+fn list_service(connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let catalogue = runtime()?.block_on(client.catalogue())?;
-    println!("{:<24} {:>7}  {:<14}  {:<8}  {:<18}  description", "name", "version", "task", "input", "packings");
-    for m in &catalogue.models {
+    let catalogue = runtime.block_on(client.catalogue())?;
+    let rows = catalogue.models.iter().map(|m| {
         let packings: Vec<&str> = m.packings.iter().map(|p| p.packing.name()).collect();
-        println!(
-            "{:<24} {:>7}  {:<14}  {:<8}  {:<18}  {}",
-            m.name,
-            m.version,
-            m.task,
+        vec![
+            m.name.clone(),
+            m.version.to_string(),
+            m.task.to_string(),
             m.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
             packings.join(", "),
-            m.description
-        );
-    }
+            m.description.clone(),
+        ]
+    });
+    let headers = ["NAME", "VERSION", "TASK", "INPUT", "PACKINGS", "DESCRIPTION"];
+    println!("{}", Table::new(&headers).right(&[1]).rows(rows));
     Ok(())
 }
 
-fn show_service(model: &str, connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+fn show_service(model: &str, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let detail = runtime()?.block_on(client.model(model))?;
+    let detail = runtime.block_on(client.model(model))?;
     let m = &detail.model;
     println!("{}@{} ({}): {}", m.name, m.version, m.state, m.description);
     println!("task: {}; input {:?}; classes: {}", m.task, m.input_shape, m.classes.join(", "));
@@ -166,8 +156,8 @@ fn show_service(model: &str, connection: &crate::service::commands::Connection) 
             p.depth,
             p.images_per_batch,
             p.rotation_steps.len(),
-            crate::memory::format_bytes(p.key_bytes),
-            crate::memory::format_bytes(p.peak_memory_bytes),
+            format_bytes(p.key_bytes),
+            format_bytes(p.peak_memory_bytes),
             p.parameter_preset,
             &p.params_fingerprint[..16.min(p.params_fingerprint.len())],
         );
@@ -177,9 +167,8 @@ fn show_service(model: &str, connection: &crate::service::commands::Connection) 
 
 /// Downloads a version's two files into the model cache, checked against the SHA-256 the
 /// service recorded and imported before they replace anything.
-fn pull(model: &str, connection: &crate::service::commands::Connection) -> anyhow::Result<()> {
+fn pull(model: &str, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let runtime = runtime()?;
     let detail = runtime.block_on(client.model(model))?;
     let (name, version) = (detail.model.name.clone(), detail.model.version);
     let Some(target) = registry::pulled_dir(&name, version) else {

@@ -5,9 +5,8 @@ use anyhow::Context;
 
 /// Runs a worker until SIGTERM or Ctrl-C. Logs are JSON lines on stderr (RUST_LOG, default
 /// info).
-pub fn run(config: blindfold_worker::Config) -> anyhow::Result<()> {
+pub fn run(config: blindfold_worker::Config, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     crate::logs::json();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let worker = blindfold_worker::Worker::start(config).await.context("starting the worker")?;
         worker.serve(crate::logs::stop_requested()).await.context("serving")

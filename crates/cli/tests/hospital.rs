@@ -8,6 +8,7 @@ mod browser;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use blindfold_nn::metrics::argmax;
 use blindfold_nn::registry;
 
 const MODEL: &str = "mnist-cryptonets";
@@ -64,10 +65,6 @@ fn write_images(dir: &Path) -> Vec<PathBuf> {
         paths.push(path);
     }
     paths
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
 }
 
 #[test]

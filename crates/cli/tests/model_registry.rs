@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use blindfold_nn::metrics::argmax;
 use common::{ADMIN, Stack, mnist_images, outcome, s};
 use onnx_protobuf::{
     GraphProto, Message as _, ModelProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -162,10 +163,6 @@ fn register_raw(stack: &Stack, manifest: &[u8], onnx: &[u8], uploaded: Vec<u8>) 
         call(stack, reqwest::Method::POST, &format!("/v1/admin/models/{name}@1/complete"), ADMIN, None);
     let text = |key: &str| refused[key].as_str().unwrap_or_default().to_owned();
     (status, text("code"), text("detail"))
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
 /// The fetched predictions of `out` agree with the plaintext model in `dir` on the first

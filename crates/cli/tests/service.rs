@@ -5,6 +5,7 @@
 
 mod common;
 
+use blindfold_nn::metrics::argmax;
 use common::{MODEL, Stack, mnist_images, outcome, s};
 use serde_json::Value;
 
@@ -145,10 +146,6 @@ fn failures_say_what_to_do_next() {
         std::fs::set_permissions(stack.config_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
         stack.run(&["jobs", "list"]).refused(3, "chmod 600");
     }
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use blindfold_batch::{BatchKind, ResultBatchReader, Uuid};
 use blindfold_ckks::{Context, Decryptor};
 use blindfold_evaluate::BatchExpect;
+use blindfold_nn::metrics::{argmax, softmax};
 use rayon::prelude::*;
 
 use crate::encrypt::{names_path, read_names};
@@ -278,18 +279,6 @@ fn image_names(
     Ok(names.images)
 }
 
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
-}
-
-/// Numerically stable softmax.
-pub fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    exp.iter().map(|e| e / sum).collect()
-}
-
 impl Predictions {
     /// CSV, one row per image. Classification: `position,file,class,probability,p_<class>…,
     /// logit_<class>…` (class `overflow` and no numbers for an image whose outputs left the
@@ -522,13 +511,6 @@ mod tests {
               "training": {{}}}}"#
         ))
         .unwrap()
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_the_order() {
-        let p = softmax(&[1000.0, 999.0, -5.0]);
-        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
-        assert!(p[0] > p[1] && p[1] > p[2]);
     }
 
     #[test]

@@ -31,7 +31,9 @@ mod keys;
 mod report;
 
 pub use blindfold_nn::data::Split;
-pub use decrypt::{Mask, Prediction, Predictions, Saved, decrypt, decrypt_job, softmax};
+/// The softmax behind [`Prediction::probabilities`], for callers that score their own logits.
+pub use blindfold_nn::metrics::softmax;
+pub use decrypt::{Mask, Prediction, Predictions, Saved, decrypt, decrypt_job};
 pub use encrypt::{EncryptedBatch, Names, encrypt, names_path, part_path, read_names};
 pub use error::{Error, FileProblem, FileProblems, Result};
 pub use eval::evaluate_file;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use blindfold_batch::Packing;
 use blindfold_client::{Error, IntakeOptions, KeySet, PackingChoice, decrypt, encrypt, evaluate_file, read_inputs};
 use blindfold_compiler::Control;
+use blindfold_nn::metrics::argmax;
 
 const MODEL: &str = "mnist-cryptonets";
 
@@ -56,8 +57,4 @@ fn a_latency_key_set_chooses_by_image_count_and_evaluates_both_packings() {
         let found: Vec<usize> = predictions.images.iter().map(|p| p.class_index).collect();
         assert_eq!(found, expected, "{packing}");
     }
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
 }

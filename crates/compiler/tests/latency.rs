@@ -9,6 +9,7 @@ use blindfold_compiler::{
     Control, LatencyEngine, LatencyPlan, Packing, ThroughputPlan, break_even_images, choose_packing,
 };
 use blindfold_nn::data::{self, Split};
+use blindfold_nn::metrics::argmax;
 use blindfold_nn::registry;
 
 fn data_dir() -> PathBuf {
@@ -18,7 +19,6 @@ fn data_dir() -> PathBuf {
 }
 
 mod common;
-use common::argmax;
 
 #[test]
 fn mnist_cryptonets_single_images_match_the_plaintext_model() {

@@ -7,16 +7,13 @@ use std::path::PathBuf;
 use blindfold_ckks::{Context, Decryptor, KeyGenerator, SecretKeyEncryptor};
 use blindfold_compiler::{Control, ThroughputEngine, ThroughputPlan};
 use blindfold_nn::data::{self, Split};
+use blindfold_nn::metrics::argmax;
 use blindfold_nn::registry;
 
 fn data_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     assert!(dir.join("mnist").is_dir(), "the datasets are expected in {} (see the README)", dir.display());
     dir
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
 }
 
 /// Encrypts `inputs`, evaluates, decrypts; returns (agreeing images, max logit error).

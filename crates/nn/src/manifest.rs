@@ -37,8 +37,8 @@ pub struct Manifest {
     #[serde(default)]
     pub task: Task,
     /// The data set whose test split `model eval` and `bench infer` use: `mnist`,
-    /// `dermamnist`, `dermamnist_64` or `lesion-seg` (from the name when absent: `mnist…` or
-    /// `derma…`).
+    /// `dermamnist`, `dermamnist_64` or `lesion-seg`. Absent: the model has no evaluation set
+    /// (the tools that need one say so); the name is never read for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
     /// The largest |output| the model produces on its data, with a margin: the encrypted
@@ -174,13 +174,7 @@ impl Manifest {
 
     /// The data set whose test split the model is evaluated on (see [`Manifest::dataset`]).
     pub fn dataset(&self) -> Option<&str> {
-        self.dataset.as_deref().or(if self.name.starts_with("mnist") {
-            Some("mnist")
-        } else if self.name.starts_with("derma") {
-            Some("dermamnist")
-        } else {
-            None
-        })
+        self.dataset.as_deref()
     }
 
     /// The input shape as the IR names it.

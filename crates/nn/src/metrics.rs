@@ -157,6 +157,19 @@ mod tests {
     }
 
     #[test]
+    fn argmax_takes_the_first_of_equal_logits() {
+        assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_the_order() {
+        let p = softmax(&[1000.0, 999.0, -5.0]);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(p[0] > p[1] && p[1] > p[2]);
+    }
+
+    #[test]
     fn recall_and_balanced_accuracy() {
         let logits = vec![vec![1.0, 0.0], vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 0.0]];
         let m = evaluate(&logits, &[0, 0, 1, 1], 2, Some(1));

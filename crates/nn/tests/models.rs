@@ -66,11 +66,8 @@ fn test_split_accuracy_matches_the_manifest() {
     let dir = data_dir();
     for name in registry::names() {
         let model = registry::load(name).unwrap();
-        let images = if name.starts_with("mnist") {
-            data::mnist(&dir.join("mnist"), Split::Test).unwrap()
-        } else {
-            data::dermamnist(&dir.join("dermamnist/dermamnist.npz"), Split::Test).unwrap()
-        };
+        let dataset = model.manifest.dataset().unwrap_or_else(|| panic!("{name}'s manifest names no data set"));
+        let images = data::dataset(&dir, dataset, Split::Test).unwrap();
         let logits = model.network.forward_batch(&model.manifest.inputs(&images).unwrap()).unwrap();
         let m = metrics::evaluate(&logits, &images.labels, model.manifest.classes.len(), model.manifest.positive_class);
         let recorded = model.manifest.metrics["test"]["accuracy"].as_f64().unwrap();

@@ -1,6 +1,6 @@
 //! The hospital's commands against a running service: `login`, `keys`, `submit`, `status`,
-//! `jobs`, `wait`, `cancel`, `fetch`, `run`. Parsing, progress bars, tables and JSON here; the
-//! work is in [`super::flows`] and [`super::client`].
+//! `jobs`, `wait`, `cancel`, `fetch`, `run`. Parsing and what to print here (drawn with
+//! [`crate::terminal`]); the work is in [`super::flows`] and [`super::client`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,29 +11,35 @@ use blindfold_api::{JobView, KeySetView};
 use blindfold_client::{
     EncryptedBatch, IntakeOptions, KeySet, PackingChoice, Predictions, ReportContext, Split, Timing,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use secrecy::SecretString;
 use serde_json::json;
+use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 use super::client::{ApiClient, OnBytes, ServiceError};
 use super::config::{ServiceConfig, config_path};
 use super::flows;
-use crate::hospital::{Output, PackingArg, ReportArg, bar, parse_split, report, spinner, visible, write_report};
+use crate::hospital::{PackingArg, ReportArg, parse_split, write_report};
+use crate::terminal::{Output, bar, bytes_bar, format_bytes, report, spinner, table, visible};
 
 /// Which API and which token: flags, then environment, then the `blindfold login` config.
-#[derive(Debug, Clone, clap::Args)]
+/// Global, so they are accepted before or after any subcommand; `login` saves them, the
+/// hospital's service commands and `model … --service`/`model pull` use them, and the operator
+/// commands take the API (and `--allow-http`) from here with their own `--admin-token`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Connection {
     /// The API's base URL, e.g. http://127.0.0.1:8080 [default: the one `blindfold login` saved].
-    #[arg(long, env = "BLINDFOLD_API")]
+    #[arg(long, env = "BLINDFOLD_API", global = true)]
     pub api: Option<String>,
     /// The tenant's API token [default: the one `blindfold login` saved for this API]. Prefer the
     /// environment variable: other users can see command lines.
-    #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Send the token over plain http:// to another machine (anyone on the way can read it).
-    /// Without it, only https:// or this machine's loopback address are used.
-    #[arg(long)]
+    /// Without it, only https:// or this machine's loopback address are used; `login` needs it
+    /// for such an API, and so does every command after it.
+    #[arg(long, global = true)]
     pub allow_http: bool,
 }
 
@@ -138,23 +144,11 @@ pub struct Inputs {
 /// The commands that talk to a service, flattened into the top level.
 #[derive(Debug, clap::Subcommand)]
 pub enum Service {
-    /// Save the API address and a tenant token (checked against the API first) in the config
-    /// file ($BLINDFOLD_CONFIG, else $XDG_CONFIG_HOME/blindfold/config.toml or
+    /// Save the API address (--api) and a tenant token (--token, as the operator issued it with
+    /// `blindfold admin token create`), checked against the API first, in the config file
+    /// ($BLINDFOLD_CONFIG, else $XDG_CONFIG_HOME/blindfold/config.toml or
     /// ~/.config/blindfold/config.toml; mode 0600).
-    Login {
-        /// The API's base URL, e.g. http://127.0.0.1:8080.
-        #[arg(long, env = "BLINDFOLD_API")]
-        api: String,
-        /// The tenant token the operator issued (`blindfold admin token create`).
-        #[arg(long, env = "BLINDFOLD_TOKEN", hide_env_values = true)]
-        token: String,
-        /// Send the token over plain http:// to another machine (anyone on the way can read
-        /// it); later commands need the flag too.
-        #[arg(long)]
-        allow_http: bool,
-        #[command(flatten)]
-        output: Output,
-    },
+    Login,
     /// Evaluation keys on the service: register a keys directory, list what is registered.
     #[command(subcommand)]
     Keys(Keys),
@@ -168,20 +162,12 @@ pub enum Service {
         wait: bool,
         #[command(flatten)]
         poll: Poll,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// A job's state, progress, timings and history; without JOB, the service's health and the
     /// latest jobs.
     Status {
         /// The job id.
         job: Option<Uuid>,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Jobs of this hospital.
     #[command(subcommand)]
@@ -193,19 +179,11 @@ pub enum Service {
         job: Uuid,
         #[command(flatten)]
         poll: Poll,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Cancel a job (a running one stops at the worker's next heartbeat).
     Cancel {
         /// The job id.
         job: Uuid,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Download a job's encrypted result and decrypt it here into predictions.
     Fetch {
@@ -226,10 +204,6 @@ pub enum Service {
         masks: Option<PathBuf>,
         #[command(flatten)]
         report: ReportArg,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// Submit, wait and fetch in one go: images in, predictions out.
     Run {
@@ -246,10 +220,6 @@ pub enum Service {
         report: ReportArg,
         #[command(flatten)]
         poll: Poll,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
@@ -262,18 +232,9 @@ pub enum Keys {
         /// The keys directory from `blindfold keygen`.
         #[arg(long)]
         keys: PathBuf,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
     /// The key sets registered (or being registered) with the service.
-    List {
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
-    },
+    List,
 }
 
 /// `blindfold jobs …`.
@@ -287,27 +248,18 @@ pub enum Jobs {
         /// At most this many jobs.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        output: Output,
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the async runtime")
-}
-
-/// Runs a service command.
-pub fn run(command: Service) -> anyhow::Result<()> {
+/// Runs a service command against the API `connection` names.
+pub fn run(command: Service, output: Output, connection: &Connection, runtime: &Runtime) -> anyhow::Result<()> {
     match command {
-        Service::Login { api, token, allow_http, output } => login(&api, token, allow_http, output),
-        Service::Keys(Keys::Register { keys, connection, output }) => keys_register(&keys, &connection, output),
-        Service::Keys(Keys::List { connection, output }) => keys_list(&connection, output),
-        Service::Submit { inputs, wait, poll, connection, output } => {
+        Service::Login => login(connection, output, runtime),
+        Service::Keys(Keys::Register { keys }) => keys_register(&keys, connection, output, runtime),
+        Service::Keys(Keys::List) => keys_list(connection, output, runtime),
+        Service::Submit { inputs, wait, poll } => {
             let client = connection.client()?;
-            let runtime = runtime()?;
-            let mut submitted = submit(&runtime, &client, &inputs, output)?;
+            let mut submitted = submit(runtime, &client, &inputs, output)?;
             if !wait {
                 return print_submitted(&submitted, output);
             }
@@ -325,18 +277,16 @@ pub fn run(command: Service) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Service::Status { job, connection, output } => status(job, &connection, output),
-        Service::Jobs(Jobs::List { state, limit, connection, output }) => {
-            jobs_list(state.as_deref(), limit, &connection, output)
-        }
-        Service::Wait { job, poll, connection, output } => {
+        Service::Status { job } => status(job, connection, output, runtime),
+        Service::Jobs(Jobs::List { state, limit }) => jobs_list(state.as_deref(), limit, connection, output, runtime),
+        Service::Wait { job, poll } => {
             let client = connection.client()?;
-            let done = runtime()?.block_on(wait_with_bar(&client, job, poll, output))?;
+            let done = runtime.block_on(wait_with_bar(&client, job, poll, output))?;
             print_job_done(&done, output)
         }
-        Service::Cancel { job, connection, output } => {
+        Service::Cancel { job } => {
             let client = connection.client()?;
-            let view = runtime()?.block_on(client.cancel_job(job))?;
+            let view = runtime.block_on(client.cancel_job(job))?;
             report(output, json!({"command": "cancel", "job": view}), || {
                 if view.state == "cancelled" {
                     format!("job {job} cancelled")
@@ -345,11 +295,10 @@ pub fn run(command: Service) -> anyhow::Result<()> {
                 }
             })
         }
-        Service::Fetch { job, keys, out, raw, masks, report: report_arg, connection, output } => {
+        Service::Fetch { job, keys, out, raw, masks, report: report_arg } => {
             let client = connection.client()?;
             let keys = KeySet::open(&keys)?;
-            let runtime = runtime()?;
-            let mut fetched = fetch(&runtime, &client, &keys, job, raw.as_deref(), output)?;
+            let mut fetched = fetch(runtime, &client, &keys, job, raw.as_deref(), output)?;
             let saved = save_predictions(&mut fetched.predictions, &out, masks.as_deref())?;
             let written = match &report_arg.report {
                 Some(dir) => {
@@ -376,16 +325,26 @@ pub fn run(command: Service) -> anyhow::Result<()> {
                 },
             )
         }
-        Service::Run { inputs, out, masks, report, poll, connection, output } => {
-            run_all(&inputs, &out, masks.as_deref(), report.report.as_deref(), poll, &connection, output)
+        Service::Run { inputs, out, masks, report, poll } => {
+            let destinations =
+                Destinations { predictions: &out, truth: masks.as_deref(), report: report.report.as_deref() };
+            run_all(&inputs, &destinations, poll, connection, output, runtime)
         }
     }
 }
 
-fn login(api: &str, token: String, allow_http: bool, output: Output) -> anyhow::Result<()> {
-    let token = SecretString::from(token);
-    let client = ApiClient::new(api, Some(token.clone()), allow_http)?;
-    runtime()?.block_on(client.check_token())?;
+fn login(connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
+    // Not `required` in clap: the flags are global, and optional for every other command.
+    let (Some(api), Some(token)) = (&connection.api, &connection.token) else {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "login needs --api URL and --token TOKEN (or BLINDFOLD_API and BLINDFOLD_TOKEN)\n",
+        )
+        .into());
+    };
+    let token = SecretString::from(token.clone());
+    let client = ApiClient::new(api, Some(token.clone()), connection.allow_http)?;
+    runtime.block_on(client.check_token())?;
     let path = config_path()?;
     ServiceConfig { api: client.base().to_owned(), token }.save(&path)?;
     report(output, json!({"command": "login", "api": client.base(), "config": path}), || {
@@ -393,12 +352,12 @@ fn login(api: &str, token: String, allow_http: bool, output: Output) -> anyhow::
     })
 }
 
-fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn keys_register(dir: &Path, connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
     let keys = KeySet::open(dir)?;
     let size = std::fs::metadata(dir.join(blindfold_client::EVALUATION_KEYS_FILE)).map(|m| m.len()).unwrap_or(0);
     let bar = bytes_bar(output, size, "uploading evaluation keys");
-    let registered = runtime()?.block_on(flows::register_keys(&client, &keys, bar_progress(&bar)));
+    let registered = runtime.block_on(flows::register_keys(&client, &keys, bar_progress(&bar)));
     bar.finish_and_clear();
     let registered = registered?;
     let view = &registered.key_set;
@@ -411,12 +370,12 @@ fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow:
         || {
             if registered.uploaded {
                 format!(
-                    "key set {} ({} {}) registered with {}: {:.1} MB of evaluation keys uploaded and verified",
+                    "key set {} ({} {}) registered with {}: {} of evaluation keys uploaded and verified",
                     view.id,
                     view.model.as_deref().unwrap_or("?"),
                     view.packing.as_deref().unwrap_or("?"),
                     client.base(),
-                    registered.bytes as f64 / 1e6
+                    format_bytes(registered.bytes)
                 )
             } else {
                 format!("key set {} is already registered with {}", view.id, client.base())
@@ -425,9 +384,9 @@ fn keys_register(dir: &Path, connection: &Connection, output: Output) -> anyhow:
     )
 }
 
-fn keys_list(connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn keys_list(connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let key_sets = runtime()?.block_on(client.key_sets())?;
+    let key_sets = runtime.block_on(client.key_sets())?;
     report(output, json!({"command": "keys list", "key_sets": key_sets}), || key_set_table(&key_sets))
 }
 
@@ -445,7 +404,7 @@ fn key_set_table(key_sets: &[KeySetView]) -> String {
                     k.status.clone(),
                     k.model.clone().unwrap_or_default(),
                     k.packing.clone().unwrap_or_default(),
-                    format!("{:.1} MB", k.size_bytes as f64 / 1e6),
+                    format_bytes(u64::try_from(k.size_bytes).unwrap_or(0)),
                     k.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 ]
             })
@@ -465,12 +424,7 @@ struct Submitted {
 
 /// Checks the model with the service, registers the keys if needed, encrypts and submits one
 /// job per batch.
-fn submit(
-    runtime: &tokio::runtime::Runtime,
-    client: &ApiClient,
-    inputs: &Inputs,
-    output: Output,
-) -> anyhow::Result<Submitted> {
+fn submit(runtime: &Runtime, client: &ApiClient, inputs: &Inputs, output: Output) -> anyhow::Result<Submitted> {
     let keys = KeySet::open(&inputs.keys)?;
     let model = inputs.model.clone().unwrap_or_else(|| keys.descriptor().model.clone());
     // `--model NAME@VERSION` names one version; the key set pins the version either way.
@@ -583,8 +537,8 @@ fn print_submitted(submitted: &Submitted, output: Output) -> anyhow::Result<()> 
                 ));
             }
             text.push_str(&format!(
-                "{:.1} MB uploaded; follow with `blindfold wait {}`",
-                submitted.bytes as f64 / 1e6,
+                "{} uploaded; follow with `blindfold wait {}`",
+                format_bytes(submitted.bytes),
                 submitted.jobs.first().map(|j| j.id.to_string()).unwrap_or_default()
             ));
             text
@@ -617,9 +571,8 @@ fn print_job_done(job: &JobView, output: Output) -> anyhow::Result<()> {
     })
 }
 
-fn status(job: Option<Uuid>, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn status(job: Option<Uuid>, connection: &Connection, output: Output, runtime: &Runtime) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let runtime = runtime()?;
     match job {
         Some(id) => {
             let view = runtime.block_on(client.job(id))?;
@@ -697,9 +650,14 @@ fn job_details(job: &JobView) -> String {
     text.trim_end().to_owned()
 }
 
-fn jobs_list(state: Option<&str>, limit: u32, connection: &Connection, output: Output) -> anyhow::Result<()> {
+fn jobs_list(
+    state: Option<&str>,
+    limit: u32,
+    connection: &Connection,
+    output: Output,
+    runtime: &Runtime,
+) -> anyhow::Result<()> {
     let client = connection.client()?;
-    let runtime = runtime()?;
     let mut jobs = Vec::new();
     let mut cursor: Option<String> = None;
     while jobs.len() < limit as usize {
@@ -749,30 +707,6 @@ fn seconds(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"))
 }
 
-/// Left-aligned columns separated by two spaces.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut text = String::new();
-        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  "));
-            }
-        }
-        text.trim_end().to_owned()
-    };
-    let mut out = vec![line(headers.iter().map(|h| (*h).to_owned()).collect())];
-    out.extend(rows.into_iter().map(line));
-    out.join("\n")
-}
-
 /// What `fetch` brought back.
 struct Fetched {
     predictions: Predictions,
@@ -791,7 +725,7 @@ fn service_timings(jobs: &[JobView]) -> Vec<Timing> {
 }
 
 fn fetch(
-    runtime: &tokio::runtime::Runtime,
+    runtime: &Runtime,
     client: &ApiClient,
     keys: &KeySet,
     job: Uuid,
@@ -839,20 +773,28 @@ fn save_predictions(
     predictions.save(out, truth).with_context(|| format!("writing {}", out.display()))
 }
 
+/// Where `run` writes what it decrypted.
+struct Destinations<'a> {
+    /// The predictions file (CSV or JSON).
+    predictions: &'a Path,
+    /// Ground-truth masks to score segmentation masks against (`--masks`).
+    truth: Option<&'a Path>,
+    /// The report's directory (`--report`).
+    report: Option<&'a Path>,
+}
+
 fn run_all(
     inputs: &Inputs,
-    out: &Path,
-    truth: Option<&Path>,
-    report_dir: Option<&Path>,
+    destinations: &Destinations<'_>,
     poll: Poll,
     connection: &Connection,
     output: Output,
+    runtime: &Runtime,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = connection.client()?;
-    let runtime = runtime()?;
     let keys = KeySet::open(&inputs.keys)?;
-    let submitted = submit(&runtime, &client, inputs, output)?;
+    let submitted = submit(runtime, &client, inputs, output)?;
     let submitted_after = started.elapsed().as_secs_f64();
     let mut fetch_timings: Vec<Timing> = Vec::new();
     if !output.quiet && !output.json && !visible(output) {
@@ -863,7 +805,7 @@ fn run_all(
     let mut downloaded = 0;
     for job in &submitted.jobs {
         let done = runtime.block_on(wait_with_bar(&client, job.id, poll, output))?;
-        let fetched = fetch(&runtime, &client, &keys, job.id, None, output)?;
+        let fetched = fetch(runtime, &client, &keys, job.id, None, output)?;
         downloaded += fetched.bytes;
         // One line per stage over all jobs: the report shows where the time went, not each job.
         for timing in fetched.timings {
@@ -886,18 +828,19 @@ fn run_all(
         finished.push(done);
     }
     let mut predictions = merged.context("no job was submitted")?;
-    let saved = save_predictions(&mut predictions, out, truth)?;
+    let saved = save_predictions(&mut predictions, destinations.predictions, destinations.truth)?;
     let mut timings = vec![Timing { stage: "encrypt and upload".into(), seconds: submitted_after }];
     timings.extend(service_timings(&finished));
     timings.extend(fetch_timings);
     let context = ReportContext { jobs: finished.iter().map(|j| j.id).collect(), timings };
-    let written = write_report(&predictions, &context, report_dir, output)?;
+    let written = write_report(&predictions, &context, destinations.report, output)?;
     report(
         output,
         json!({
             "command": "run", "key_set": submitted.key_set, "images": predictions.images.len(),
             "uploaded_bytes": submitted.bytes, "downloaded_bytes": downloaded, "jobs": finished,
-            "predictions": out, "saved": saved, "report": written, "overflowed": predictions.overflowed(),
+            "predictions": destinations.predictions, "saved": saved, "report": written,
+            "overflowed": predictions.overflowed(),
             "seconds": started.elapsed().as_secs_f64(),
         }),
         || {
@@ -910,16 +853,6 @@ fn run_all(
             )
         },
     )
-}
-
-fn bytes_bar(output: Output, len: u64, what: &str) -> ProgressBar {
-    let progress = bar(output, len, what);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})")
-    {
-        progress.set_style(style.progress_chars("=> "));
-    }
-    progress
 }
 
 fn bar_progress(bar: &ProgressBar) -> OnBytes {

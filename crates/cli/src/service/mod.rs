@@ -8,4 +8,5 @@ pub mod config;
 pub mod flows;
 
 pub use client::{ApiClient, OnBytes, ServiceError};
+pub use commands::Connection;
 pub use flows::JobEnded;

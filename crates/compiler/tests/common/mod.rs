@@ -68,7 +68,3 @@ pub fn throughput(network: &Network, inputs: &[Vec<f64>]) -> (Vec<Vec<f64>>, Str
 pub fn max_error(got: &[Vec<f64>], want: &[Vec<f64>]) -> f64 {
     got.iter().zip(want).flat_map(|(g, w)| g.iter().zip(w).map(|(a, b)| (a - b).abs())).fold(0.0, f64::max)
 }
-
-pub fn argmax(v: &[f64]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
-}
