@@ -59,6 +59,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A broken internal invariant: a bug in Blindfold, not a problem with the input.
+    #[error("internal error: {0}")]
+    Invariant(String),
     /// No model of that name is registered.
     #[error("no model named '{name}'; known models: {} (or give a directory holding model.onnx and manifest.json)", known.join(", "))]
     UnknownModel {

@@ -7,6 +7,10 @@ use rayon::prelude::*;
 use crate::ir::{AvgPool2d, Conv2d, ConvTranspose2d, Dense, Layer, Network, Shape, TensorId, Upsample};
 use crate::{Error, Result};
 
+/// Computes node `index` from its inputs (values and shapes) and its output shape instead of
+/// its layer, or declines with `None`.
+pub(crate) type NodeOverride<'a> = dyn Fn(usize, &[(&[f64], Shape)], Shape) -> Option<Vec<f64>> + Sync + 'a;
+
 impl Network {
     /// Evaluates the network on one image given in the input shape's CHW order.
     pub fn forward(&self, input: &[f64]) -> Result<Vec<f64>> {
@@ -17,6 +21,13 @@ impl Network {
     /// Every tensor of the network on one image, indexed by [`TensorId::index`]: what the
     /// compiler measures activation ranges and tests intermediate results with.
     pub fn forward_all(&self, input: &[f64]) -> Result<Vec<Vec<f64>>> {
+        self.forward_all_with(input, &|_, _, _| None)
+    }
+
+    /// [`Network::forward_all`], where `replace(node, inputs, output shape)` may compute a
+    /// node instead of its layer: how model conversion evaluates the original network, whose
+    /// activations and max pooling the IR stands in for.
+    pub(crate) fn forward_all_with(&self, input: &[f64], replace: &NodeOverride<'_>) -> Result<Vec<Vec<f64>>> {
         if input.len() != self.input().len() {
             return Err(Error::InputSize {
                 expected: self.input().len(),
@@ -29,7 +40,9 @@ impl Network {
         for (index, node) in self.nodes().iter().enumerate() {
             let inputs: Vec<(&[f64], Shape)> =
                 node.inputs.iter().map(|&t| (values[t.index()].as_slice(), self.shape(t))).collect();
-            values.push(apply(&node.layer, &inputs, self.shape(TensorId::of_node(index))));
+            let output = self.shape(TensorId::of_node(index));
+            let value = replace(index, &inputs, output).unwrap_or_else(|| apply(&node.layer, &inputs, output));
+            values.push(value);
         }
         Ok(values)
     }

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod approximate;
+pub mod convert;
 pub mod data;
 mod error;
 mod eval;
