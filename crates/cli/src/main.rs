@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod bench_fleet;
 mod bench_infer;
+mod convert;
 mod demo;
 mod dev;
 mod hospital;

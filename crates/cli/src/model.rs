@@ -59,6 +59,11 @@ pub enum Model {
         #[arg(long, default_value_t = 0.9)]
         sensitivity: f64,
     },
+    /// Convert a standard network (ReLU, sigmoid, GELU, … and max pooling) into a model
+    /// Blindfold serves: each activation becomes a Chebyshev approximation on the input range
+    /// measured on calibration images; prints the accuracy before and after, how often test
+    /// inputs left the approximated ranges, the depth and the parameters the compiler picks.
+    Convert(crate::convert::ConvertArgs),
     /// Validate an ONNX file: print its IR and multiplicative depth, or why it is refused; with
     /// --json, the IR as JSON (with weights).
     Import {
@@ -77,6 +82,7 @@ pub fn run(command: Model, output: Output, connection: &Connection, runtime: &Ru
         Model::Pull { model } => pull(&model, connection, runtime),
         Model::Eval { model, data, limit, sensitivity } => eval(&model, data, limit, sensitivity, output.json),
         Model::Import { file } => import(&file, output.json),
+        Model::Convert(args) => crate::convert::run(&args, output),
     }
 }
 
@@ -243,7 +249,7 @@ fn show(name: &str) -> anyhow::Result<()> {
 }
 
 /// `$BLINDFOLD_DATA` / `--data`, else the first `shared/data` from the current directory up.
-fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir.canonicalize().unwrap_or(dir));
     }
