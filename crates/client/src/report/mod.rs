@@ -34,7 +34,7 @@ const UPSCALE_LIMIT: usize = 2;
 /// One stage of the work behind a report, and how long it took.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Timing {
-    /// What was done: `encrypt and upload`, `service (queue and compute)`, `decrypt`, …
+    /// What was done: `encrypt and upload`, `encrypted inference at the service`, `decrypt`, …
     pub stage: String,
     /// Wall-clock seconds.
     pub seconds: f64,
@@ -121,7 +121,9 @@ pub fn write_report(predictions: &Predictions, context: &ReportContext, dir: &Pa
     let manifest = &predictions.manifest;
     let segmentation = matches!(manifest.task, Task::Segmentation { .. });
     let point = manifest.operating_point.as_ref().zip(manifest.positive_class);
-    let (mut masks, mut overlays) = (0, 0);
+    // The same mask PNGs `Predictions::save` writes beside the predictions, for other tools.
+    let masks = predictions.write_masks(&dir.join("masks"))?.len();
+    let mut overlays = 0;
     let mut entries = Vec::with_capacity(predictions.images.len());
     for prediction in &predictions.images {
         let stem = format!("{:04}-{}", prediction.position, file_stem(&prediction.file));
@@ -143,13 +145,6 @@ pub fn write_report(predictions: &Predictions, context: &ReportContext, dir: &Pa
             }
             Err(why) => (None, Some(why.clone()), None, None),
         };
-        if let Some(mask) = &prediction.mask {
-            let pixels: Vec<u8> = mask.pixels.iter().map(|p| p * 255).collect();
-            let image = image::GrayImage::from_raw(mask.width as u32, mask.height as u32, pixels)
-                .ok_or_else(|| Error::Invalid { path: dir.to_path_buf(), reason: "mask size mismatch".into() })?;
-            encode_png(&DynamicImage::ImageLuma8(image), &dir.join("masks"), &stem)?;
-            masks += 1;
-        }
         let positive = manifest.positive_class.and_then(|p| prediction.probabilities.get(p).copied());
         let above = point.zip(positive).is_some_and(|((point, _), p)| p >= point.threshold);
         let needs_review = above || far.is_some() || prediction.overflow.is_some();
