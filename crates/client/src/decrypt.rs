@@ -145,7 +145,7 @@ fn decrypt_checked(keys: &KeySet, result: &Path, names: Option<&Path>, job: Opti
         mask: None,
         overflow: Some(why),
     };
-    if let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task {
+    let (task, images) = if let blindfold_nn::Task::Segmentation { threshold } = model.manifest().task {
         let [_, height, width] = model.manifest().input.shape;
         let images = checked
             .into_iter()
@@ -154,36 +154,29 @@ fn decrypt_checked(keys: &KeySet, result: &Path, names: Option<&Path>, job: Opti
                 Err(why) => flagged(position, file, why),
             })
             .collect();
-        return Ok(Predictions {
-            model: model.name().into(),
-            model_version: model.manifest().version,
-            security_bits: plan.params().security_bits(),
-            manifest: model.manifest().clone(),
-            key_set: keys.id(),
-            classes,
-            task: "segmentation",
-            images,
-        });
-    }
-    let images = checked
-        .into_iter()
-        .map(|(position, file, outputs)| match outputs {
-            Ok(logits) => {
-                let class_index = argmax(&logits);
-                Prediction {
-                    position,
-                    file,
-                    class: classes.get(class_index).cloned().unwrap_or_default(),
-                    class_index,
-                    probabilities: softmax(&logits),
-                    logits,
-                    mask: None,
-                    overflow: None,
+        ("segmentation", images)
+    } else {
+        let images = checked
+            .into_iter()
+            .map(|(position, file, outputs)| match outputs {
+                Ok(logits) => {
+                    let class_index = argmax(&logits);
+                    Prediction {
+                        position,
+                        file,
+                        class: classes.get(class_index).cloned().unwrap_or_default(),
+                        class_index,
+                        probabilities: softmax(&logits),
+                        logits,
+                        mask: None,
+                        overflow: None,
+                    }
                 }
-            }
-            Err(why) => flagged(position, file, why),
-        })
-        .collect();
+                Err(why) => flagged(position, file, why),
+            })
+            .collect();
+        ("classification", images)
+    };
     Ok(Predictions {
         model: model.name().into(),
         model_version: model.manifest().version,
@@ -191,7 +184,7 @@ fn decrypt_checked(keys: &KeySet, result: &Path, names: Option<&Path>, job: Opti
         manifest: model.manifest().clone(),
         key_set: keys.id(),
         classes,
-        task: "classification",
+        task,
         images,
     })
 }

@@ -437,27 +437,8 @@ fn max_pool(kernel: [usize; 2], stride: [usize; 2], x: &[f64], input: Shape, out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onnx_protobuf::{
-        GraphProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
-    };
-
-    fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-        let mut shape = TensorShapeProto::new();
-        for d in dims {
-            let mut dim = tensor_shape_proto::Dimension::new();
-            dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(*d));
-            shape.dim.push(dim);
-        }
-        let mut tensor = type_proto::Tensor::new();
-        tensor.elem_type = 1;
-        tensor.shape = Some(shape).into();
-        let mut ty = TypeProto::new();
-        ty.value = Some(type_proto::Value::TensorType(tensor));
-        let mut v = ValueInfoProto::new();
-        v.name = name.into();
-        v.type_ = Some(ty).into();
-        v
-    }
+    use crate::onnx::tests::value_info;
+    use onnx_protobuf::{GraphProto, TensorProto};
 
     fn ints(name: &str, values: &[i64]) -> AttributeProto {
         let mut a = AttributeProto::new();

@@ -1098,7 +1098,7 @@ fn const_binary(x: &Tensor, y: &Tensor, f: impl Fn(f64, f64) -> f64) -> Step<Ten
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1110,7 +1110,8 @@ mod tests {
 
     use onnx_protobuf::{GraphProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto};
 
-    fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    /// A float tensor's name and shape, as a graph's input or output declares it.
+    pub(crate) fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
         let mut shape = TensorShapeProto::new();
         for d in dims {
             let mut dim = tensor_shape_proto::Dimension::new();
