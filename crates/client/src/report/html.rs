@@ -26,6 +26,20 @@ pub(super) struct Page<'a> {
     pub generated: chrono::DateTime<chrono::Utc>,
 }
 
+/// Every page's `<head>`: one place for the policy that keeps a report off the network.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta http-equiv="Content-Security-Policy" content=(CONTENT_SECURITY_POLICY);
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="referrer" content="no-referrer";
+            title { (title) }
+            style { (PreEscaped(STYLE)) }
+        }
+    }
+}
+
 fn percent(p: f64) -> String {
     format!("{:.1} %", p * 100.0)
 }
@@ -44,14 +58,7 @@ pub(super) fn page(page: &Page<'_>) -> String {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta http-equiv="Content-Security-Policy" content=(CONTENT_SECURITY_POLICY);
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
-                title { "Blindfold report: " (p.model) }
-                style { (PreEscaped(STYLE)) }
-            }
+            (head(&format!("Blindfold report: {}", p.model)))
             body data-images=(page.entries.len()) {
                 header {
                     h1 { "Blindfold report" }
@@ -224,13 +231,7 @@ pub(super) fn index(title: &str, links: &[ReportLink], generated: chrono::DateTi
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta http-equiv="Content-Security-Policy" content=(CONTENT_SECURITY_POLICY);
-                meta name="referrer" content="no-referrer";
-                title { (title) }
-                style { (PreEscaped(STYLE)) }
-            }
+            (head(title))
             body {
                 header {
                     h1 { (title) }
