@@ -6,6 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use blindfold_nn::approximate::Nonlinear;
 use blindfold_nn::{Conv2d, Layer, Network, Node, Polynomial, Shape, TensorId, onnx};
 
 fn fixture(name: &str) -> PathBuf {
@@ -136,4 +137,29 @@ fn a_deep_chebyshev_activation_after_a_residual_add() {
     // alone reaches a few 10^-3 (2.6e-3 and 5.7e-3 seen): a 5e-3 bound failed on one key
     // draw.
     check(&network, &inputs, 1e-2, "chebyshev residual");
+}
+
+#[test]
+fn relu_interpolants_of_degree_31_and_63_run_encrypted() {
+    // What `blindfold model convert` makes of a ReLU: a Chebyshev interpolant on the calibrated
+    // interval. Degree 63 (six levels) is the largest it offers. It decrypted to noise (error
+    // 0.11 at degree 52, 6.2 at 56) while `Polynomial::to_chebyshev` went through the power
+    // basis, which turned its coefficients into cancelling values of 10^6.
+    for degree in [31, 63] {
+        let relu = blindfold_nn::approximate::approximate(Nonlinear::Relu, degree, [-5.0, 4.0]).unwrap();
+        let image = Shape::Image { channels: 2, height: 5, width: 5 };
+        let network = Network::graph(
+            image,
+            vec![
+                node("c1", conv(2, 2, 1), &[0]),
+                node("relu", Layer::Activation(relu.polynomial), &[1]),
+                node("head", conv(2, 1, 3), &[2]),
+            ],
+            TensorId::of_node(2),
+        )
+        .unwrap();
+        let inputs: Vec<Vec<f64>> =
+            (0..2).map(|k| (0..50).map(|i| ((i * 13 + k * 5) % 17) as f64 / 4.0 - 2.0).collect()).collect();
+        check(&network, &inputs, 1e-2, &format!("relu degree {degree}"));
+    }
 }

@@ -111,7 +111,7 @@ pub fn approximate(
     if !(lo.is_finite() && hi.is_finite() && lo < hi) {
         return Err(ApproximationError::Interval(lo, hi));
     }
-    let polynomial = chebyshev_interpolant(|x| function.eval(x), degree, interval);
+    let polynomial = Polynomial::interpolate(|x| function.eval(x), degree, interval);
     let max_error = (0..ERROR_SAMPLES)
         .map(|i| {
             let x = lo + (hi - lo) * i as f64 / (ERROR_SAMPLES - 1) as f64;
@@ -119,22 +119,6 @@ pub fn approximate(
         })
         .fold(0.0, f64::max);
     Ok(Approximation { function, polynomial, max_error })
-}
-
-/// `Σ c_k T_k` interpolating `f` at the Chebyshev nodes of `interval` (a discrete cosine
-/// transform of the samples).
-fn chebyshev_interpolant(f: impl Fn(f64) -> f64, degree: usize, interval: [f64; 2]) -> Polynomial {
-    let [lo, hi] = interval;
-    let n = degree + 1;
-    let angle = |j: usize| std::f64::consts::PI * (j as f64 + 0.5) / n as f64;
-    let samples: Vec<f64> = (0..n).map(|j| f((angle(j).cos() * (hi - lo) + lo + hi) / 2.0)).collect();
-    let coefficients = (0..n)
-        .map(|k| {
-            let sum: f64 = samples.iter().enumerate().map(|(j, y)| y * (k as f64 * angle(j)).cos()).sum();
-            sum * if k == 0 { 1.0 } else { 2.0 } / n as f64
-        })
-        .collect();
-    Polynomial::chebyshev(coefficients, interval)
 }
 
 #[cfg(test)]
