@@ -25,9 +25,13 @@ pub struct ConvertArgs {
     pub out: PathBuf,
     /// The data directory holding the manifest's data set [default: `$BLINDFOLD_DATA`, else the
     /// first `shared/data` from the current directory upwards]: activation ranges are measured
-    /// on its train split, accuracy before and after on its test split.
+    /// on its train split.
     #[arg(long, env = "BLINDFOLD_DATA", value_name = "DATA")]
     pub calibrate: Option<PathBuf>,
+    /// The data directory whose labelled test split measures accuracy before and after, and
+    /// whose validation split places the operating point [default: the --calibrate directory].
+    #[arg(long, value_name = "DATA")]
+    pub labels: Option<PathBuf>,
     /// The manifest of the network (input, preprocessing, classes, data set) [default:
     /// manifest.json beside FILE].
     #[arg(long)]
@@ -80,7 +84,11 @@ pub fn run(args: &ConvertArgs, output: Output) -> anyhow::Result<()> {
     let train =
         data::dataset(&dir, dataset, Split::Train).with_context(|| format!("reading the {dataset} train split"))?;
     let calibration = manifest.inputs(&train.take(args.calibration_images))?;
-    let mut test = crate::model::load_test_split(&manifest, &dir)?;
+    let labelled = match &args.labels {
+        Some(labels) => labels.clone(),
+        None => dir.clone(),
+    };
+    let mut test = crate::model::load_test_split(&manifest, &labelled)?;
     if let Some(n) = args.limit {
         test = test.take(n);
     }
@@ -106,7 +114,23 @@ pub fn run(args: &ConvertArgs, output: Output) -> anyhow::Result<()> {
         if conversion.replaced_maxpools.is_empty() { "" } else { ", max pooling as average pooling" }
     );
     converted.multiplicative_depth = depth;
-    converted.operating_point = None;
+    // The original's threshold belongs to the original's probabilities: place it again.
+    converted.operating_point = match manifest.positive_class {
+        Some(positive) => {
+            let sensitivity = manifest.operating_point.as_ref().map_or(0.9, |p| p.target_sensitivity);
+            let scores: Vec<f64> = after_logits.iter().map(|l| metrics::softmax(l)[positive]).collect();
+            crate::model::operating_point(
+                &converted,
+                &conversion.network,
+                &labelled,
+                positive,
+                sensitivity,
+                &scores,
+                &test.labels,
+            )?
+        }
+        None => None,
+    };
     converted.activations = Vec::new();
     converted.metrics = json!({
         "test": {"images": after.images, "accuracy": after.accuracy, "balanced_accuracy": after.balanced_accuracy,

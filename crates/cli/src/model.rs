@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use blindfold_compiler as encrypted;
 use blindfold_nn::data::{self, Split};
-use blindfold_nn::{metrics, onnx, registry};
+use blindfold_nn::{Manifest, Network, OperatingPoint, metrics, onnx, registry};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -267,7 +267,7 @@ pub(crate) fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// The test split of the data set the model's manifest names.
-pub(crate) fn load_test_split(manifest: &blindfold_nn::Manifest, dir: &Path) -> anyhow::Result<data::Images> {
+pub(crate) fn load_test_split(manifest: &Manifest, dir: &Path) -> anyhow::Result<data::Images> {
     let Some(dataset) = manifest.dataset() else {
         bail!("the manifest of {} names no data set (its \"dataset\" field)", manifest.name)
     };
@@ -312,7 +312,8 @@ fn eval(
         let class = classes[p].split_whitespace().next().unwrap_or("positive").to_lowercase();
         out[format!("{class}_vs_rest_auc")] = json!(auc);
         let scores: Vec<f64> = logits.iter().map(|l| metrics::softmax(l)[p]).collect();
-        out["operating_point"] = operating_point(&m, &dir, p, sensitivity, &scores, &images.labels)?;
+        out["operating_point"] =
+            json!(operating_point(&m.manifest, &m.network, &dir, p, sensitivity, &scores, &images.labels)?);
     }
     if as_json {
         println!("{out}");
@@ -323,18 +324,19 @@ fn eval(
 }
 
 /// The positive-class probability threshold for `sensitivity` on the validation split, and
-/// what it gives on the test `scores`; `null` for a data set without a validation split.
-fn operating_point(
-    m: &registry::Model,
+/// what it gives on the test `scores`; `None` for a data set without a validation split.
+pub(crate) fn operating_point(
+    manifest: &Manifest,
+    network: &Network,
     dir: &Path,
     positive: usize,
     sensitivity: f64,
     scores: &[f64],
     labels: &[u8],
-) -> anyhow::Result<serde_json::Value> {
-    let Some(dataset) = m.manifest.dataset() else { return Ok(serde_json::Value::Null) };
-    let Ok(val) = data::dataset(dir, dataset, Split::Val) else { return Ok(serde_json::Value::Null) };
-    let logits = m.network.forward_batch(&m.manifest.inputs(&val)?)?;
+) -> anyhow::Result<Option<OperatingPoint>> {
+    let Some(dataset) = manifest.dataset() else { return Ok(None) };
+    let Ok(val) = data::dataset(dir, dataset, Split::Val) else { return Ok(None) };
+    let logits = network.forward_batch(&manifest.inputs(&val)?)?;
     let val_scores: Vec<f64> = logits.iter().map(|l| metrics::softmax(l)[positive]).collect();
     let is_positive = |labels: &[u8]| labels.iter().map(|l| usize::from(*l) == positive).collect::<Vec<_>>();
     let Some(threshold) = metrics::threshold_for_sensitivity(&val_scores, &is_positive(&val.labels), sensitivity)
@@ -342,7 +344,7 @@ fn operating_point(
         bail!("no positive image in the validation split, or --sensitivity {sensitivity} is not in (0, 1]")
     };
     let test = metrics::screening(scores, &is_positive(labels), threshold);
-    Ok(json!(blindfold_nn::OperatingPoint {
+    Ok(Some(OperatingPoint {
         threshold,
         target_sensitivity: sensitivity,
         chosen_on: "val".into(),
