@@ -96,26 +96,59 @@ def load_mnist(data):
     return split, hashes
 
 
-def load_derma(data):
-    path = os.path.join(data, "dermamnist", "dermamnist.npz")
+def load_derma(data, dataset="dermamnist"):
+    """DermaMNIST at 28x28 (`dermamnist`) or 64x64 (`dermamnist_64`), images as (N, C, H, W) uint8."""
+    name = f"dermamnist/{dataset}.npz"
+    path = os.path.join(data, name)
     z = np.load(path)
     split = {s: (z[f"{s}_images"].transpose(0, 3, 1, 2), z[f"{s}_labels"][:, 0]) for s in ("train", "val", "test")}
-    return split, {"dermamnist/dermamnist.npz": sha256(path)}
+    return split, {name: sha256(path)}
+
+
+def dataset_of(name):
+    if name.startswith("derma64"):
+        return "dermamnist_64"
+    return "dermamnist" if name.startswith("derma") else "mnist"
 
 
 # ----------------------------------------------------------------------------- models
 
 
 class Quad(nn.Module):
-    """The trainable quadratic activation a*x^2 + b*x (one level under CKKS)."""
+    """The trainable quadratic activation a*x^2 + b*x (one level under CKKS).
+
+    With `record` set, it keeps its last input, for the range penalty (see `range_penalty`)."""
 
     def __init__(self, a=0.1, b=1.0):
         super().__init__()
         self.a = nn.Parameter(torch.tensor(a))
         self.b = nn.Parameter(torch.tensor(b))
+        self.record = False
+        self.last_input = None
 
     def forward(self, x):
+        if self.record:
+            self.last_input = x
         return self.a * (x * x) + self.b * x
+
+
+def derma64(channels, activation):
+    """The 64x64 lesion classifier's shape: per block a 3x3 convolution of stride 2 (padding 1),
+    batch norm and the activation, so each block halves the grid (64 -> 32 -> 16 -> 8 with three
+    blocks); then one dense layer to the 7 classes.
+
+    Strided convolutions, not convolution + average pooling: in the latency packing a stride-2
+    convolution writes its output channels into the free slots of each 2x2 cell, so the feature
+    maps stay dense in the slots, while a pooled grid keeps one slot block per channel and every
+    later layer pays for the empty slots (16-32-64-64 with pooling: 3.2 s per image, 7.8 GB of
+    plaintext diagonals; this shape: 1.8 s and 3.0 GB; models/README.md). The depth is one level
+    per convolution, activation (quadratic) and the dense layer."""
+    layers, c_in, side = [], 3, 64
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), activation()]
+        c_in, side = c, side // 2
+    layers += [nn.Flatten(), nn.Linear(c_in * side * side, 7)]
+    return nn.Sequential(*layers)
 
 
 def build(name, channels=(8, 16)):
@@ -186,6 +219,12 @@ def build(name, channels=(8, 16)):
             nn.ReLU(),
             nn.Linear(120, 7),
         )
+    if name == "derma64":
+        return derma64(channels, Quad)
+    if name == "derma64-relu":
+        # The same shape with ReLU: the distillation teacher of derma64, and the standard network
+        # `blindfold model convert` turns into derma64-relu-he.
+        return derma64(channels, nn.ReLU)
     raise SystemExit(f"unknown model {name}")
 
 
@@ -291,6 +330,40 @@ def metrics(logits, labels, classes, melanoma=None):
     return out
 
 
+def range_penalty(model, bound):
+    """mean(relu(|x| - bound)^2) over every quadratic activation's input in the last forward pass.
+
+    A quadratic activation squares whatever reaches it, so an input far outside the training
+    range explodes layer after layer, and under CKKS overflows the planned scale. Keeping the
+    pre-activations inside +-bound in training is what keeps test images there too."""
+    over = [F.relu(q.last_input.abs() - bound).pow(2).mean() for q in model if isinstance(q, Quad)]
+    return sum(over) if over else torch.zeros(())
+
+
+def operating_point(val_logits, val_labels, test_logits, test_labels, sensitivity):
+    """The melanoma-probability threshold flagging `sensitivity` of the validation split's
+    melanomas, and its sensitivity and specificity on test: the same rule as
+    `nn::metrics::threshold_for_sensitivity` (the k-th highest positive score, k = ceil(s * P))."""
+
+    def melanoma_probability(logits):
+        z = logits - logits.max(1, keepdims=True)
+        return (np.exp(z) / np.exp(z).sum(1, keepdims=True))[:, MELANOMA]
+
+    val = melanoma_probability(val_logits)
+    flagged = np.sort(val[val_labels == MELANOMA])[::-1]
+    k = max(1, int(np.ceil(sensitivity * len(flagged) - 1e-9)))
+    threshold = float(flagged[min(k, len(flagged)) - 1])
+    test = melanoma_probability(test_logits)
+    positive = test_labels == MELANOMA
+    return {
+        "threshold": threshold,
+        "target_sensitivity": sensitivity,
+        "chosen_on": "val",
+        "test_sensitivity": float((test[positive] >= threshold).mean()),
+        "test_specificity": float((test[~positive] < threshold).mean()),
+    }
+
+
 def score(m, name):
     """The number model choice on the validation split maximises."""
     if name.startswith("derma"):
@@ -308,7 +381,7 @@ def train(args):
     torch.use_deterministic_algorithms(True)
 
     derma = args.model.startswith("derma")
-    split, hashes = load_derma(args.data) if derma else load_mnist(args.data)
+    split, hashes = load_derma(args.data, dataset_of(args.model)) if derma else load_mnist(args.data)
     x_tr_u8, y_tr = split["train"]
     if derma:
         flat = x_tr_u8.astype(np.float64) / 255.0
@@ -322,6 +395,15 @@ def train(args):
     ys = {s: torch.from_numpy(split[s][1].astype(np.int64)) for s in split}
 
     model = build(args.model, tuple(int(c) for c in args.channels.split(",")))
+    teacher = None
+    if args.teacher:
+        # Distillation: the teacher's softened probabilities on the same augmented batch.
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        teacher = ort.InferenceSession(args.teacher, options, providers=["CPUExecutionProvider"])
+    quads = [m for m in model if isinstance(m, Quad)]
+    for q in quads:
+        q.record = args.penalty > 0
     counts = np.bincount(y_tr, minlength=len(classes))
     if derma:
         # Class imbalance (67 % nevi) handled on purpose: loss weights ~ 1/frequency^power
@@ -346,7 +428,15 @@ def train(args):
             if len(idx_) < 2:
                 continue
             x = augment(xs["train"][idx_], args.model, args.jitter)
-            loss = F.cross_entropy(model(x), ys["train"][idx_], weight=weight)
+            logits = model(x)
+            loss = F.cross_entropy(logits, ys["train"][idx_], weight=weight)
+            if teacher is not None:
+                t = args.temperature
+                soft = torch.from_numpy(teacher.run(None, {"input": x.contiguous().numpy()})[0])
+                kl = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(soft / t, 1), reduction="batchmean")
+                loss = (1 - args.distill) * loss + args.distill * t * t * kl
+            if quads and args.penalty > 0:
+                loss = loss + args.penalty * range_penalty(model, args.bound)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -361,6 +451,8 @@ def train(args):
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     model.eval()
+    for q in quads:
+        q.record, q.last_input = False, None
     return model, split, hashes, mean, std, classes, best_epoch
 
 
@@ -397,6 +489,9 @@ def run_model(args):
     model, split, hashes, mean, std, classes, best_epoch = train(args)
     derma = args.model.startswith("derma")
     folded = fold_batch_norm(model)
+    for q in folded:
+        if isinstance(q, Quad):
+            q.record, q.last_input = False, None
     out_dir = os.path.join(args.out, args.model)
     os.makedirs(out_dir, exist_ok=True)
     onnx_path = os.path.join(out_dir, "model.onnx")
@@ -409,15 +504,16 @@ def run_model(args):
     torch_logits = predict(model, torch.from_numpy(x_te))
     gap = float(np.abs(logits - torch_logits).max())
     test = metrics(logits, y_te, classes, MELANOMA if derma else None)
-    val = metrics(ort_logits(onnx_path, normalise(split["val"][0], mean, std).numpy()), split["val"][1], classes,
-                  MELANOMA if derma else None)
+    val_logits = ort_logits(onnx_path, normalise(split["val"][0], mean, std).numpy())
+    val = metrics(val_logits, split["val"][1], classes, MELANOMA if derma else None)
     print(f"test {json.dumps(test)}; onnx vs torch max |diff| {gap:.2e}")
+    train_logits = ort_logits(onnx_path, normalise(split["train"][0], mean, std).numpy())
 
     quads = [m for m in folded if isinstance(m, Quad)]
     manifest = {
         "name": args.model,
         "version": 1,
-        "description": DESCRIPTIONS[args.model].format(*args.channels.split(",")),
+        "description": describe(args.model, args.channels.split(",")),
         "input": {"shape": list(shape), "layout": "CHW", "channel_order": "RGB" if derma else "gray"},
         "preprocessing": {
             "resize": "stretch to the input height and width (aspect ratio not kept), bicubic (Catmull-Rom) filter",
@@ -429,9 +525,15 @@ def run_model(args):
         "positive_class": MELANOMA if derma else None,
         # A standard network has none until `blindfold model convert` makes it polynomial.
         "multiplicative_depth": 0 if args.model in STANDARD else depth(folded),
-        "dataset": "dermamnist" if derma else "mnist",
+        "dataset": dataset_of(args.model),
         "activations": [{"a": float(q.a), "b": float(q.b)} for q in quads],
-        "metrics": {"test": test, "val": val, "split": "test" if not derma else "test (DermaMNIST split)"},
+        "metrics": {
+            "test": test,
+            "val": val,
+            "split": "test" if not derma else "test (DermaMNIST split)",
+            # What the compiler's output room must hold (2^8 by default): the largest |logit|.
+            "largest_logit": {"train": float(np.abs(train_logits).max()), "test": float(np.abs(logits).max())},
+        },
         "training": {
             "command": args.command,
             "script": "models/train/train.py",
@@ -443,6 +545,17 @@ def run_model(args):
             "data": hashes,
         },
     }
+    if derma and args.model.startswith("derma64"):
+        manifest["operating_point"] = operating_point(val_logits, split["val"][1], logits, y_te, args.sensitivity)
+    if args.teacher:
+        manifest["training"]["distillation"] = {
+            "teacher": os.path.relpath(os.path.abspath(args.teacher), REPO),
+            "teacher_sha256": sha256(args.teacher),
+            "weight": args.distill,
+            "temperature": args.temperature,
+        }
+    if quads and args.penalty > 0:
+        manifest["training"]["range_penalty"] = {"bound": args.bound, "weight": args.penalty}
     write_manifest(out_dir, manifest)
 
     if args.model in STANDARD:
@@ -462,8 +575,14 @@ def run_model(args):
         f.write("\n")
 
 
+def describe(name, channels):
+    if name.startswith("derma64"):
+        return DESCRIPTIONS[name].format(len(channels), "-".join(channels))
+    return DESCRIPTIONS[name].format(*channels)
+
+
 # Standard networks (ReLU, max pooling): not importable as they are; `blindfold model convert` input.
-STANDARD = {"derma-relu"}
+STANDARD = {"derma-relu", "derma64-relu"}
 
 DESCRIPTIONS = {
     "mnist-cryptonets": "CryptoNets (Gilad-Bachrach et al. 2016) on MNIST: 5x5 conv stride 2 with 5 maps, quadratic "
@@ -472,6 +591,10 @@ DESCRIPTIONS = {
     "-> dense 120 -> quad -> dense 10",
     "derma-relu": "Standard twin of derma-lenet5 on DermaMNIST 28x28 RGB, 7 lesion classes: conv 5x5 ({0}) -> ReLU "
     "-> avgpool 2 -> conv 5x5 ({1}) -> ReLU -> avgpool 2 -> dense 120 -> ReLU -> dense 7",
+    "derma64": "HE-friendly lesion classifier on DermaMNIST 64x64 RGB, 7 classes, distilled from derma64-relu: "
+    "{} blocks of conv 3x3 stride 2 -> quad, then dense 7 (maps {})",
+    "derma64-relu": "Standard network of derma64's shape on DermaMNIST 64x64 RGB, 7 classes: {} blocks of conv 3x3 "
+    "stride 2 -> ReLU, then dense 7 (maps {})",
     "derma-lenet5": "LeNet-5 shape on DermaMNIST 28x28 RGB, 7 lesion classes: conv 5x5 ({0}) -> quad -> avgpool 2 -> "
     "conv 5x5 ({1}) -> quad -> avgpool 2 -> dense 120 -> quad -> dense 7",
 }
@@ -559,9 +682,15 @@ def main():
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--channels", default="8,16", help="derma-lenet5: maps of the two convolutions")
+    p.add_argument("--channels", default="8,16", help="derma-lenet5: maps of the two convolutions; derma64: of each block, e.g. 16,32,64")
     p.add_argument("--class-weight-power", type=float, default=0.5, help="derma: loss weight ~ 1/frequency^power")
     p.add_argument("--jitter", type=float, default=0.0, help="derma: colour gain/offset augmentation strength")
+    p.add_argument("--teacher", help="distil from this ONNX model (logits), e.g. models/derma64-relu/model.onnx")
+    p.add_argument("--distill", type=float, default=0.7, help="weight of the distillation term (rest: labels)")
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    p.add_argument("--bound", type=float, default=6.0, help="quadratic activations: input range the penalty keeps to")
+    p.add_argument("--penalty", type=float, default=0.0, help="weight of the range penalty (0: none)")
+    p.add_argument("--sensitivity", type=float, default=0.9, help="derma64: the operating point's melanoma sensitivity")
     p.add_argument("--fixtures-only", action="store_true")
     args = p.parse_args()
     args.command = " ".join(shlex.quote(a) for a in ["python3", "models/train/train.py", *sys.argv[1:]])

@@ -1,6 +1,8 @@
 //! `blindfold model convert` end to end: the ReLU twin of derma-lenet5 (`models/derma-relu`,
 //! trained by `models/train/train.py --model derma-relu`) becomes a model directory that keygen,
-//! encrypt, eval and decrypt serve, keeping its plaintext accuracy.
+//! encrypt, eval and decrypt serve, keeping its plaintext accuracy. And the 64×64 lesion models
+//! (`models/derma64`, distilled, and `models/derma64-relu-he`, converted): their operating
+//! points and an encrypted round trip.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ fn a_relu_network_converts_keeps_its_accuracy_and_runs_encrypted() {
         s(&out),
         "--calibrate",
         s(&data),
+        "--labels",
+        s(&data),
         "--degree",
         "31",
         "--calibration-images",
@@ -65,23 +69,56 @@ fn a_relu_network_converts_keeps_its_accuracy_and_runs_encrypted() {
 
     let shown = ok(&["model", "show", s(&out)]);
     assert!(shown.contains("derma-relu-he") && shown.contains("chebyshev degree 31"), "{shown}");
+    // The original's operating point does not carry over: it is placed again on the converted
+    // model's own probabilities.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["operating_point"]["target_sensitivity"], 0.9, "{manifest}");
+    assert_eq!(manifest["operating_point"]["chosen_on"], "val", "{manifest}");
 
     // The shipped conversion (`models/derma-relu-he`, the same command on all the data) is a
     // model like any other: its encrypted predictions equal its plaintext ones.
-    let out = repo().join("models/derma-relu-he");
-    let keys = tmp.path().join("keys");
-    ok(&["keygen", "--model", s(&out), "--packing", "latency", "--out", s(&keys), "--quiet"]);
-    let image = repo().join("samples/dermamnist/test-00000.png");
-    let (batch, result, predictions) =
-        (tmp.path().join("job.bfib"), tmp.path().join("job.bfrb"), tmp.path().join("predictions.json"));
+    encrypted_equals_plaintext(&repo().join("models/derma-relu-he"), "samples/dermamnist/test-00000.png", tmp.path());
+}
+
+/// keygen (latency), encrypt `image`, eval, decrypt: the logits equal the plaintext model's.
+fn encrypted_equals_plaintext(model_dir: &Path, image: &str, tmp: &Path) {
+    let keys = tmp.join("keys");
+    let _ = std::fs::remove_dir_all(&keys);
+    ok(&["keygen", "--model", s(model_dir), "--packing", "latency", "--out", s(&keys), "--quiet"]);
+    let image = repo().join(image);
+    let (batch, result, predictions) = (tmp.join("job.bfib"), tmp.join("job.bfrb"), tmp.join("predictions.json"));
     ok(&["encrypt", "--keys", s(&keys), s(&image), "--out", s(&batch), "--quiet"]);
     ok(&["eval", "--keys", s(&keys), "--in", s(&batch), "--out", s(&result), "--quiet"]);
     ok(&["decrypt", "--keys", s(&keys), "--in", s(&result), "--out", s(&predictions), "--quiet"]);
     let decrypted: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&predictions).unwrap()).unwrap();
     let logits: Vec<f64> = serde_json::from_value(decrypted["images"][0]["logits"].clone()).unwrap();
-    let model = blindfold_nn::registry::load(s(&out)).unwrap();
+    let model = blindfold_nn::registry::load(s(model_dir)).unwrap();
     let plain = model.network.forward(&model.manifest.load_image(&image).unwrap()).unwrap();
     let error = logits.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(error < 0.05, "encrypted {logits:?} vs plaintext {plain:?}");
+    assert!(error < 0.05, "{}: encrypted {logits:?} vs plaintext {plain:?}", model_dir.display());
     assert_eq!(blindfold_nn::metrics::argmax(&logits), blindfold_nn::metrics::argmax(&plain));
+}
+
+/// The operating point `model eval` places on the validation split is the one `train.py`
+/// recorded (onnxruntime in f32 there, the f64 reference here), and derma64 runs encrypted.
+#[test]
+fn the_64px_lesion_models_carry_their_operating_points_and_run_encrypted() {
+    let data = repo().join("../shared/data");
+    for name in ["derma64", "derma64-relu-he"] {
+        let dir = repo().join("models").join(name);
+        let eval: serde_json::Value =
+            serde_json::from_str(&ok(&["model", "eval", "--model", s(&dir), "--data", s(&data), "--json"])).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        let (ours, recorded) = (&eval["operating_point"], &manifest["operating_point"]);
+        let threshold = ours["threshold"].as_f64().unwrap();
+        assert!((threshold - recorded["threshold"].as_f64().unwrap()).abs() < 1e-4, "{name}: {ours} vs {recorded}");
+        assert!(
+            (ours["test_specificity"].as_f64().unwrap() - recorded["test_specificity"].as_f64().unwrap()).abs() < 2e-3
+        );
+        assert_eq!(eval["images"], 2005, "{name}: {eval}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    encrypted_equals_plaintext(&repo().join("models/derma64"), "samples/dermamnist64/test-00004.png", tmp.path());
 }

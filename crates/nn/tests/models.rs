@@ -35,10 +35,19 @@ fn registry_holds_the_three_models_with_their_depths() {
     assert!(err.contains("no model named 'resnet'") && err.contains("mnist-lenet5"), "{err}");
 }
 
+/// The built-in models, then the HE model directories `models/train/train.py` wrote a fixture
+/// for (models as data: loaded by path).
+fn trained_models() -> Vec<(String, registry::Model)> {
+    let dirs = ["derma64"].map(|name| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(name);
+        (name.to_owned(), registry::load(dir.to_str().unwrap()).unwrap())
+    });
+    registry::names().iter().map(|name| (name.to_string(), registry::load(name).unwrap())).chain(dirs).collect()
+}
+
 #[test]
 fn evaluator_matches_onnxruntime_on_every_model() {
-    for name in registry::names() {
-        let model = registry::load(name).unwrap();
+    for (name, model) in trained_models() {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap()).unwrap();
         let images = json["images"].as_array().unwrap();
@@ -64,8 +73,7 @@ fn evaluator_matches_onnxruntime_on_every_model() {
 #[test]
 fn test_split_accuracy_matches_the_manifest() {
     let dir = data_dir();
-    for name in registry::names() {
-        let model = registry::load(name).unwrap();
+    for (name, model) in trained_models() {
         let dataset = model.manifest.dataset().unwrap_or_else(|| panic!("{name}'s manifest names no data set"));
         let images = data::dataset(&dir, dataset, Split::Test).unwrap();
         let logits = model.network.forward_batch(&model.manifest.inputs(&images).unwrap()).unwrap();
