@@ -1,5 +1,5 @@
-//! Embeds the sample images of `samples/` (repository root: digits, DermaMNIST lesions, and
-//! HAM10000 lesions with their masks) into the binary, so `blindfold demo`
+//! Embeds the sample images of `samples/` (repository root: digits, DermaMNIST lesions at 28×28
+//! and 64×64, and HAM10000 lesions with their masks) into the binary, so `blindfold demo`
 //! needs no data files: generates `samples.rs`, a table of (data set, file name, bytes).
 
 use std::fmt::Write as _;
@@ -9,7 +9,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut table = String::from("&[\n");
-    for set in ["mnist", "dermamnist", "lesions", "lesions/masks"] {
+    for set in ["mnist", "dermamnist", "dermamnist64", "lesions", "lesions/masks"] {
         let dir = root.join(set);
         println!("cargo:rerun-if-changed={}", dir.display());
         let mut files: Vec<_> =

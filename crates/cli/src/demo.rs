@@ -18,6 +18,17 @@ use secrecy::SecretString;
 
 use crate::service::client::{ApiClient, OnBytes};
 use crate::service::flows;
+
+/// One of [`DATA_MODELS`]: the files of `models/NAME`, embedded.
+macro_rules! data_model {
+    ($name:literal) => {
+        (
+            $name,
+            include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/", $name, "/model.onnx")),
+            include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/", $name, "/manifest.json")),
+        )
+    };
+}
 use crate::stack::{LocalStack, StackOptions, Workers};
 use crate::terminal::{Table, format_bytes, format_mean_bytes};
 
@@ -27,20 +38,22 @@ const SAMPLES: &[(&str, &str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/samp
 /// The agreement with the plaintext model below which the demo fails.
 const MIN_AGREEMENT: f64 = 0.999;
 
-/// The segmentation model. The binary does not build it in: the demo registers it with the
-/// service as data, as an operator would (`blindfold admin model add models/lesion-unet`), and
-/// makes the hospital's keys from its directory.
-const SEGMENTER: &str = "lesion-unet";
-const SEGMENTER_FILES: [(&str, &[u8]); 2] = [
-    ("model.onnx", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/lesion-unet/model.onnx"))),
-    ("manifest.json", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/lesion-unet/manifest.json"))),
-];
+/// Models the binary does not build in: the demo registers each with the service as data, as an
+/// operator would (`blindfold admin model add models/NAME`), and makes the hospital's keys from
+/// its directory. (name, `model.onnx`, `manifest.json`).
+const DATA_MODELS: [(&str, &[u8], &[u8]); 3] =
+    [data_model!("lesion-unet"), data_model!("derma64"), data_model!("derma64-relu-he")];
+
+/// The data models the demo runs unless `--model` names others (derma64-relu-he, 5 s and
+/// 12 GB per image, only when asked).
+const DEFAULT_DATA_MODELS: [&str; 2] = ["lesion-unet", "derma64"];
 
 /// Options of `blindfold demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Models to run, comma-separated (default: every built-in model, then lesion-unet, which
-    /// the demo registers with the service as data and runs in the latency packing).
+    /// Models to run, comma-separated (default: every built-in model, then lesion-unet and
+    /// derma64, which the demo registers with the service as data and runs in the latency
+    /// packing; derma64-relu-he, also data, runs when named).
     #[arg(long = "model", value_delimiter = ',')]
     pub models: Vec<String>,
     /// Packings to run, comma-separated (default: throughput,latency).
@@ -141,12 +154,14 @@ pub fn run(args: DemoArgs, output: crate::terminal::Output, runtime: &tokio::run
 async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     let work = tempfile::Builder::new().prefix("blindfold-demo-").tempdir().context("creating a work directory")?;
     let samples = write_samples(work.path())?;
-    let segmenter = work.path().join("models").join(SEGMENTER);
-    std::fs::create_dir_all(&segmenter).context("creating the model directory")?;
-    for (file, bytes) in SEGMENTER_FILES {
-        std::fs::write(segmenter.join(file), bytes).with_context(|| format!("writing {file}"))?;
+    let models = work.path().join("models");
+    for (name, onnx, manifest) in DATA_MODELS {
+        let dir = models.join(name);
+        std::fs::create_dir_all(&dir).context("creating the model directory")?;
+        std::fs::write(dir.join("model.onnx"), onnx).with_context(|| format!("writing {name}/model.onnx"))?;
+        std::fs::write(dir.join("manifest.json"), manifest).with_context(|| format!("writing {name}/manifest.json"))?;
     }
-    let plan = plan_runs(args, &segmenter)?;
+    let plan = plan_runs(args, &models)?;
     let started = Instant::now();
     eprintln!("starting the stack: PostgreSQL, S3 endpoint, API, worker …");
     let stack = LocalStack::start(StackOptions {
@@ -163,22 +178,22 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
         ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.token.clone())), false)?;
     let mut reports = Vec::new();
     let mut outcome = Ok(());
-    if plan.iter().any(|(model, _, _)| model == SEGMENTER) {
-        let clock = Instant::now();
-        let operator = ApiClient::new(
-            &stack.endpoints.api_url,
-            Some(SecretString::from(stack.endpoints.admin_token.clone())),
-            false,
-        )?;
-        if let Err(error) = flows::register_model(&operator, &segmenter, &|_| {}).await {
-            stack.stop().await?;
-            return Err(error.context(format!("registering {SEGMENTER} with the service")));
+    let operator =
+        ApiClient::new(&stack.endpoints.api_url, Some(SecretString::from(stack.endpoints.admin_token.clone())), false)?;
+    for (name, _, _) in DATA_MODELS {
+        if !plan.iter().any(|(model, _, _)| model == name) {
+            continue;
         }
-        eprintln!("── {SEGMENTER} registered with the service as data in {:.1} s", clock.elapsed().as_secs_f64());
+        let clock = Instant::now();
+        if let Err(error) = flows::register_model(&operator, &models.join(name), &|_| {}).await {
+            stack.stop().await?;
+            return Err(error.context(format!("registering {name} with the service")));
+        }
+        eprintln!("── {name} registered with the service as data in {:.1} s", clock.elapsed().as_secs_f64());
     }
     for (model, packing, images) in &plan {
         eprintln!("── {model} / {packing}: {images} images");
-        let source = if model == SEGMENTER { segmenter.to_string_lossy().into_owned() } else { model.clone() };
+        let source = source_of(model, &models);
         let run = Run { model_name: model, source: &source, packing, count: *images };
         match one_run(&client, work.path(), &samples, args.data.as_deref(), &run, args.report.as_deref()).await {
             Ok(report) => reports.push(report),
@@ -213,12 +228,22 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<Vec<RunReport>> {
     Ok(reports)
 }
 
-/// (model, packing, images) to run, in order. `segmenter` is [`SEGMENTER`]'s directory.
-fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, String, usize)>> {
+/// What keygen and the registry load `model` from: a built-in name, or a data model's
+/// directory under `models`.
+fn source_of(model: &str, models: &Path) -> String {
+    if is_data_model(model) { models.join(model).to_string_lossy().into_owned() } else { model.to_owned() }
+}
+
+fn is_data_model(model: &str) -> bool {
+    DATA_MODELS.iter().any(|(name, _, _)| *name == model)
+}
+
+/// (model, packing, images) to run, in order. `models` holds the [`DATA_MODELS`] directories.
+fn plan_runs(args: &DemoArgs, models_dir: &Path) -> anyhow::Result<Vec<(String, String, usize)>> {
     let mut known = blindfold_nn::registry::names();
-    known.push(SEGMENTER);
+    known.extend(DATA_MODELS.iter().map(|(name, _, _)| *name));
     let models: Vec<String> = if args.models.is_empty() {
-        known.iter().map(|name| (*name).to_owned()).collect()
+        blindfold_nn::registry::names().into_iter().chain(DEFAULT_DATA_MODELS).map(str::to_owned).collect()
     } else {
         for model in &args.models {
             if !known.contains(&model.as_str()) {
@@ -237,15 +262,19 @@ fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, S
     let sample_lesions = SAMPLES.iter().filter(|(set, name, _)| *set == "lesions" && name.ends_with(".png")).count();
     for model in &models {
         let heavy = !model.contains("cryptonets");
-        let source = if model == SEGMENTER { segmenter.to_string_lossy().into_owned() } else { model.clone() };
+        let data_model = is_data_model(model);
+        let source = source_of(model, models_dir);
+        let segmentation =
+            matches!(blindfold_nn::registry::load(&source)?.manifest.task, blindfold_nn::Task::Segmentation { .. });
         for packing in &packings {
             let explicit = !args.models.is_empty() && !args.packings.is_empty();
-            // The segmenter's throughput batch (16,384 images of 64 × 64 × 3) is far beyond
-            // any machine the demo runs on: only an explicit choice runs it.
-            if heavy && packing == "throughput" && (!args.all || model == SEGMENTER) && !explicit {
+            // The 64 × 64 models' throughput batches (8,192 or 16,384 images, every activation
+            // value a ciphertext: 75 GB for derma64) are beyond any machine the demo runs on:
+            // only an explicit choice runs them.
+            if heavy && packing == "throughput" && (!args.all || data_model) && !explicit {
                 let needed = throughput_memory(&source)?;
                 if available.is_none_or(|available| available < needed) {
-                    let anyway = if model == SEGMENTER { "" } else { "--all (or " };
+                    let anyway = if data_model { "" } else { "--all (or " };
                     eprintln!(
                         "skipping {model} / throughput: one batch needs about {} and this machine has {} \
                          available; {anyway}--model {model} --packing throughput{} runs it anyway",
@@ -256,7 +285,7 @@ fn plan_runs(args: &DemoArgs, segmenter: &Path) -> anyhow::Result<Vec<(String, S
                     continue;
                 }
             }
-            let samples = if model == SEGMENTER { sample_lesions } else { 32 };
+            let samples = if segmentation { sample_lesions } else { 32 };
             plan.push((model.clone(), packing.clone(), args.images.unwrap_or(samples).max(1)));
         }
     }
@@ -279,7 +308,7 @@ fn throughput_memory(model: &str) -> anyhow::Result<u64> {
     Ok(input_bytes as u64 * 3)
 }
 
-/// Writes the embedded samples into `dir/samples/{mnist,dermamnist,lesions}`.
+/// Writes the embedded samples into `dir/samples/{mnist,dermamnist,dermamnist64,lesions}`.
 fn write_samples(dir: &Path) -> anyhow::Result<PathBuf> {
     let root = dir.join("samples");
     for (set, name, bytes) in SAMPLES {
@@ -310,7 +339,6 @@ fn inputs_for(
 ) -> anyhow::Result<(blindfold_client::Intake, Truth)> {
     let manifest = model.manifest();
     let segmentation = matches!(manifest.task, blindfold_nn::Task::Segmentation { .. });
-    let derma = manifest.dataset.as_deref().is_some_and(|set| set.starts_with("dermamnist"));
     if let Some(dir) = data {
         if segmentation {
             let set = data::segmentation(dir, manifest.dataset.as_deref().unwrap_or("lesion-seg"), Split::Test)?;
@@ -330,12 +358,12 @@ fn inputs_for(
         let labels = images.labels.iter().map(|&l| usize::from(l)).collect();
         return Ok((blindfold_client::Intake { names, inputs }, Truth::Labels(labels)));
     }
-    let folder = samples.join(if segmentation {
-        "lesions"
-    } else if derma {
-        "dermamnist"
-    } else {
-        "mnist"
+    // The sample folder of the manifest's data set (samples/README.md).
+    let folder = samples.join(match manifest.dataset.as_deref() {
+        _ if segmentation => "lesions",
+        Some("dermamnist_64") => "dermamnist64",
+        Some(set) if set.starts_with("dermamnist") => "dermamnist",
+        _ => "mnist",
     });
     let labels_csv = std::fs::read_to_string(folder.join("labels.csv")).context("reading the sample labels")?;
     let mut labels = HashMap::new();
@@ -618,7 +646,7 @@ fn print_table(reports: &[RunReport]) {
     );
     if reports.iter().any(|r| r.task == "segmentation") {
         println!(
-            "{SEGMENTER}: accuracy is the mean Dice of the encrypted masks against the ground-truth masks, agreement \
+            "segmentation: accuracy is the mean Dice of the encrypted masks against the ground-truth masks, agreement \
              the share of mask pixels equal to the plaintext model's"
         );
     }
